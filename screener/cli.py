@@ -1,0 +1,83 @@
+"""The ``screener`` command line.
+
+Each sub-command lives in its own module under :mod:`screener.commands` and exposes
+``register(subparsers)``; its handler is ``run(args, settings) -> int``. Heavy imports
+(TensorFlow) happen inside handlers only, so ``screener status`` starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from screener import __version__
+from screener.errors import ScreenerError
+
+#: The sub-command modules, in the order ``screener --help`` lists them.
+COMMANDS = (
+    "serve",
+    "worker",
+    "db",
+    "status",
+    "echo",
+    "train",
+    "evaluate",
+    "predict",
+)
+
+
+def _parse_set(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or "." not in key:
+        raise argparse.ArgumentTypeError(f"--set expects SECTION.KEY=VALUE, got {text!r}")
+    return key.strip(), value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="screener", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"screener {__version__}")
+    parser.add_argument("--config", help="TOML settings file (default: $SCREENER_CONFIG or ./screener.toml)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        type=_parse_set,
+        metavar="SECTION.KEY=VALUE",
+        help="override one setting (repeatable); beats environment and file",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        module = importlib.import_module(f"screener.commands.{name}")
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from screener.config import load_settings
+    from screener.logs import configure_logging
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    overrides = dict(args.overrides)
+    overrides.update({k: v for k, v in getattr(args, "setting_flags", {}).items() if v is not None})
+    try:
+        settings = load_settings(args.config, overrides)
+    except ScreenerError as exc:
+        print(f"screener: configuration error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.logging)
+    try:
+        code: int = args.func(args, settings)
+    except ScreenerError as exc:
+        print(f"screener {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,41 @@
+"""``screener echo HOST PORT``: C-ECHO a peer (PS3.7 9.1.5) and print the status."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from screener.config import Settings
+
+
+def register(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser("echo", help="C-ECHO a DICOM peer")
+    p.add_argument("host")
+    p.add_argument("port", type=int)
+    p.add_argument("--aet", default=None, help="called AE title (default: ANY-SCP)")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    ae = AE(ae_title=settings.listener.ae_title)
+    ae.add_requested_context(Verification)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = args.timeout
+    ae.connection_timeout = args.timeout
+    assoc = ae.associate(args.host, args.port, ae_title=args.aet or "ANY-SCP")
+    if not assoc.is_established:
+        print(f"C-ECHO {args.host}:{args.port}: association failed (rejected, aborted or no answer)")
+        return 1
+    try:
+        status = assoc.send_c_echo()
+    finally:
+        assoc.release()
+    if status and status.Status == 0x0000:
+        print(f"C-ECHO {args.host}:{args.port}: success")
+        return 0
+    code = f"0x{status.Status:04X}" if status else "no response"
+    print(f"C-ECHO {args.host}:{args.port}: failed ({code})")
+    return 1

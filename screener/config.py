@@ -1,0 +1,268 @@
+"""Settings: one typed schema, four sources.
+
+Precedence, highest first: command line (``--set section.key=value`` and the named
+flags) > ``SCREENER_<SECTION>_<KEY>`` environment variables > the TOML file > defaults.
+
+Every setting is declared once, below, with its default, its allowed values and a one-line
+comment; ``screener.toml`` at the repository root is rendered from this schema (a test keeps
+the two equal). An invalid value stops start-up with a :class:`ConfigError` naming the key,
+the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from screener.errors import ConfigError
+
+ENV_PREFIX = "SCREENER_"
+
+
+def _opt(default: Any, help: str, **rules: Any) -> Any:
+    """A setting with its default, its comment and its validation rules."""
+    meta = {"help": help, **rules}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    url: str = _opt(
+        "sqlite:///var/screener.db",
+        "SQLAlchemy URL: sqlite:///PATH (embedded) or postgresql+psycopg://USER@HOST/DB",
+        pattern=("sqlite:", "postgresql"),
+    )
+
+
+@dataclass(frozen=True)
+class ListenerSettings:
+    enabled: bool = _opt(True, "run the DICOM C-STORE / C-ECHO listener in `screener serve`")
+    ae_title: str = _opt("SCREENER", "our AE title (1-16 characters, no backslash)", ae_title=True)
+    host: str = _opt("0.0.0.0", "address to listen on")
+    port: int = _opt(11112, "TCP port to listen on", min=1, max=65535)
+    allowed_calling_aets: list[str] = _opt(
+        [], "calling AE titles allowed to associate; empty list = any caller"
+    )
+    max_associations: int = _opt(10, "most simultaneous associations", min=1, max=1000)
+    network_timeout: float = _opt(60.0, "seconds of network silence before an association is aborted", min=1)
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    spool_dir: str = _opt("var/spool", "where accepted instances are kept until processed")
+    min_free_mb: int = _opt(
+        500, "refuse C-STORE (A700 out of resources) when the spool disk has less free space", min=0
+    )
+    duplicate_policy: str = _opt(
+        "keep_first",
+        "a resent SOP Instance UID whose content changed: keep_first ignores it, replace re-screens",
+        choices=("keep_first", "replace"),
+    )
+
+
+@dataclass(frozen=True)
+class WatchSettings:
+    enabled: bool = _opt(True, "watch a folder for dropped DICOM files in `screener serve`")
+    dir: str = _opt("var/incoming", "the watched folder (any file name; DICOM recognised by content)")
+    rejected_dir: str = _opt("var/rejected", "where unreadable files go, each with a .reason.txt")
+    settle_seconds: float = _opt(2.0, "a file is taken once its size and mtime are unchanged this long", min=0)
+    poll_seconds: float = _opt(0.5, "how often pending files are re-checked", min=0.05)
+
+
+@dataclass(frozen=True)
+class SelectionSettings:
+    modalities: list[str] = _opt(["CR", "DX"], "Modality values that are screened")
+    body_parts: list[str] = _opt(["CHEST"], "BodyPartExamined values that are screened")
+    allow_missing_body_part: bool = _opt(True, "screen when BodyPartExamined is absent or empty")
+    view_positions: list[str] = _opt(["PA", "AP"], "ViewPosition values that are screened")
+    allow_missing_view_position: bool = _opt(True, "screen when ViewPosition is absent or empty")
+
+
+@dataclass(frozen=True)
+class QueueSettings:
+    lease_seconds: float = _opt(300.0, "a dequeued job returns to the queue if not finished in this time", min=1)
+    max_attempts: int = _opt(3, "after this many attempts a job becomes failed", min=1)
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    enabled: bool = _opt(True, "run a worker loop in `screener serve`")
+    max_batch: int = _opt(16, "most jobs taken per batch", min=1, max=1024)
+    max_wait_ms: int = _opt(200, "how long to wait for a batch to fill before running it", min=0)
+    poll_seconds: float = _opt(0.5, "idle poll interval of the worker loop", min=0.01)
+    device: str = _opt("auto", "inference device: auto, cpu or gpu:N", pattern=("auto", "cpu", "gpu:"))
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    bundle: str = _opt("models/screener-default", "the model bundle folder (model.json + Keras model)")
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    format: str = _opt("auto", "json, console, or auto (console on a terminal, else json)", choices=("auto", "json", "console"))
+    level: str = _opt("info", "log level", choices=("debug", "info", "warning", "error"))
+
+
+@dataclass(frozen=True)
+class Settings:
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    listener: ListenerSettings = field(default_factory=ListenerSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    watch: WatchSettings = field(default_factory=WatchSettings)
+    selection: SelectionSettings = field(default_factory=SelectionSettings)
+    queue: QueueSettings = field(default_factory=QueueSettings)
+    worker: WorkerSettings = field(default_factory=WorkerSettings)
+    model: ModelSettings = field(default_factory=ModelSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+
+
+def _sections() -> dict[str, type[Any]]:
+    return {f.name: f.default_factory for f in dataclasses.fields(Settings)}  # type: ignore[misc]
+
+
+def _coerce(key: str, raw: Any, kind: Any) -> Any:
+    """Convert ``raw`` (from TOML, or a string from the environment / command line) to ``kind``."""
+    text = raw if isinstance(raw, str) else None
+    if kind in (bool, "bool"):
+        if isinstance(raw, bool):
+            return raw
+        if text is not None and text.strip().lower() in ("true", "1", "yes", "on"):
+            return True
+        if text is not None and text.strip().lower() in ("false", "0", "no", "off"):
+            return False
+        raise ConfigError(f"{key} = {raw!r} is invalid: expected true or false")
+    if kind in (int, "int"):
+        if isinstance(raw, bool) or not isinstance(raw, int | str):
+            raise ConfigError(f"{key} = {raw!r} is invalid: expected an integer")
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigError(f"{key} = {raw!r} is invalid: expected an integer") from None
+    if kind in (float, "float"):
+        if isinstance(raw, bool) or not isinstance(raw, int | float | str):
+            raise ConfigError(f"{key} = {raw!r} is invalid: expected a number")
+        try:
+            return float(raw)
+        except ValueError:
+            raise ConfigError(f"{key} = {raw!r} is invalid: expected a number") from None
+    if kind in (str, "str"):
+        if not isinstance(raw, str):
+            raise ConfigError(f"{key} = {raw!r} is invalid: expected a string")
+        return raw
+    # list[str]: TOML array, or a comma-separated string
+    if isinstance(raw, str):
+        return [p.strip() for p in raw.split(",") if p.strip()]
+    if isinstance(raw, list) and all(isinstance(v, str) for v in raw):
+        return list(raw)
+    raise ConfigError(f"{key} = {raw!r} is invalid: expected a list of strings")
+
+
+def _check(key: str, value: Any, meta: Mapping[str, Any]) -> None:
+    if "choices" in meta and value not in meta["choices"]:
+        allowed = ", ".join(meta["choices"])
+        raise ConfigError(f"{key} = {value!r} is invalid: allowed values are {allowed}")
+    if "min" in meta and value < meta["min"]:
+        raise ConfigError(f"{key} = {value!r} is invalid: must be at least {meta['min']}")
+    if "max" in meta and value > meta["max"]:
+        raise ConfigError(f"{key} = {value!r} is invalid: must be at most {meta['max']}")
+    if "pattern" in meta and not any(str(value).startswith(p) for p in meta["pattern"]):
+        allowed = " or ".join(f"{p}..." for p in meta["pattern"])
+        raise ConfigError(f"{key} = {value!r} is invalid: must start with {allowed}")
+    if meta.get("ae_title") and not (0 < len(value) <= 16 and "\\" not in value and value.strip()):
+        raise ConfigError(
+            f"{key} = {value!r} is invalid: an AE title is 1-16 characters without backslash (PS3.5 6.2)"
+        )
+
+
+def load_settings(
+    path: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build the settings from defaults, ``path`` (TOML), the environment and ``overrides``.
+
+    ``overrides`` maps ``"section.key"`` to a value (the command line's). When ``path`` is
+    None, ``SCREENER_CONFIG`` or ``./screener.toml`` is read if it exists.
+    """
+    env = os.environ if environ is None else environ
+    file_values: dict[str, Any] = {}
+    if path is None:
+        candidate = env.get(f"{ENV_PREFIX}CONFIG") or "screener.toml"
+        path = candidate if Path(candidate).is_file() else None
+    if path is not None:
+        try:
+            file_values = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"configuration file {str(path)!r} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"configuration file {str(path)!r} is not valid TOML: {exc}") from None
+
+    sections = _sections()
+    for name, table in file_values.items():
+        if name not in sections or not isinstance(table, dict):
+            raise ConfigError(f"unknown section [{name}] in {path}; known: {', '.join(sections)}")
+    known_keys = {f"{s}.{f.name}" for s, cls in sections.items() for f in dataclasses.fields(cls)}
+    for key in overrides or {}:
+        if key not in known_keys:
+            raise ConfigError(f"unknown setting {key!r}; known: {', '.join(sorted(known_keys))}")
+
+    built: dict[str, Any] = {}
+    for name, cls in sections.items():
+        table = file_values.get(name, {})
+        unknown = set(table) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ConfigError(f"unknown setting {name}.{sorted(unknown)[0]} in {path}")
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            key = f"{name}.{f.name}"
+            env_key = f"{ENV_PREFIX}{name}_{f.name}".upper()
+            if overrides and key in overrides:
+                raw = overrides[key]
+            elif env_key in env:
+                raw = env[env_key]
+            elif f.name in table:
+                raw = table[f.name]
+            else:
+                continue
+            value = _coerce(key, raw, f.type)
+            _check(key, value, f.metadata)
+            values[f.name] = value
+        instance = cls(**values)
+        for f in dataclasses.fields(cls):  # defaults are checked too
+            _check(f"{name}.{f.name}", getattr(instance, f.name), f.metadata)
+        built[name] = instance
+    return Settings(**built)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return repr(value)
+
+
+def render_default_toml() -> str:
+    """The documented defaults, as ``screener.toml`` holds them."""
+    lines = [
+        "# screener configuration: every setting with its default.",
+        "# Precedence: command line > SCREENER_<SECTION>_<KEY> environment variables > this file > defaults.",
+        "# Relative paths are relative to the directory screener is started from.",
+    ]
+    for name, cls in _sections().items():
+        lines += ["", f"[{name}]"]
+        for f in dataclasses.fields(cls):
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+            lines.append(f"# {f.metadata['help']}")
+            lines.append(f"{f.name} = {_toml_value(default)}")
+    return "\n".join(lines) + "\n"

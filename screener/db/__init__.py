@@ -1,0 +1,19 @@
+"""The results database: SQLAlchemy 2.0 models, engine set-up and Alembic migrations."""
+
+from __future__ import annotations
+
+from screener.db.engine import Database, utcnow
+from screener.db.models import AuditEvent, Base, Export, Instance, Job, JobState, Result, Study
+
+__all__ = [
+    "AuditEvent",
+    "Base",
+    "Database",
+    "Export",
+    "Instance",
+    "Job",
+    "JobState",
+    "Result",
+    "Study",
+    "utcnow",
+]

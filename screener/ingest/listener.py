@@ -1,0 +1,180 @@
+"""The DICOM listener: C-ECHO and C-STORE SCP (pynetdicom).
+
+The C-STORE handler only checks, spools and enqueues (:class:`Acceptor`), and returns
+Success only once the instance and its job are committed. Its failure statuses follow
+PS3.4 Annex B.2.3 (Table B.2-1):
+
+* ``0xA700`` Refused: Out of Resources — the spool disk is below ``storage.min_free_mb``
+* ``0xA900`` Error: Data Set does not match SOP Class — e.g. an image without Pixel Data
+* ``0xC000`` Error: Cannot understand — an unparseable or truncated data set
+* ``0x0122`` Refused: SOP Class not supported (PS3.7 C.4.2.1.1) — a storage SOP class
+  that is not an image we screen (an SR, a CT, ...). Every storage SOP class is accepted at
+  association time, so that such an instance gets this clear, recorded answer rather than a
+  silently rejected presentation context.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import structlog
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom.sop_class import Verification
+from pynetdicom.transport import ThreadedAssociationServer
+
+from screener.config import ListenerSettings
+from screener.errors import IngestError
+from screener.ingest.accept import (
+    Acceptor,
+    DoesNotMatchSOPClass,
+    NotUnderstood,
+    OutOfResources,
+    UnsupportedSOPClass,
+)
+from screener.ingest.sopclasses import IMAGE_STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
+
+log = structlog.get_logger(__name__)
+
+STATUS_SUCCESS = 0x0000
+STATUS_OUT_OF_RESOURCES = 0xA700  # PS3.4 B.2.3: Refused: Out of Resources
+STATUS_DATASET_MISMATCH = 0xA900  # PS3.4 B.2.3: Error: Data Set does not match SOP Class
+STATUS_CANNOT_UNDERSTAND = 0xC000  # PS3.4 B.2.3: Error: Cannot understand
+STATUS_SOP_CLASS_NOT_SUPPORTED = 0x0122  # PS3.7 C.4.2.1.1: Refused: SOP Class not supported
+
+
+def _calling_ae(event: Any) -> str:
+    return str(event.assoc.requestor.ae_title).strip()
+
+
+class Listener:
+    """A pynetdicom association server bound to the accept path."""
+
+    def __init__(self, settings: ListenerSettings, acceptor: Acceptor) -> None:
+        self.settings = settings
+        self.acceptor = acceptor
+        self.ae = AE(ae_title=settings.ae_title)
+        self.ae.maximum_associations = settings.max_associations
+        self.ae.network_timeout = settings.network_timeout
+        self.ae.acse_timeout = settings.network_timeout
+        self.ae.dimse_timeout = settings.network_timeout
+        if settings.allowed_calling_aets:
+            self.ae.require_calling_aet = list(settings.allowed_calling_aets)
+        self.ae.add_supported_context(Verification)
+        for sop_class in sorted(IMAGE_STORAGE_SOP_CLASSES):
+            self.ae.add_supported_context(sop_class, list(TRANSFER_SYNTAXES))
+        uncompressed = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian]
+        for context in AllStoragePresentationContexts:
+            if context.abstract_syntax not in IMAGE_STORAGE_SOP_CLASSES:
+                self.ae.add_supported_context(context.abstract_syntax, uncompressed)
+        self._server: ThreadedAssociationServer | None = None
+        self._in_flight = 0
+        self._lock = threading.Lock()
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful when started on port 0)."""
+        assert self._server is not None, "listener not started"
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        handlers = [
+            (evt.EVT_C_STORE, self._on_c_store),
+            (evt.EVT_C_ECHO, self._on_c_echo),
+            (evt.EVT_ACCEPTED, self._on_accepted),
+            (evt.EVT_REJECTED, self._on_rejected),
+        ]
+        self._server = self.ae.start_server(
+            (self.settings.host, self.settings.port), block=False, evt_handlers=handlers
+        )
+        log.info(
+            "listener_started",
+            ae_title=self.settings.ae_title,
+            host=self.settings.host,
+            port=self.port,
+            allowed_calling_aets=self.settings.allowed_calling_aets or "any",
+        )
+
+    def stop(self, grace_seconds: float = 30.0) -> None:
+        """Stop accepting, let in-flight stores finish (bounded), then close associations."""
+        if self._server is None:
+            return
+        self._server.shutdown()  # stop accepting new associations
+        deadline = time.monotonic() + grace_seconds
+        while time.monotonic() < deadline:
+            with self._lock:
+                busy = self._in_flight
+            if busy == 0 and not self.ae.active_associations:
+                break
+            time.sleep(0.05)
+        self.ae.shutdown()
+        self._server = None
+        log.info("listener_stopped")
+
+    # -- handlers -------------------------------------------------------------------
+
+    def _on_c_echo(self, event: Any) -> int:
+        log.info("echo_received", calling_ae_title=_calling_ae(event))
+        return STATUS_SUCCESS
+
+    def _on_accepted(self, event: Any) -> None:
+        log.info(
+            "association_accepted",
+            calling_ae_title=_calling_ae(event),
+            accepted_contexts=len(event.assoc.accepted_contexts),
+            rejected_contexts=len(event.assoc.rejected_contexts),
+        )
+
+    def _on_rejected(self, event: Any) -> None:
+        calling = _calling_ae(event)
+        allowed = self.settings.allowed_calling_aets
+        if allowed and calling not in allowed:
+            reason = "calling_ae_not_recognised"
+            message = f"calling AE title {calling!r} is not in listener.allowed_calling_aets"
+        else:
+            reason = "association_rejected"
+            message = f"association from {calling!r} rejected (e.g. listener.max_associations reached)"
+        log.warning("association_rejected", calling_ae_title=calling, reason=reason)
+        self.acceptor.record_refusal(reason, message, event="association_rejected", calling_ae_title=calling)
+
+    def _on_c_store(self, event: Any) -> int:
+        calling = _calling_ae(event)
+        sop_uid = str(event.request.AffectedSOPInstanceUID)
+        with self._lock:
+            self._in_flight += 1
+        try:
+            data = event.encoded_dataset(include_meta=True)
+            self.acceptor.accept(data, source="dicom", calling_ae_title=calling)
+            return STATUS_SUCCESS
+        except OutOfResources as exc:
+            return self._refuse(STATUS_OUT_OF_RESOURCES, "out_of_resources", exc, sop_uid, calling)
+        except UnsupportedSOPClass as exc:
+            return self._refuse(STATUS_SOP_CLASS_NOT_SUPPORTED, exc.reason, exc, sop_uid, calling)
+        except DoesNotMatchSOPClass as exc:
+            return self._refuse(STATUS_DATASET_MISMATCH, exc.reason, exc, sop_uid, calling)
+        except NotUnderstood as exc:
+            return self._refuse(STATUS_CANNOT_UNDERSTAND, exc.reason, exc, sop_uid, calling)
+        except IngestError as exc:
+            return self._refuse(STATUS_CANNOT_UNDERSTAND, "ingest_error", exc, sop_uid, calling)
+        except Exception as exc:  # stage boundary: a database outage must not kill the listener
+            log.exception("store_failed", sop_instance_uid=sop_uid, calling_ae_title=calling)
+            return self._refuse(STATUS_OUT_OF_RESOURCES, "internal_error", exc, sop_uid, calling)
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
+    def _refuse(self, status: int, reason: str, exc: BaseException, sop_uid: str, calling: str) -> int:
+        log.warning(
+            "store_refused",
+            status=f"0x{status:04X}",
+            reason=reason,
+            error=str(exc),
+            sop_instance_uid=sop_uid,
+            calling_ae_title=calling,
+        )
+        self.acceptor.record_refusal(
+            reason, f"0x{status:04X}: {exc}", sop_instance_uid=sop_uid, calling_ae_title=calling
+        )
+        return status

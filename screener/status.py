@@ -1,0 +1,137 @@
+"""What `screener status` reports: queue depth by state, the oldest waiting job, why jobs were
+skipped, rejected or failed, and the latest refusals. No PHI: UIDs and reasons only."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+
+from screener import queue
+from screener.db import AuditEvent, Database, Instance, Job, JobState, utcnow
+from screener.db.engine import as_utc
+
+
+#: Audit events that account for what was received but made no new job.
+RECEIVED_EVENTS = {
+    "duplicate_ignored": "duplicates_ignored",
+    "changed_duplicate_ignored": "changed_resends_ignored",
+    "instance_replaced": "changed_resends_replaced",
+    "store_refused": "stores_refused",
+}
+
+
+@dataclass
+class StatusReport:
+    counts: dict[str, int]
+    oldest_queued_at: datetime | None
+    oldest_queued_age_seconds: float | None
+    received: dict[str, int] = field(default_factory=dict)  # instances, duplicates, refusals
+    reasons: dict[str, dict[str, int]] = field(default_factory=dict)  # state -> reason -> n
+    recent_errors: list[dict[str, Any]] = field(default_factory=list)
+    recent_refusals: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["oldest_queued_at"] = self.oldest_queued_at.isoformat() if self.oldest_queued_at else None
+        return d
+
+
+def build_report(db: Database, limit: int = 10) -> StatusReport:
+    counts = queue.counts_by_state(db)
+    with db.transaction() as session:
+        oldest = session.scalar(select(func.min(Job.created_at)).where(Job.state == JobState.QUEUED))
+        reason_rows = session.execute(
+            select(Job.state, Job.reason, func.count())
+            .where(Job.state.in_([JobState.SKIPPED, JobState.REJECTED, JobState.FAILED]))
+            .group_by(Job.state, Job.reason)
+        ).all()
+        errors = session.execute(
+            select(Job.id, Job.state, Job.reason, Job.last_error, Job.updated_at, Instance.sop_instance_uid, Job.source_path)
+            .outerjoin(Instance, Job.instance_id == Instance.id)
+            .where(Job.state.in_([JobState.FAILED, JobState.REJECTED]))
+            .order_by(Job.updated_at.desc())
+            .limit(limit)
+        ).all()
+        refusals = session.scalars(
+            select(AuditEvent)
+            .where(AuditEvent.event.in_(["store_refused", "association_rejected"]))
+            .order_by(AuditEvent.id.desc())
+            .limit(limit)
+        ).all()
+        received_events = dict(
+            session.execute(
+                select(AuditEvent.event, func.count())
+                .where(AuditEvent.event.in_(list(RECEIVED_EVENTS)))
+                .group_by(AuditEvent.event)
+            ).all()
+        )
+        received = {"instances": int(session.scalar(select(func.count()).select_from(Instance)) or 0)}
+        received.update({label: int(received_events.get(ev, 0)) for ev, label in RECEIVED_EVENTS.items()})
+        reasons: dict[str, dict[str, int]] = {}
+        for state, reason, n in reason_rows:
+            reasons.setdefault(str(state), {})[reason or "(none)"] = int(n)
+        report = StatusReport(
+            counts=counts,
+            oldest_queued_at=as_utc(oldest) if oldest else None,
+            oldest_queued_age_seconds=(utcnow() - as_utc(oldest)).total_seconds() if oldest else None,
+            received=received,
+            reasons=reasons,
+            recent_errors=[
+                {
+                    "job_id": r.id,
+                    "state": r.state,
+                    "reason": r.reason,
+                    "error": r.last_error,
+                    "at": as_utc(r.updated_at).isoformat(),
+                    "sop_instance_uid": r.sop_instance_uid,
+                    "path": r.source_path,
+                }
+                for r in errors
+            ],
+            recent_refusals=[
+                {
+                    "event": a.event,
+                    "reason": a.reason,
+                    "message": a.message,
+                    "at": as_utc(a.at).isoformat(),
+                    "calling_ae_title": a.calling_ae_title,
+                    "sop_instance_uid": a.sop_instance_uid,
+                }
+                for a in refusals
+            ],
+        )
+    return report
+
+
+def render_text(report: StatusReport) -> str:
+    lines = ["received:"]
+    lines += [f"  {what:<24} {n:>7}" for what, n in report.received.items()]
+    lines.append("queue:")
+    lines += [f"  {state:<11} {n:>7}" for state, n in report.counts.items()]
+    if report.oldest_queued_at is not None and report.oldest_queued_age_seconds is not None:
+        lines.append(
+            f"oldest queued job: {report.oldest_queued_at:%Y-%m-%d %H:%M:%S}Z "
+            f"({report.oldest_queued_age_seconds:.0f} s waiting)"
+        )
+    else:
+        lines.append("oldest queued job: none waiting")
+    for state in ("skipped", "rejected", "failed"):
+        by_reason = report.reasons.get(state)
+        if by_reason:
+            lines.append(f"{state} by reason:")
+            lines += [f"  {reason:<32} {n:>6}" for reason, n in sorted(by_reason.items())]
+    if report.recent_errors:
+        lines.append("last errors:")
+        for e in report.recent_errors:
+            what = e["sop_instance_uid"] or e["path"] or "-"
+            lines.append(f"  {e['at'][:19]}  job {e['job_id']} {e['state']} {e['reason']}: {e['error']}  [{what}]")
+    if report.recent_refusals:
+        lines.append("last refusals:")
+        for r in report.recent_refusals:
+            lines.append(
+                f"  {r['at'][:19]}  {r['event']} {r['reason']} from {r['calling_ae_title'] or '-'}: {r['message']}"
+            )
+    return "\n".join(lines)

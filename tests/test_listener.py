@@ -1,0 +1,150 @@
+"""The DICOM listener over real loopback associations: pynetdicom, storescu and echoscu as clients."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import REPO, c_store
+from pydicom import dcmread
+from sqlalchemy import func, select
+
+from screener.db import AuditEvent, Instance, Job, JobState
+from screener.status import build_report
+
+needs_dcmtk = pytest.mark.skipif(shutil.which("storescu") is None, reason="dcmtk (storescu) not installed")
+
+
+def _jobs(daemon: Any) -> dict[str, int]:
+    with daemon.db.transaction() as s:
+        return dict(s.execute(select(Job.state, func.count()).group_by(Job.state)).all())
+
+
+def _audit(daemon: Any, event: str) -> list[AuditEvent]:
+    with daemon.db.transaction() as s:
+        return list(s.scalars(select(AuditEvent).where(AuditEvent.event == event)))
+
+
+def test_store_real_chest_films(db_url: str, running_daemon: Callable[..., Any], dicom_dir: Path) -> None:
+    """Ten real JPEG Baseline CR chest films stored with pynetdicom are each acknowledged and queued."""
+    daemon = running_daemon(db_url)
+    files = sorted((dicom_dir / "siim_chest_cr").glob("*.dcm"))
+    assert c_store(daemon.listener.port, files) == [0x0000] * 10
+    assert _jobs(daemon) == {"queued": 10}
+    with daemon.db.transaction() as s:
+        instances = s.scalars(select(Instance)).all()
+        assert {i.transfer_syntax_uid for i in instances} == {"1.2.840.10008.1.2.4.50"}
+        for inst in instances:
+            spooled = Path(inst.spool_path)
+            assert spooled.is_file() and spooled.stat().st_size == inst.size_bytes
+    # spooled bytes decode to the same pixels as the original
+    original = dcmread(files[0])
+    with daemon.db.transaction() as s:
+        path = s.scalars(select(Instance.spool_path).where(Instance.sop_instance_uid == original.SOPInstanceUID)).one()
+    assert dcmread(path).PixelData == original.PixelData
+
+
+@needs_dcmtk
+def test_storescu_sends_every_shared_file(db_url: str, running_daemon: Callable[..., Any], dicom_dir: Path) -> None:
+    """storescu (dcmtk) sends all 30 shared files: each is accepted; 13 queued, 14 skipped, 3 header-variant resends ignored."""
+    daemon = running_daemon(db_url)
+    files = sorted((dicom_dir / "nih_dx_header_variants").glob("*.dcm"))
+    files += sorted((dicom_dir / "siim_chest_cr").glob("*.dcm"))
+    files += sorted((dicom_dir / "wg04_nonchest").glob("*.dcm"))
+    assert len(files) == 30
+    cfg = REPO / "deploy" / "storescu-screener.cfg"
+    proc = subprocess.run(
+        ["storescu", "-aet", "MODALITY", "-aec", "SCREENER", "-xf", str(cfg), "Screener",
+         "-to", "30", "127.0.0.1", str(daemon.listener.port), *map(str, files)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Store Failed" not in proc.stderr
+    assert _jobs(daemon) == {"queued": 13, "skipped": 14}
+    report = build_report(daemon.db)
+    assert report.received["instances"] == 27
+    assert report.received["changed_resends_ignored"] == 3  # test4-6 reuse test1's SOP Instance UID
+    assert report.reasons["skipped"] == {"selection:body_part_examined": 14}
+    with daemon.db.transaction() as s:
+        tsuids = set(s.scalars(select(Instance.transfer_syntax_uid)))
+    compressed = {".4.50", ".4.51", ".4.70", ".4.80", ".4.81", ".4.90", ".4.91", ".5"}
+    # every compressed syntax arrives as stored; uncompressed files travel as Explicit VR LE
+    assert tsuids == {"1.2.840.10008.1.2.1"} | {f"1.2.840.10008.1.2{c}" for c in compressed}
+
+
+@needs_dcmtk
+def test_echoscu(running_daemon: Callable[..., Any]) -> None:
+    """echoscu's C-ECHO gets a success response."""
+    daemon = running_daemon()
+    proc = subprocess.run(
+        ["echoscu", "-to", "10", "-aec", "SCREENER", "127.0.0.1", str(daemon.listener.port)],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_unknown_calling_ae_is_rejected_and_recorded(running_daemon: Callable[..., Any], dicom_file: Callable[..., Path]) -> None:
+    """With allowed_calling_aets set, an unknown caller's association is rejected and the rejection recorded."""
+    daemon = running_daemon(listener__allowed_calling_aets="PACS1,MODALITY")
+    with pytest.raises(AssertionError, match="not established"):
+        c_store(daemon.listener.port, [dicom_file()], calling_aet="INTRUDER")
+    (event,) = _audit(daemon, "association_rejected")
+    assert event.reason == "calling_ae_not_recognised" and event.calling_ae_title == "INTRUDER"
+    assert c_store(daemon.listener.port, [dicom_file()], calling_aet="PACS1") == [0]
+
+
+def test_bad_input_gets_its_status_and_reason(running_daemon: Callable[..., Any], dicom_file: Callable[..., Path], tmp_path: Path) -> None:
+    """Truncated -> C000, no pixel data -> A900, non-image SOP class -> 0122; each recorded; nothing spooled; still serving."""
+    daemon = running_daemon()
+    port = daemon.listener.port
+    good = dicom_file(rows=256, columns=256)
+    truncated = tmp_path / "truncated.dcm"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    assert c_store(port, [truncated]) == [0xC000]
+    assert c_store(port, [dicom_file(pixel_data=False)]) == [0xA900]
+    ct = dicom_file(sop_class_uid="1.2.840.10008.5.1.4.1.1.2", modality="CT")  # CT Image Storage
+    assert c_store(port, [ct]) == [0x0122]
+    reasons = [e.reason for e in _audit(daemon, "store_refused")]
+    assert reasons == ["truncated", "no_pixel_data", "unsupported_sop_class"]
+    assert _jobs(daemon) == {}
+    assert list(Path(daemon.acceptor.spool.root).glob("*/*.dcm")) == []
+    assert list(Path(daemon.acceptor.spool.tmp).iterdir()) == []
+    assert c_store(port, [good]) == [0]  # the daemon keeps serving
+    assert _jobs(daemon) == {"queued": 1}
+
+
+def test_disk_below_free_space_floor_is_out_of_resources(running_daemon: Callable[..., Any], dicom_file: Callable[..., Path]) -> None:
+    """When the spool disk is below storage.min_free_mb the store is refused with A700 and recorded."""
+    daemon = running_daemon(storage__min_free_mb=10**9)  # a petabyte floor: always below
+    assert c_store(daemon.listener.port, [dicom_file()]) == [0xA700]
+    (event,) = _audit(daemon, "store_refused")
+    assert event.reason == "out_of_resources" and "min_free_mb" in (event.message or "")
+    assert _jobs(daemon) == {}
+
+
+@pytest.mark.parametrize("policy", ["keep_first", "replace"])
+def test_duplicates(policy: str, running_daemon: Callable[..., Any], dicom_file: Callable[..., Path]) -> None:
+    """A resend of the same SOP Instance UID makes no second job; a changed resend replaces only under 'replace'."""
+    daemon = running_daemon(storage__duplicate_policy=policy)
+    port = daemon.listener.port
+    first = dicom_file(sop_instance_uid="1.2.3.4.5.6", study_instance_uid="1.2.3.4", seed=1)
+    changed = dicom_file(sop_instance_uid="1.2.3.4.5.6", study_instance_uid="1.2.3.4", seed=2)
+    assert c_store(port, [first, first]) == [0, 0]
+    assert _jobs(daemon) == {"queued": 1}
+    assert len(_audit(daemon, "duplicate_ignored")) == 1
+    assert c_store(port, [changed]) == [0]
+    with daemon.db.transaction() as s:
+        inst = s.scalars(select(Instance)).one()
+        jobs = s.scalars(select(Job).order_by(Job.id)).all()
+        spooled = dcmread(inst.spool_path).PixelData
+    if policy == "keep_first":
+        assert len(jobs) == 1 and spooled == dcmread(first).PixelData
+        assert len(_audit(daemon, "changed_duplicate_ignored")) == 1
+    else:
+        assert len(jobs) == 2 and jobs[1].state == JobState.QUEUED
+        assert spooled == dcmread(changed).PixelData
+        assert len(list(Path(daemon.acceptor.spool.root).glob("*/*.dcm"))) == 1  # old file removed

@@ -1,0 +1,110 @@
+"""The durable queue on SQLite and PostgreSQL: batches under a lease, expiry, attempts."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from conftest import build_dicom
+
+from screener import queue
+from screener.config import Settings
+from screener.db import Database, Job, JobState
+from screener.db.migrate import upgrade
+from screener.ingest.accept import Acceptor
+from screener.ingest.spool import Spool
+
+
+def _setup(settings: Settings, n: int) -> tuple[Database, list[int]]:
+    db = Database(settings.database.url)
+    upgrade(db)
+    acceptor = Acceptor(db, Spool(settings.storage.spool_dir, 0), settings)
+    ids = []
+    for i in range(n):
+        accepted = acceptor.accept(build_dicom(seed=i), source="dicom")
+        assert accepted.job_id is not None
+        ids.append(accepted.job_id)
+    return db, ids
+
+
+def test_dequeue_takes_a_batch_in_order_under_a_lease(db_url: str, make_settings: Callable[..., Settings]) -> None:
+    """Dequeue returns the oldest queued jobs, marks them processing with an owner and expiry."""
+    db, ids = _setup(make_settings(db_url), 5)
+    batch = queue.dequeue(db, "w1", limit=3, lease_seconds=60, max_attempts=3)
+    assert [j.job_id for j in batch] == ids[:3]
+    assert all(j.attempts == 1 for j in batch)
+    with db.transaction() as s:
+        job = s.get(Job, ids[0])
+        assert job is not None and job.state == JobState.PROCESSING and job.lease_owner == "w1"
+    assert [j.job_id for j in queue.dequeue(db, "w2", 10, 60, 3)] == ids[3:]
+    assert queue.dequeue(db, "w3", 10, 60, 3) == []
+    assert queue.counts_by_state(db)["processing"] == 5
+    db.dispose()
+
+
+def test_complete_and_fail(db_url: str, make_settings: Callable[..., Settings]) -> None:
+    """complete marks done; a retryable failure requeues until attempts run out, then fails."""
+    db, ids = _setup(make_settings(db_url), 2)
+    a, b = queue.dequeue(db, "w", 2, 60, 2)
+    assert queue.complete(db, a.job_id, "w")
+    assert queue.fail(db, b.job_id, "w", "decode", "bad pixels", max_attempts=2, retryable=True) == "queued"
+    (b2,) = queue.dequeue(db, "w", 2, 60, 2)
+    assert b2.attempts == 2
+    assert queue.fail(db, b2.job_id, "w", "decode", "bad pixels", max_attempts=2, retryable=True) == "failed"
+    counts = queue.counts_by_state(db)
+    assert (counts["done"], counts["failed"], counts["queued"]) == (1, 1, 0)
+    db.dispose()
+
+
+def test_expired_lease_returns_job_then_fails_after_max_attempts(db_url: str, make_settings: Callable[..., Settings]) -> None:
+    """A job whose lease expires is queued again; after max_attempts expiries it is failed with the reason."""
+    db, (job_id,) = _setup(make_settings(db_url), 1)
+    (first,) = queue.dequeue(db, "dead-worker", 1, lease_seconds=0.2, max_attempts=2)
+    assert queue.dequeue(db, "w2", 1, 60, 2) == []  # still leased
+    time.sleep(0.3)  # let the lease run out
+    (second,) = queue.dequeue(db, "w2", 1, lease_seconds=0.2, max_attempts=2)
+    assert second.job_id == job_id and second.attempts == 2
+    assert not queue.complete(db, job_id, "dead-worker")  # the old owner lost the lease
+    time.sleep(0.3)
+    assert queue.dequeue(db, "w3", 1, 60, 2) == []
+    with db.transaction() as s:
+        job = s.get(Job, job_id)
+        assert job is not None
+        assert job.state == JobState.FAILED and job.reason == "lease_expired"
+        assert "2 time(s)" in (job.last_error or "")
+    db.dispose()
+
+
+def test_concurrent_workers_never_share_a_job(db_url: str, make_settings: Callable[..., Settings]) -> None:
+    """Four threads dequeuing at once take every job exactly once (SKIP LOCKED / BEGIN IMMEDIATE)."""
+    db, ids = _setup(make_settings(db_url), 40)
+    taken: list[int] = []
+    lock = threading.Lock()
+
+    def work(owner: str) -> None:
+        while True:
+            batch = queue.dequeue(db, owner, 3, 60, 3)
+            if not batch:
+                return
+            with lock:
+                taken.extend(j.job_id for j in batch)
+
+    threads = [threading.Thread(target=work, args=(f"w{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(taken) == sorted(ids)
+    db.dispose()
+
+
+def test_requeue_resets_attempts(db_url: str, make_settings: Callable[..., Settings]) -> None:
+    """requeue puts a failed job back with zero attempts."""
+    db, (job_id,) = _setup(make_settings(db_url), 1)
+    (j,) = queue.dequeue(db, "w", 1, 60, 1)
+    queue.fail(db, j.job_id, "w", "x", "y", max_attempts=1, retryable=True)
+    assert queue.requeue(db, [job_id]) == 1
+    (again,) = queue.dequeue(db, "w", 1, 60, 1)
+    assert again.attempts == 1
+    db.dispose()
