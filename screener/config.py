@@ -51,7 +51,9 @@ class ListenerSettings:
         [], "calling AE titles allowed to associate; empty list = any caller"
     )
     max_associations: int = _opt(10, "most simultaneous associations", min=1, max=1000)
-    network_timeout: float = _opt(60.0, "seconds of network silence before an association is aborted", min=1)
+    network_timeout: float = _opt(
+        60.0, "seconds of network silence before an association is aborted", min=1
+    )
 
 
 @dataclass(frozen=True)
@@ -70,9 +72,13 @@ class StorageSettings:
 @dataclass(frozen=True)
 class WatchSettings:
     enabled: bool = _opt(True, "watch a folder for dropped DICOM files in `screener serve`")
-    dir: str = _opt("var/incoming", "the watched folder (any file name; DICOM recognised by content)")
+    dir: str = _opt(
+        "var/incoming", "the watched folder (any file name; DICOM recognised by content)"
+    )
     rejected_dir: str = _opt("var/rejected", "where unreadable files go, each with a .reason.txt")
-    settle_seconds: float = _opt(2.0, "a file is taken once its size and mtime are unchanged this long", min=0)
+    settle_seconds: float = _opt(
+        2.0, "a file is taken once its size and mtime are unchanged this long", min=0
+    )
     poll_seconds: float = _opt(0.5, "how often pending files are re-checked", min=0.05)
 
 
@@ -87,7 +93,9 @@ class SelectionSettings:
 
 @dataclass(frozen=True)
 class QueueSettings:
-    lease_seconds: float = _opt(300.0, "a dequeued job returns to the queue if not finished in this time", min=1)
+    lease_seconds: float = _opt(
+        300.0, "a dequeued job returns to the queue if not finished in this time", min=1
+    )
     max_attempts: int = _opt(3, "after this many attempts a job becomes failed", min=1)
 
 
@@ -97,17 +105,25 @@ class WorkerSettings:
     max_batch: int = _opt(16, "most jobs taken per batch", min=1, max=1024)
     max_wait_ms: int = _opt(200, "how long to wait for a batch to fill before running it", min=0)
     poll_seconds: float = _opt(0.5, "idle poll interval of the worker loop", min=0.01)
-    device: str = _opt("auto", "inference device: auto, cpu or gpu:N", pattern=("auto", "cpu", "gpu:"))
+    device: str = _opt(
+        "auto", "inference device: auto, cpu or gpu:N", pattern=("auto", "cpu", "gpu:")
+    )
 
 
 @dataclass(frozen=True)
 class ModelSettings:
-    bundle: str = _opt("models/screener-default", "the model bundle folder (model.json + Keras model)")
+    bundle: str = _opt(
+        "models/screener-default", "the model bundle folder (model.json + Keras model)"
+    )
 
 
 @dataclass(frozen=True)
 class LoggingSettings:
-    format: str = _opt("auto", "json, console, or auto (console on a terminal, else json)", choices=("auto", "json", "console"))
+    format: str = _opt(
+        "auto",
+        "json, console, or auto (console on a terminal, else json)",
+        choices=("auto", "json", "console"),
+    )
     level: str = _opt("info", "log level", choices=("debug", "info", "warning", "error"))
 
 
@@ -203,7 +219,9 @@ def load_settings(
         except FileNotFoundError:
             raise ConfigError(f"configuration file {str(path)!r} does not exist") from None
         except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"configuration file {str(path)!r} is not valid TOML: {exc}") from None
+            raise ConfigError(
+                f"configuration file {str(path)!r} is not valid TOML: {exc}"
+            ) from None
 
     sections = _sections()
     for name, table in file_values.items():
@@ -262,7 +280,7 @@ def render_default_toml() -> str:
     for name, cls in _sections().items():
         lines += ["", f"[{name}]"]
         for f in dataclasses.fields(cls):
-            default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+            default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
             lines.append(f"# {f.metadata['help']}")
             lines.append(f"{f.name} = {_toml_value(default)}")
     return "\n".join(lines) + "\n"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import MutableMapping
-from typing import Any
+from typing import Any, TextIO, cast
 
 import structlog
 
@@ -73,9 +73,13 @@ def configure_logging(settings: LoggingSettings, stream: Any = None) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(out),
+        logger_factory=structlog.PrintLoggerFactory(cast(TextIO, out)),
         cache_logger_on_first_use=False,
     )
     # pynetdicom logs data set dumps (PHI) at DEBUG; keep it to warnings and above.
-    logging.basicConfig(stream=stream or sys.stderr, level=max(level, logging.WARNING), format="%(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        stream=stream or sys.stderr,
+        level=max(level, logging.WARNING),
+        format="%(name)s %(levelname)s %(message)s",
+    )
     logging.getLogger("pynetdicom").setLevel(max(level, logging.WARNING))

@@ -149,15 +149,14 @@ class ServeProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, *extra: str) -> ServeProcess:
-        log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "screener.cli", "serve", *extra],
-            cwd=self.tmp_path,
-            env={**os.environ, **self.env},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "screener.cli", "serve", *extra],
+                cwd=self.tmp_path,
+                env={**os.environ, **self.env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         wait_for(lambda: "daemon_started" in self.log() or self.proc.poll() is not None, 60)
         assert self.proc.poll() is None, f"screener serve exited early:\n{self.log()}"
         return self
@@ -253,7 +252,11 @@ def build_dicom(
         ds.PhotometricInterpretation = "MONOCHROME2"
         ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
         ds.PixelRepresentation = 0
-        ds.PixelData = np.random.default_rng(seed).integers(0, 4096, (rows, columns), dtype=np.uint16).tobytes()
+        ds.PixelData = (
+            np.random.default_rng(seed)
+            .integers(0, 4096, (rows, columns), dtype=np.uint16)
+            .tobytes()
+        )
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID

@@ -35,7 +35,9 @@ def test_precedence_cli_over_env_over_file_over_default(tmp_path: Path) -> None:
         ({"nope.key": "1"}, "unknown setting 'nope.key'"),
     ],
 )
-def test_invalid_value_names_key_value_and_rule(overrides: dict[str, str], fragment: str, tmp_path: Path) -> None:
+def test_invalid_value_names_key_value_and_rule(
+    overrides: dict[str, str], fragment: str, tmp_path: Path
+) -> None:
     """An invalid value raises ConfigError naming the key, the value and what is allowed."""
     empty = tmp_path / "e.toml"
     empty.write_text("")
@@ -48,7 +50,7 @@ def test_invalid_environment_value_is_reported(tmp_path: Path) -> None:
     """A bad SCREENER_* variable stops start-up like a bad file value."""
     empty = tmp_path / "e.toml"
     empty.write_text("")
-    with pytest.raises(ConfigError, match="worker.max_batch = 0 is invalid: must be at least 1"):
+    with pytest.raises(ConfigError, match=r"worker\.max_batch = 0 is invalid: must be at least 1"):
         load_settings(empty, None, {"SCREENER_WORKER_MAX_BATCH": "0"})
 
 

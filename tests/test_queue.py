@@ -28,7 +28,9 @@ def _setup(settings: Settings, n: int) -> tuple[Database, list[int]]:
     return db, ids
 
 
-def test_dequeue_takes_a_batch_in_order_under_a_lease(db_url: str, make_settings: Callable[..., Settings]) -> None:
+def test_dequeue_takes_a_batch_in_order_under_a_lease(
+    db_url: str, make_settings: Callable[..., Settings]
+) -> None:
     """Dequeue returns the oldest queued jobs, marks them processing with an owner and expiry."""
     db, ids = _setup(make_settings(db_url), 5)
     batch = queue.dequeue(db, "w1", limit=3, lease_seconds=60, max_attempts=3)
@@ -45,22 +47,30 @@ def test_dequeue_takes_a_batch_in_order_under_a_lease(db_url: str, make_settings
 
 def test_complete_and_fail(db_url: str, make_settings: Callable[..., Settings]) -> None:
     """complete marks done; a retryable failure requeues until attempts run out, then fails."""
-    db, ids = _setup(make_settings(db_url), 2)
+    db, _ids = _setup(make_settings(db_url), 2)
     a, b = queue.dequeue(db, "w", 2, 60, 2)
     assert queue.complete(db, a.job_id, "w")
-    assert queue.fail(db, b.job_id, "w", "decode", "bad pixels", max_attempts=2, retryable=True) == "queued"
+    assert (
+        queue.fail(db, b.job_id, "w", "decode", "bad pixels", max_attempts=2, retryable=True)
+        == "queued"
+    )
     (b2,) = queue.dequeue(db, "w", 2, 60, 2)
     assert b2.attempts == 2
-    assert queue.fail(db, b2.job_id, "w", "decode", "bad pixels", max_attempts=2, retryable=True) == "failed"
+    assert (
+        queue.fail(db, b2.job_id, "w", "decode", "bad pixels", max_attempts=2, retryable=True)
+        == "failed"
+    )
     counts = queue.counts_by_state(db)
     assert (counts["done"], counts["failed"], counts["queued"]) == (1, 1, 0)
     db.dispose()
 
 
-def test_expired_lease_returns_job_then_fails_after_max_attempts(db_url: str, make_settings: Callable[..., Settings]) -> None:
+def test_expired_lease_returns_job_then_fails_after_max_attempts(
+    db_url: str, make_settings: Callable[..., Settings]
+) -> None:
     """A job whose lease expires is queued again; after max_attempts expiries it is failed with the reason."""
     db, (job_id,) = _setup(make_settings(db_url), 1)
-    (first,) = queue.dequeue(db, "dead-worker", 1, lease_seconds=0.2, max_attempts=2)
+    (_first,) = queue.dequeue(db, "dead-worker", 1, lease_seconds=0.2, max_attempts=2)
     assert queue.dequeue(db, "w2", 1, 60, 2) == []  # still leased
     time.sleep(0.3)  # let the lease run out
     (second,) = queue.dequeue(db, "w2", 1, lease_seconds=0.2, max_attempts=2)
@@ -76,7 +86,9 @@ def test_expired_lease_returns_job_then_fails_after_max_attempts(db_url: str, ma
     db.dispose()
 
 
-def test_concurrent_workers_never_share_a_job(db_url: str, make_settings: Callable[..., Settings]) -> None:
+def test_concurrent_workers_never_share_a_job(
+    db_url: str, make_settings: Callable[..., Settings]
+) -> None:
     """Four threads dequeuing at once take every job exactly once (SKIP LOCKED / BEGIN IMMEDIATE)."""
     db, ids = _setup(make_settings(db_url), 40)
     taken: list[int] = []

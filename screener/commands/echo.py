@@ -19,15 +19,18 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from pynetdicom import AE
-    from pynetdicom.sop_class import Verification
+
+    from screener.ingest.sopclasses import VERIFICATION
 
     ae = AE(ae_title=settings.listener.ae_title)
-    ae.add_requested_context(Verification)
+    ae.add_requested_context(VERIFICATION)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = args.timeout
     ae.connection_timeout = args.timeout
     assoc = ae.associate(args.host, args.port, ae_title=args.aet or "ANY-SCP")
     if not assoc.is_established:
-        print(f"C-ECHO {args.host}:{args.port}: association failed (rejected, aborted or no answer)")
+        print(
+            f"C-ECHO {args.host}:{args.port}: association failed (rejected, aborted or no answer)"
+        )
         return 1
     try:
         status = assoc.send_c_echo()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 from typing import Any
 
@@ -11,7 +12,9 @@ from screener.config import Settings
 
 
 def register(sub: Any) -> None:
-    p: argparse.ArgumentParser = sub.add_parser("worker", help="run a worker loop only (shares the queue)")
+    p: argparse.ArgumentParser = sub.add_parser(
+        "worker", help="run a worker loop only (shares the queue)"
+    )
     setting_flag(p, "--db", "database.url", "database URL")
     p.add_argument("--once", action="store_true", help="process one batch and exit")
     p.set_defaults(func=run)
@@ -27,8 +30,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"processed {worker.run_once()} job(s)")
         return 0
     signal.signal(signal.SIGTERM, lambda *_: worker.stop(timeout=0))
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         worker.run()
-    except KeyboardInterrupt:
-        pass
     return 0

@@ -39,7 +39,7 @@ class Base(DeclarativeBase):
     pass
 
 
-Base.metadata.naming_convention = NAMING_CONVENTION  # type: ignore[assignment]
+Base.metadata.naming_convention = NAMING_CONVENTION
 
 
 class JobState(enum.StrEnum):
@@ -112,7 +112,9 @@ class Job(Base):
     state: Mapped[str] = mapped_column(String(16))
     priority: Mapped[int] = mapped_column(Integer, default=0)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
-    reason: Mapped[str | None] = mapped_column(String(64))  # machine-readable: why skipped/rejected/failed
+    reason: Mapped[str | None] = mapped_column(
+        String(64)
+    )  # machine-readable: why skipped/rejected/failed
     last_error: Mapped[str | None] = mapped_column(Text)  # a sentence for a human
     source_path: Mapped[str | None] = mapped_column(String(1024))  # a rejected file's new place
     lease_owner: Mapped[str | None] = mapped_column(String(128))

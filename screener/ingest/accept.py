@@ -104,9 +104,13 @@ def parse(data: bytes, *, allow_raw: bool) -> tuple[Dataset, bytes]:
     try:
         ds = dcmread(io.BytesIO(data), force=True)
         if "SOPInstanceUID" not in ds or "SOPClassUID" not in ds:
-            raise NotDicom("not_dicom", "not a DICOM file (no preamble, no SOP Class / Instance UID)")
+            raise NotDicom(
+                "not_dicom", "not a DICOM file (no preamble, no SOP Class / Instance UID)"
+            )
         ds.ensure_file_meta()
-        ds.file_meta.TransferSyntaxUID = ds.file_meta.get("TransferSyntaxUID", ExplicitVRLittleEndian)
+        ds.file_meta.TransferSyntaxUID = ds.file_meta.get(
+            "TransferSyntaxUID", ExplicitVRLittleEndian
+        )
         ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         out = io.BytesIO()
@@ -136,7 +140,9 @@ def validate(ds: Dataset, data: bytes) -> None:
         if not _str(ds, k)
     ]
     if missing:
-        raise NotUnderstood("missing_uid", f"required attribute(s) missing or empty: {', '.join(missing)}")
+        raise NotUnderstood(
+            "missing_uid", f"required attribute(s) missing or empty: {', '.join(missing)}"
+        )
     sop_class = UID(str(ds.SOPClassUID))
     if sop_class not in IMAGE_STORAGE_SOP_CLASSES:
         raise UnsupportedSOPClass(
@@ -153,7 +159,8 @@ def validate(ds: Dataset, data: bytes) -> None:
         actual = len(ds.PixelData)
         if expected is not None and actual < expected:
             raise NotUnderstood(
-                "truncated", f"Pixel Data has {actual} bytes; Rows/Columns/Bits Allocated need {expected}"
+                "truncated",
+                f"Pixel Data has {actual} bytes; Rows/Columns/Bits Allocated need {expected}",
             )
 
 
@@ -204,7 +211,9 @@ class Acceptor:
                         return Accepted("duplicate", sop_uid, study_uid, None)
                     written = self._write(target, data)
                     replaced_path = existing.spool_path
-                    _fill_instance(existing, ds, target, sha256, len(data), source, calling_ae_title)
+                    _fill_instance(
+                        existing, ds, target, sha256, len(data), source, calling_ae_title
+                    )
                     job, skip = self._enqueue(session, existing, ds)
                     _audit(session, "instance_replaced", ds, calling_ae_title, job_id=job.id)
                     outcome: Literal["queued", "skipped", "replaced"] = "replaced"
@@ -212,7 +221,9 @@ class Acceptor:
                     study = _get_or_create_study(session, ds)
                     written = self._write(target, data)
                     instance = Instance(study=study, received_at=now, receive_count=1)
-                    _fill_instance(instance, ds, target, sha256, len(data), source, calling_ae_title)
+                    _fill_instance(
+                        instance, ds, target, sha256, len(data), source, calling_ae_title
+                    )
                     session.add(instance)
                     job, skip = self._enqueue(session, instance, ds)
                     outcome = "skipped" if skip else "queued"
@@ -254,7 +265,9 @@ class Acceptor:
         self.spool.write(target, data)
         return target
 
-    def _enqueue(self, session: Session, instance: Instance, ds: Dataset) -> tuple[Job, Skip | None]:
+    def _enqueue(
+        self, session: Session, instance: Instance, ds: Dataset
+    ) -> tuple[Job, Skip | None]:
         skip = apply_selection(ds, self.settings.selection)
         now = utcnow()
         job = Job(
@@ -272,7 +285,9 @@ class Acceptor:
         session.flush()
         return job, skip
 
-    def record_rejected_file(self, original: Path, moved_to: Path, reason: str, message: str) -> int:
+    def record_rejected_file(
+        self, original: Path, moved_to: Path, reason: str, message: str
+    ) -> int:
         """A watched-folder file that could not be accepted: a ``rejected`` job with its reason."""
         with self.db.transaction() as session:
             now = utcnow()
@@ -291,8 +306,12 @@ class Acceptor:
             session.flush()
             session.add(
                 AuditEvent(
-                    at=now, event="file_rejected", reason=reason, message=message,
-                    job_id=job.id, path=str(moved_to),
+                    at=now,
+                    event="file_rejected",
+                    reason=reason,
+                    message=message,
+                    job_id=job.id,
+                    path=str(moved_to),
                 )
             )
             return job.id
@@ -311,8 +330,12 @@ class Acceptor:
             with self.db.transaction() as session:
                 session.add(
                     AuditEvent(
-                        at=utcnow(), event=event, reason=reason, message=message[:2000],
-                        sop_instance_uid=sop_instance_uid, calling_ae_title=calling_ae_title,
+                        at=utcnow(),
+                        event=event,
+                        reason=reason,
+                        message=message[:2000],
+                        sop_instance_uid=sop_instance_uid,
+                        calling_ae_title=calling_ae_title,
                     )
                 )
         except Exception:  # the database itself may be what failed; the log still has it
@@ -333,7 +356,9 @@ class Acceptor:
             except IngestError as exc:
                 log.warning("spool_recovery_failed", path=str(path), error=str(exc))
         if removed or recovered:
-            log.info("spool_recovered", partial_files_removed=removed, instances_recovered=recovered)
+            log.info(
+                "spool_recovered", partial_files_removed=removed, instances_recovered=recovered
+            )
         return recovered
 
 

@@ -20,9 +20,12 @@ import time
 from typing import Any
 
 import structlog
-from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 from pynetdicom import AE, AllStoragePresentationContexts, evt
-from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
 from screener.config import ListenerSettings
@@ -34,7 +37,7 @@ from screener.ingest.accept import (
     OutOfResources,
     UnsupportedSOPClass,
 )
-from screener.ingest.sopclasses import IMAGE_STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
+from screener.ingest.sopclasses import IMAGE_STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, VERIFICATION
 
 log = structlog.get_logger(__name__)
 
@@ -62,13 +65,18 @@ class Listener:
         self.ae.dimse_timeout = settings.network_timeout
         if settings.allowed_calling_aets:
             self.ae.require_calling_aet = list(settings.allowed_calling_aets)
-        self.ae.add_supported_context(Verification)
+        self.ae.add_supported_context(VERIFICATION)
         for sop_class in sorted(IMAGE_STORAGE_SOP_CLASSES):
             self.ae.add_supported_context(sop_class, list(TRANSFER_SYNTAXES))
-        uncompressed = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian]
+        uncompressed = [
+            ExplicitVRLittleEndian,
+            ImplicitVRLittleEndian,
+            DeflatedExplicitVRLittleEndian,
+        ]
         for context in AllStoragePresentationContexts:
-            if context.abstract_syntax not in IMAGE_STORAGE_SOP_CLASSES:
-                self.ae.add_supported_context(context.abstract_syntax, uncompressed)
+            syntax = context.abstract_syntax
+            if syntax is not None and syntax not in IMAGE_STORAGE_SOP_CLASSES:
+                self.ae.add_supported_context(syntax, uncompressed)
         self._server: ThreadedAssociationServer | None = None
         self._in_flight = 0
         self._lock = threading.Lock()
@@ -80,7 +88,7 @@ class Listener:
         return int(self._server.server_address[1])
 
     def start(self) -> None:
-        handlers = [
+        handlers: list[Any] = [
             (evt.EVT_C_STORE, self._on_c_store),
             (evt.EVT_C_ECHO, self._on_c_echo),
             (evt.EVT_ACCEPTED, self._on_accepted),
@@ -135,9 +143,13 @@ class Listener:
             message = f"calling AE title {calling!r} is not in listener.allowed_calling_aets"
         else:
             reason = "association_rejected"
-            message = f"association from {calling!r} rejected (e.g. listener.max_associations reached)"
+            message = (
+                f"association from {calling!r} rejected (e.g. listener.max_associations reached)"
+            )
         log.warning("association_rejected", calling_ae_title=calling, reason=reason)
-        self.acceptor.record_refusal(reason, message, event="association_rejected", calling_ae_title=calling)
+        self.acceptor.record_refusal(
+            reason, message, event="association_rejected", calling_ae_title=calling
+        )
 
     def _on_c_store(self, event: Any) -> int:
         calling = _calling_ae(event)
@@ -165,7 +177,9 @@ class Listener:
             with self._lock:
                 self._in_flight -= 1
 
-    def _refuse(self, status: int, reason: str, exc: BaseException, sop_uid: str, calling: str) -> int:
+    def _refuse(
+        self, status: int, reason: str, exc: BaseException, sop_uid: str, calling: str
+    ) -> int:
         log.warning(
             "store_refused",
             status=f"0x{status:04X}",

@@ -32,7 +32,10 @@ def apply_selection(ds: Dataset, rules: SelectionSettings) -> Skip | None:
     """Return why ``ds`` is skipped, or None when it is to be screened."""
     modality = _value(ds, "Modality")
     if modality not in {m.upper() for m in rules.modalities}:
-        return Skip("modality", f"Modality {modality or '(absent)'!r} is not one of {_allowed(rules.modalities)}")
+        return Skip(
+            "modality",
+            f"Modality {modality or '(absent)'!r} is not one of {_allowed(rules.modalities)}",
+        )
     body_part = _value(ds, "BodyPartExamined")
     if body_part:
         if body_part not in {b.upper() for b in rules.body_parts}:

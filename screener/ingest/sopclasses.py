@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pydicom.uid import (
+    JPEG2000,
     UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
-    JPEG2000,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
@@ -17,29 +17,23 @@ from pydicom.uid import (
     JPEGLSNearLossless,
     RLELossless,
 )
-from pynetdicom.sop_class import (
-    ComputedRadiographyImageStorage,
-    DigitalXRayImageStorageForPresentation,
-    DigitalXRayImageStorageForProcessing,
-    MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
-    MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
-    MultiFrameTrueColorSecondaryCaptureImageStorage,
-    SecondaryCaptureImageStorage,
-)
 
 #: CR, DX (for presentation and for processing) and Secondary Capture images.
 IMAGE_STORAGE_SOP_CLASSES: frozenset[UID] = frozenset(
-    UID(str(uid))
+    UID(uid)
     for uid in (
-        ComputedRadiographyImageStorage,
-        DigitalXRayImageStorageForPresentation,
-        DigitalXRayImageStorageForProcessing,
-        SecondaryCaptureImageStorage,
-        MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
-        MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
-        MultiFrameTrueColorSecondaryCaptureImageStorage,
+        "1.2.840.10008.5.1.4.1.1.1",  # Computed Radiography Image Storage
+        "1.2.840.10008.5.1.4.1.1.1.1",  # Digital X-Ray Image Storage - For Presentation
+        "1.2.840.10008.5.1.4.1.1.1.1.1",  # Digital X-Ray Image Storage - For Processing
+        "1.2.840.10008.5.1.4.1.1.7",  # Secondary Capture Image Storage
+        "1.2.840.10008.5.1.4.1.1.7.2",  # Multi-frame Grayscale Byte Secondary Capture
+        "1.2.840.10008.5.1.4.1.1.7.3",  # Multi-frame Grayscale Word Secondary Capture
+        "1.2.840.10008.5.1.4.1.1.7.4",  # Multi-frame True Color Secondary Capture
     )
 )
+
+#: PS3.4 A.4: the Verification SOP Class (C-ECHO).
+VERIFICATION = UID("1.2.840.10008.1.1")
 
 #: Transfer syntaxes offered for every image SOP class.
 TRANSFER_SYNTAXES: tuple[UID, ...] = (

@@ -154,7 +154,12 @@ class FolderWatcher:
             log.exception("watch_file_failed", path=str(path))
             return False
         path.unlink(missing_ok=True)
-        log.info("watch_file_taken", path=path.name, outcome=outcome.outcome, sop_instance_uid=outcome.sop_instance_uid)
+        log.info(
+            "watch_file_taken",
+            path=path.name,
+            outcome=outcome.outcome,
+            sop_instance_uid=outcome.sop_instance_uid,
+        )
         return True
 
     def _reject(self, path: Path, reason: str, message: str) -> None:
@@ -169,4 +174,10 @@ class FolderWatcher:
             f"reason: {reason}\nmessage: {message}\noriginal: {path}\n", encoding="utf-8"
         )
         job_id = self.acceptor.record_rejected_file(path, target, reason, message)
-        log.warning("watch_file_rejected", path=path.name, moved_to=str(target), reason=reason, job_id=job_id)
+        log.warning(
+            "watch_file_rejected",
+            path=path.name,
+            moved_to=str(target),
+            reason=reason,
+            job_id=job_id,
+        )
