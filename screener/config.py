@@ -118,6 +118,44 @@ class ModelSettings:
 
 
 @dataclass(frozen=True)
+class ExportSettings:
+    destinations: list[str] = _opt(
+        [],
+        "where each SR is sent by C-STORE: AE_TITLE@HOST:PORT entries; empty = keep results local",
+    )
+    sr_kind: str = _opt(
+        "3d",
+        "3d = Comprehensive 3D SR (1.2.840.10008.5.1.4.1.1.88.34); comprehensive = Comprehensive SR (.88.33)",
+        choices=("3d", "comprehensive"),
+    )
+    heatmap_capture: bool = _opt(
+        False, "also send a Secondary Capture of the heatmap overlay in the same study"
+    )
+    max_attempts: int = _opt(
+        8, "after this many failed deliveries an export is dead-lettered", min=1
+    )
+    backoff_seconds: float = _opt(
+        10.0, "delay before the first retry; doubles with each failure", min=0
+    )
+    backoff_max_seconds: float = _opt(3600.0, "longest delay between retries", min=0)
+    poll_seconds: float = _opt(1.0, "how often pending deliveries are looked for", min=0.05)
+    timeout_seconds: float = _opt(30.0, "network timeout of one delivery association", min=1)
+
+
+@dataclass(frozen=True)
+class RescanSettings:
+    pacs: str = _opt("", "PACS to query for missed studies: AE_TITLE@HOST:PORT; empty = no query")
+    window_hours: float = _opt(24.0, "how far back C-FIND looks for studies", min=0.1)
+    modalities: list[str] = _opt(["CR", "DX"], "modalities asked for in the C-FIND")
+    move_destination: str = _opt(
+        "", "AE title the PACS sends retrieved images to; empty = listener.ae_title"
+    )
+    schedule: str = _opt(
+        "02:00", "daily local time HH:MM at which `screener serve` rescans; empty = never"
+    )
+
+
+@dataclass(frozen=True)
 class LoggingSettings:
     format: str = _opt(
         "auto",
@@ -137,6 +175,8 @@ class Settings:
     queue: QueueSettings = field(default_factory=QueueSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
+    export: ExportSettings = field(default_factory=ExportSettings)
+    rescan: RescanSettings = field(default_factory=RescanSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
 
 

@@ -3,7 +3,17 @@
 from __future__ import annotations
 
 from screener.db.engine import Database, utcnow
-from screener.db.models import AuditEvent, Base, Export, Instance, Job, JobState, Result, Study
+from screener.db.models import (
+    AuditEvent,
+    Base,
+    Export,
+    Instance,
+    Job,
+    JobState,
+    Result,
+    Review,
+    Study,
+)
 
 __all__ = [
     "AuditEvent",
@@ -14,6 +24,7 @@ __all__ = [
     "Job",
     "JobState",
     "Result",
+    "Review",
     "Study",
     "utcnow",
 ]

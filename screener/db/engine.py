@@ -53,7 +53,9 @@ class Database:
         try:
             parsed = make_url(url)
         except Exception as exc:  # sqlalchemy raises ArgumentError for a malformed URL
-            raise ConfigError(f"database.url = {url!r} is not a valid database URL: {exc}") from None
+            raise ConfigError(
+                f"database.url = {url!r} is not a valid database URL: {exc}"
+            ) from None
         self.url = url
         self.dialect = parsed.get_backend_name()
         kwargs: dict[str, Any] = {}

@@ -11,6 +11,7 @@ from datetime import datetime
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     Float,
@@ -182,3 +183,22 @@ class AuditEvent(Base):
     job_id: Mapped[int | None] = mapped_column(Integer)
     calling_ae_title: Mapped[str | None] = mapped_column(AE)
     path: Mapped[str | None] = mapped_column(String(1024))
+
+
+class Review(Base):
+    """A radiologist's read of a flagged (or unflagged) study: agreement with the model."""
+
+    __tablename__ = "reviews"
+    __table_args__ = (CheckConstraint("verdict IN ('agree', 'disagree')", name="verdict"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    verdict: Mapped[str] = mapped_column(String(16))
+    model_positive: Mapped[bool] = mapped_column(Boolean)  # the model's flag when reviewed
+    radiologist_positive: Mapped[bool] = mapped_column(Boolean)  # derived from the verdict
+    probability: Mapped[float] = mapped_column(Float)
+    model_name: Mapped[str] = mapped_column(String(64))
+    model_version: Mapped[str] = mapped_column(String(32))
+    model_uid: Mapped[str] = mapped_column(UID)
+    note: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
