@@ -21,6 +21,7 @@ COMMANDS = (
     "worker",
     "db",
     "status",
+    "rescan",
     "echo",
     "train",
     "evaluate",
@@ -38,7 +39,9 @@ def _parse_set(text: str) -> tuple[str, str]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="screener", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"screener {__version__}")
-    parser.add_argument("--config", help="TOML settings file (default: $SCREENER_CONFIG or ./screener.toml)")
+    parser.add_argument(
+        "--config", help="TOML settings file (default: $SCREENER_CONFIG or ./screener.toml)"
+    )
     parser.add_argument(
         "--set",
         dest="overrides",

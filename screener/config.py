@@ -108,6 +108,15 @@ class WorkerSettings:
     device: str = _opt(
         "auto", "inference device: auto, cpu or gpu:N", pattern=("auto", "cpu", "gpu:")
     )
+    processes: int = _opt(
+        1, "worker processes started by `screener serve` (one per GPU)", min=1, max=64
+    )
+    decode_processes: int = _opt(
+        1,
+        "processes per worker decoding pixels while the model scores a batch; 0 = inline",
+        min=0,
+        max=64,
+    )
 
 
 @dataclass(frozen=True)

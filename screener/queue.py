@@ -15,13 +15,15 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import structlog
 from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
 
-from screener.db import AuditEvent, Database, Instance, Job, JobState, utcnow
+from screener.db import AuditEvent, Database, Job, JobState, utcnow
 from screener.db.engine import as_utc
 
 log = structlog.get_logger(__name__)
@@ -125,7 +127,9 @@ def dequeue(
                     job_id=job.id,
                     instance_id=instance.id,
                     sop_instance_uid=instance.sop_instance_uid,
-                    study_instance_uid=instance.study.study_instance_uid if instance.study else None,
+                    study_instance_uid=instance.study.study_instance_uid
+                    if instance.study
+                    else None,
                     spool_path=instance.spool_path,
                     attempts=job.attempts,
                     queued_at=as_utc(job.created_at),
@@ -143,8 +147,13 @@ def _owned(session_job: Job | None, owner: str) -> bool:
     )
 
 
-def complete(db: Database, job_id: int, owner: str) -> bool:
-    """Mark a leased job done. False if the lease was lost (expired and taken elsewhere)."""
+def complete(
+    db: Database, job_id: int, owner: str, record: Callable[[Session], None] | None = None
+) -> bool:
+    """Mark a leased job done, running ``record`` (e.g. store results) in the same transaction.
+
+    False, and nothing recorded, if the lease was lost (expired and taken elsewhere).
+    """
     with db.transaction() as session:
         job = session.get(Job, job_id, with_for_update=True)
         if not _owned(job, owner):
@@ -159,6 +168,8 @@ def complete(db: Database, job_id: int, owner: str) -> bool:
         job.updated_at = now
         job.reason = None
         job.last_error = None
+        if record is not None:
+            record(session)
         return True
 
 
@@ -194,7 +205,9 @@ def fail(
             job.state = JobState.FAILED
             job.finished_at = now
         session.add(
-            AuditEvent(at=now, event="job_failed", reason=reason, message=message[:2000], job_id=job.id)
+            AuditEvent(
+                at=now, event="job_failed", reason=reason, message=message[:2000], job_id=job.id
+            )
         )
         return job.state
 
@@ -218,9 +231,3 @@ def counts_by_state(db: Database) -> dict[str, int]:
     counts = {state.value: 0 for state in JobState}
     counts.update({str(state): int(n) for state, n in rows})
     return counts
-
-
-def instance_path(db: Database, instance_id: int) -> str | None:
-    with db.transaction() as session:
-        instance = session.get(Instance, instance_id)
-        return instance.spool_path if instance else None

@@ -1,19 +1,28 @@
-"""The worker loop: drain the queue in micro-batches.
+"""The worker loop: drain the queue in micro-batches, decoding ahead of inference.
 
-Take up to ``worker.max_batch`` jobs, or whatever is there after ``worker.max_wait_ms``, so
-a lone study is not held back and a backlog runs at full batch size. Each batch goes to a
-:class:`Processor`; a job that fails is recorded with its reason and never stops the batch.
+Take up to ``worker.max_batch`` jobs, or whatever is there after ``worker.max_wait_ms``, so a
+lone study is not held back and a backlog runs at full batch size. A batch is handled in two
+stages: ``prepare`` starts decoding its pixels (in a process pool) and ``finish`` scores and
+records it. The loop prepares batch *k+1* before finishing batch *k*, so while the model
+scores one batch the pool is already decoding the next: the model does not wait for pixels
+while work is queued.
+
+A job that fails is recorded with its reason and never stops the batch it was in. Results
+are written in the same transaction that marks the job done, and only while this worker
+still holds the job's lease.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
+from sqlalchemy.orm import Session
 
 from screener import queue
 from screener.config import Settings
@@ -30,33 +39,56 @@ class JobFailure:
     retryable: bool
 
 
-class Processor(Protocol):
-    """Turns a batch of leased jobs into outcomes: None for success, or a failure."""
+@dataclass(frozen=True)
+class JobDone:
+    """Success; ``record`` adds the job's results to the completing transaction."""
 
-    def process(self, jobs: list[LeasedJob]) -> list[JobFailure | None]: ...
+    record: Callable[[Session, LeasedJob], None] | None = None
+
+
+Outcome = JobDone | JobFailure
+
+
+class Processor(Protocol):
+    """Two stages per batch: start the slow input work, then produce one outcome per job."""
+
+    def prepare(self, jobs: list[LeasedJob]) -> Any: ...
+
+    def finish(self, jobs: list[LeasedJob], prepared: Any) -> list[Outcome]: ...
+
+    def close(self) -> None: ...
 
 
 class SpoolCheckProcessor:
-    """Until the model is wired in, a job is done once its spooled file is confirmed readable.
+    """Accept-only deployments and tests: a job is done once its spooled file is confirmed.
 
-    No result is stored; the README says so.
+    No result is stored.
     """
 
-    def process(self, jobs: list[LeasedJob]) -> list[JobFailure | None]:
-        outcomes: list[JobFailure | None] = []
+    def prepare(self, jobs: list[LeasedJob]) -> None:
+        return None
+
+    def finish(self, jobs: list[LeasedJob], prepared: Any) -> list[Outcome]:
+        outcomes: list[Outcome] = []
         for job in jobs:
-            path = Path(job.spool_path)
-            if not path.is_file():
-                outcomes.append(
-                    JobFailure("spool_file_missing", f"spooled file {path} is missing", retryable=False)
-                )
+            if Path(job.spool_path).is_file():
+                outcomes.append(JobDone())
             else:
-                outcomes.append(None)
+                outcomes.append(
+                    JobFailure(
+                        "spool_file_missing", f"spooled file {job.spool_path} is missing", False
+                    )
+                )
         return outcomes
+
+    def close(self) -> None:
+        return None
 
 
 class Worker:
-    def __init__(self, db: Database, settings: Settings, processor: Processor, owner: str | None = None) -> None:
+    def __init__(
+        self, db: Database, settings: Settings, processor: Processor, owner: str | None = None
+    ) -> None:
         self.db = db
         self.settings = settings
         self.processor = processor
@@ -64,11 +96,11 @@ class Worker:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def take_batch(self) -> list[LeasedJob]:
-        """Up to max_batch jobs; waits at most max_wait_ms for a partial batch to fill."""
+    def take_batch(self, wait: bool = True) -> list[LeasedJob]:
+        """Up to max_batch jobs; with ``wait``, waits at most max_wait_ms for a partial batch to fill."""
         w, q = self.settings.worker, self.settings.queue
         batch = queue.dequeue(self.db, self.owner, w.max_batch, q.lease_seconds, q.max_attempts)
-        if not batch:
+        if not batch or not wait:
             return batch
         deadline = time.monotonic() + w.max_wait_ms / 1000
         while len(batch) < w.max_batch and time.monotonic() < deadline and not self._stop.is_set():
@@ -78,46 +110,82 @@ class Worker:
             )
         return batch
 
-    def run_once(self) -> int:
-        """Take and process one batch; returns the number of jobs handled."""
-        batch = self.take_batch()
-        if not batch:
-            return 0
+    def _prepare(self, batch: list[LeasedJob]) -> Any:
+        try:
+            return self.processor.prepare(batch)
+        except Exception as exc:  # stage boundary: fail this batch, keep the worker
+            log.exception("batch_prepare_failed", jobs=len(batch))
+            return exc
+
+    def _finish(self, batch: list[LeasedJob], prepared: Any) -> None:
         started = time.monotonic()
         try:
-            outcomes = self.processor.process(batch)
+            if isinstance(prepared, Exception):
+                raise prepared
+            outcomes = self.processor.finish(batch, prepared)
         except Exception as exc:  # stage boundary: a crashing processor fails the batch, not us
             log.exception("batch_failed", jobs=len(batch))
-            outcomes = [JobFailure("processor_error", f"{type(exc).__name__}: {exc}", True)] * len(batch)
+            outcomes = [JobFailure("processor_error", f"{type(exc).__name__}: {exc}", True)] * len(
+                batch
+            )
         done = failed = 0
         for job, outcome in zip(batch, outcomes, strict=True):
-            if outcome is None:
-                done += queue.complete(self.db, job.job_id, self.owner)
-            else:
-                failed += 1
-                queue.fail(
-                    self.db,
-                    job.job_id,
-                    self.owner,
-                    outcome.reason,
-                    outcome.message,
-                    max_attempts=self.settings.queue.max_attempts,
-                    retryable=outcome.retryable,
-                )
-                log.warning("job_failed", job_id=job.job_id, sop_instance_uid=job.sop_instance_uid, reason=outcome.reason)
-        log.info("batch_done", jobs=len(batch), done=done, failed=failed, seconds=round(time.monotonic() - started, 3))
+            if isinstance(outcome, JobDone):
+                done += queue.complete(self.db, job.job_id, self.owner, record=_bind(outcome, job))
+                continue
+            failed += 1
+            queue.fail(
+                self.db,
+                job.job_id,
+                self.owner,
+                outcome.reason,
+                outcome.message,
+                max_attempts=self.settings.queue.max_attempts,
+                retryable=outcome.retryable,
+            )
+            log.warning(
+                "job_failed",
+                job_id=job.job_id,
+                sop_instance_uid=job.sop_instance_uid,
+                reason=outcome.reason,
+                error=outcome.message,
+            )
+        log.info(
+            "batch_done",
+            jobs=len(batch),
+            done=done,
+            failed=failed,
+            seconds=round(time.monotonic() - started, 3),
+        )
+
+    def run_once(self) -> int:
+        """Take, prepare and finish one batch; returns the number of jobs handled."""
+        batch = self.take_batch()
+        if batch:
+            self._finish(batch, self._prepare(batch))
         return len(batch)
 
     def run(self) -> None:
+        """Drain the queue until stopped, preparing each batch while the previous one finishes."""
         log.info("worker_started", owner=self.owner, max_batch=self.settings.worker.max_batch)
-        while not self._stop.is_set():
-            try:
-                handled = self.run_once()
-            except Exception:  # e.g. the database is unreachable: wait and try again
-                log.exception("worker_error")
-                handled = 0
-            if not handled:
+        pending: tuple[list[LeasedJob], Any] | None = None
+        while True:
+            stopping = self._stop.is_set()
+            batch: list[LeasedJob] = []
+            if not stopping:
+                try:
+                    batch = self.take_batch(wait=pending is None)
+                except Exception:  # e.g. the database is unreachable: wait and try again
+                    log.exception("worker_error")
+            nxt = (batch, self._prepare(batch)) if batch else None
+            if pending is not None:
+                self._finish(*pending)
+            pending = nxt
+            if stopping and pending is None:
+                break
+            if pending is None:
                 self._stop.wait(self.settings.worker.poll_seconds)
+        self.processor.close()
         log.info("worker_stopped", owner=self.owner)
 
     def start(self) -> None:
@@ -125,7 +193,14 @@ class Worker:
         self._thread.start()
 
     def stop(self, timeout: float = 60.0) -> None:
-        """Finish the batch in hand, then stop."""
+        """Finish the batches in hand, then stop."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
+
+
+def _bind(outcome: JobDone, job: LeasedJob) -> Callable[[Session], None] | None:
+    record = outcome.record
+    if record is None:
+        return None
+    return lambda session: record(session, job)

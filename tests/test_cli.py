@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import REPO, free_port, serve_env
+from support import REPO, free_port, serve_env
 
 pytestmark = pytest.mark.skipif(
     shutil.which("storescu") is None, reason="dcmtk (storescu) not installed"

@@ -11,10 +11,10 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
-from conftest import c_store, free_port, serve_env, wait_for
 from sqlalchemy import select
+from support import c_store, free_port, serve_env, wait_for
 
-from screener.db import Database, Job, JobState
+from screener.db import Database, Job, JobState, Result
 
 
 def _states(url: str) -> dict[str, str]:
@@ -30,19 +30,32 @@ def test_sigkill_after_success_loses_nothing(
     db_url: str,
     tmp_path: Path,
     serve_process: Callable[..., object],
+    dicom_dir: Path,
     dicom_file: Callable[..., Path],
+    model_bundle: Path,
 ) -> None:
-    """A daemon killed with SIGKILL right after acknowledging stores still has every job after restart, and processes them."""
+    """A daemon killed with SIGKILL right after acknowledging stores still has every job after restart, and scores them."""
     port = free_port()
     env = serve_env(tmp_path, db_url, port)
     first = serve_process(env).start("--no-worker")
-    files = [dicom_file(seed=i) for i in range(5)]
+    # four real films, and one synthetic image (with PHI) too small to screen
+    files = sorted((dicom_dir / "siim_chest_cr").glob("*.dcm"))[:4]
+    files.append(dicom_file(rows=32, columns=32))
     assert c_store(port, files) == [0] * 5
     first.kill()  # SIGKILL: no shutdown code runs
     assert sorted(_states(db_url).values()) == ["queued"] * 5
     assert len(list((tmp_path / "spool").glob("*/*.dcm"))) == 5
     second = serve_process(env).start()
-    wait_for(lambda: sorted(_states(db_url).values()) == ["done"] * 5, timeout=60)
+    # the 4 films are scored; the 32 px synthetic image fails as too small, with its reason
+    wait_for(lambda: sorted(_states(db_url).values()) == ["done"] * 4 + ["failed"], timeout=180)
+    db = Database(db_url)
+    with db.transaction() as s:
+        assert len(s.scalars(select(Result)).all()) == 4
+        assert (
+            s.scalars(select(Job.reason).where(Job.state == JobState.FAILED)).one()
+            == "image_too_small"
+        )
+    db.dispose()
     assert second.terminate() == 0
     log = first.log() + second.log()
     for phi in ("Doe^Jane", "PHI-12345", "19700101"):  # never in a log line

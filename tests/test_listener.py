@@ -9,14 +9,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO, c_store
 from pydicom import dcmread
 from sqlalchemy import func, select
+from support import REPO, c_store
 
 from screener.db import AuditEvent, Instance, Job, JobState
 from screener.status import build_report
 
-needs_dcmtk = pytest.mark.skipif(shutil.which("storescu") is None, reason="dcmtk (storescu) not installed")
+needs_dcmtk = pytest.mark.skipif(
+    shutil.which("storescu") is None, reason="dcmtk (storescu) not installed"
+)
 
 
 def _jobs(daemon: Any) -> dict[str, int]:
@@ -29,7 +31,9 @@ def _audit(daemon: Any, event: str) -> list[AuditEvent]:
         return list(s.scalars(select(AuditEvent).where(AuditEvent.event == event)))
 
 
-def test_store_real_chest_films(db_url: str, running_daemon: Callable[..., Any], dicom_dir: Path) -> None:
+def test_store_real_chest_films(
+    db_url: str, running_daemon: Callable[..., Any], dicom_dir: Path
+) -> None:
     """Ten real JPEG Baseline CR chest films stored with pynetdicom are each acknowledged and queued."""
     daemon = running_daemon(db_url)
     files = sorted((dicom_dir / "siim_chest_cr").glob("*.dcm"))
@@ -44,12 +48,16 @@ def test_store_real_chest_films(db_url: str, running_daemon: Callable[..., Any],
     # spooled bytes decode to the same pixels as the original
     original = dcmread(files[0])
     with daemon.db.transaction() as s:
-        path = s.scalars(select(Instance.spool_path).where(Instance.sop_instance_uid == original.SOPInstanceUID)).one()
+        path = s.scalars(
+            select(Instance.spool_path).where(Instance.sop_instance_uid == original.SOPInstanceUID)
+        ).one()
     assert dcmread(path).PixelData == original.PixelData
 
 
 @needs_dcmtk
-def test_storescu_sends_every_shared_file(db_url: str, running_daemon: Callable[..., Any], dicom_dir: Path) -> None:
+def test_storescu_sends_every_shared_file(
+    db_url: str, running_daemon: Callable[..., Any], dicom_dir: Path
+) -> None:
     """storescu (dcmtk) sends all 30 shared files: each is accepted; 13 queued, 14 skipped, 3 header-variant resends ignored."""
     daemon = running_daemon(db_url)
     files = sorted((dicom_dir / "nih_dx_header_variants").glob("*.dcm"))
@@ -58,9 +66,24 @@ def test_storescu_sends_every_shared_file(db_url: str, running_daemon: Callable[
     assert len(files) == 30
     cfg = REPO / "deploy" / "storescu-screener.cfg"
     proc = subprocess.run(
-        ["storescu", "-aet", "MODALITY", "-aec", "SCREENER", "-xf", str(cfg), "Screener",
-         "-to", "30", "127.0.0.1", str(daemon.listener.port), *map(str, files)],
-        capture_output=True, text=True, timeout=120,
+        [
+            "storescu",
+            "-aet",
+            "MODALITY",
+            "-aec",
+            "SCREENER",
+            "-xf",
+            str(cfg),
+            "Screener",
+            "-to",
+            "30",
+            "127.0.0.1",
+            str(daemon.listener.port),
+            *map(str, files),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     assert "Store Failed" not in proc.stderr
@@ -82,12 +105,16 @@ def test_echoscu(running_daemon: Callable[..., Any]) -> None:
     daemon = running_daemon()
     proc = subprocess.run(
         ["echoscu", "-to", "10", "-aec", "SCREENER", "127.0.0.1", str(daemon.listener.port)],
-        capture_output=True, text=True, timeout=30,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert proc.returncode == 0, proc.stderr
 
 
-def test_unknown_calling_ae_is_rejected_and_recorded(running_daemon: Callable[..., Any], dicom_file: Callable[..., Path]) -> None:
+def test_unknown_calling_ae_is_rejected_and_recorded(
+    running_daemon: Callable[..., Any], dicom_file: Callable[..., Path]
+) -> None:
     """With allowed_calling_aets set, an unknown caller's association is rejected and the rejection recorded."""
     daemon = running_daemon(listener__allowed_calling_aets="PACS1,MODALITY")
     with pytest.raises(AssertionError, match="not established"):
@@ -97,7 +124,9 @@ def test_unknown_calling_ae_is_rejected_and_recorded(running_daemon: Callable[..
     assert c_store(daemon.listener.port, [dicom_file()], calling_aet="PACS1") == [0]
 
 
-def test_bad_input_gets_its_status_and_reason(running_daemon: Callable[..., Any], dicom_file: Callable[..., Path], tmp_path: Path) -> None:
+def test_bad_input_gets_its_status_and_reason(
+    running_daemon: Callable[..., Any], dicom_file: Callable[..., Path], tmp_path: Path
+) -> None:
     """Truncated -> C000, no pixel data -> A900, non-image SOP class -> 0122; each recorded; nothing spooled; still serving."""
     daemon = running_daemon()
     port = daemon.listener.port
@@ -117,7 +146,9 @@ def test_bad_input_gets_its_status_and_reason(running_daemon: Callable[..., Any]
     assert _jobs(daemon) == {"queued": 1}
 
 
-def test_disk_below_free_space_floor_is_out_of_resources(running_daemon: Callable[..., Any], dicom_file: Callable[..., Path]) -> None:
+def test_disk_below_free_space_floor_is_out_of_resources(
+    running_daemon: Callable[..., Any], dicom_file: Callable[..., Path]
+) -> None:
     """When the spool disk is below storage.min_free_mb the store is refused with A700 and recorded."""
     daemon = running_daemon(storage__min_free_mb=10**9)  # a petabyte floor: always below
     assert c_store(daemon.listener.port, [dicom_file()]) == [0xA700]
@@ -127,7 +158,9 @@ def test_disk_below_free_space_floor_is_out_of_resources(running_daemon: Callabl
 
 
 @pytest.mark.parametrize("policy", ["keep_first", "replace"])
-def test_duplicates(policy: str, running_daemon: Callable[..., Any], dicom_file: Callable[..., Path]) -> None:
+def test_duplicates(
+    policy: str, running_daemon: Callable[..., Any], dicom_file: Callable[..., Path]
+) -> None:
     """A resend of the same SOP Instance UID makes no second job; a changed resend replaces only under 'replace'."""
     daemon = running_daemon(storage__duplicate_policy=policy)
     port = daemon.listener.port
@@ -148,3 +181,41 @@ def test_duplicates(policy: str, running_daemon: Callable[..., Any], dicom_file:
         assert len(jobs) == 2 and jobs[1].state == JobState.QUEUED
         assert spooled == dcmread(changed).PixelData
         assert len(list(Path(daemon.acceptor.spool.root).glob("*/*.dcm"))) == 1  # old file removed
+
+
+def test_a_lost_spool_file_is_restored_by_a_resend(
+    running_daemon: Callable[..., Any], dicom_file: Callable[..., Path]
+) -> None:
+    """If an instance's spooled file has gone, the same instance sent again is written back and queued anew."""
+    daemon = running_daemon()
+    image = dicom_file()
+    assert c_store(daemon.listener.port, [image]) == [0]
+    with daemon.db.transaction() as s:
+        spooled = Path(s.scalars(select(Instance.spool_path)).one())
+    spooled.unlink()
+    assert c_store(daemon.listener.port, [image]) == [0]
+    assert spooled.is_file()
+    assert _jobs(daemon) == {"queued": 2}
+    assert len(_audit(daemon, "instance_restored")) == 1
+
+
+def test_compressed_images_travel_as_stored(
+    running_daemon: Callable[..., Any], dicom_dir: Path
+) -> None:
+    """A sender offering JPEG Baseline and Explicit VR for a JPEG film gets JPEG Baseline accepted (no decompression)."""
+    from pynetdicom import AE
+
+    daemon = running_daemon()
+    film = sorted((dicom_dir / "siim_chest_cr").glob("*.dcm"))[0]
+    ae = AE(ae_title="PACS")
+    ae.add_requested_context(
+        "1.2.840.10008.5.1.4.1.1.7", ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2.4.50"]
+    )
+    assoc = ae.associate("127.0.0.1", daemon.listener.port, ae_title="SCREENER")
+    assert assoc.is_established
+    try:
+        (context,) = assoc.accepted_contexts
+        assert context.transfer_syntax[0] == "1.2.840.10008.1.2.4.50"
+        assert assoc.send_c_store(film).Status == 0
+    finally:
+        assoc.release()

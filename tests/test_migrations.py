@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 from screener.db import Base, Database
-from screener.db.migrate import current_revision, head_revision, schema_differences, table_names, upgrade
+from screener.db.migrate import (
+    current_revision,
+    head_revision,
+    schema_differences,
+    table_names,
+    upgrade,
+)
 
 
 def test_migrations_match_models(db_url: str) -> None:

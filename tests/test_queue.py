@@ -6,7 +6,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from conftest import build_dicom
+from support import build_dicom
 
 from screener import queue
 from screener.config import Settings

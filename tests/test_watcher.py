@@ -7,8 +7,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from conftest import build_dicom, wait_for
 from sqlalchemy import select
+from support import build_dicom, wait_for
 
 from screener.db import Instance, Job, JobState
 

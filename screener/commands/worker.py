@@ -1,10 +1,8 @@
-"""``screener worker``: a worker loop alone, to add capacity on this or another host."""
+"""``screener worker``: a worker process alone, to add capacity on this or another host."""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import signal
 from typing import Any
 
 from screener.commands import setting_flag
@@ -13,23 +11,28 @@ from screener.config import Settings
 
 def register(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
-        "worker", help="run a worker loop only (shares the queue)"
+        "worker", help="run one worker (model + decode pool) on the shared queue"
     )
     setting_flag(p, "--db", "database.url", "database URL")
+    setting_flag(p, "--model", "model.bundle", "model bundle folder")
     p.add_argument("--once", action="store_true", help="process one batch and exit")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from screener.db import Database
-    from screener.worker import SpoolCheckProcessor, Worker
+    import multiprocessing
 
-    db = Database(settings.database.url)
-    worker = Worker(db, settings, SpoolCheckProcessor())
+    from screener.daemon import worker_process_main
+
+    stop = multiprocessing.get_context("spawn").Event()
     if args.once:
+        from screener.db import Database
+        from screener.scoring import ModelProcessor
+        from screener.worker import Worker
+
+        worker = Worker(Database(settings.database.url), settings, ModelProcessor(settings))
         print(f"processed {worker.run_once()} job(s)")
+        worker.processor.close()
         return 0
-    signal.signal(signal.SIGTERM, lambda *_: worker.stop(timeout=0))
-    with contextlib.suppress(KeyboardInterrupt):
-        worker.run()
+    worker_process_main(settings, 0, stop, standalone=True)
     return 0

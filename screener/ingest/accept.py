@@ -204,7 +204,9 @@ class Acceptor:
                     existing.receive_count += 1
                     existing.updated_at = now
                     same = existing.content_sha256 == sha256
-                    if same or self.settings.storage.duplicate_policy == "keep_first":
+                    lost = not Path(existing.spool_path).is_file()  # e.g. deleted by hand
+                    keep = same or self.settings.storage.duplicate_policy == "keep_first"
+                    if keep and not lost:
                         event = "duplicate_ignored" if same else "changed_duplicate_ignored"
                         _audit(session, event, ds, calling_ae_title, reason="duplicate")
                         log.info(event, sop_instance_uid=sop_uid, calling_ae_title=calling_ae_title)
@@ -215,7 +217,8 @@ class Acceptor:
                         existing, ds, target, sha256, len(data), source, calling_ae_title
                     )
                     job, skip = self._enqueue(session, existing, ds)
-                    _audit(session, "instance_replaced", ds, calling_ae_title, job_id=job.id)
+                    event = "instance_restored" if lost else "instance_replaced"
+                    _audit(session, event, ds, calling_ae_title, job_id=job.id)
                     outcome: Literal["queued", "skipped", "replaced"] = "replaced"
                 else:
                     study = _get_or_create_study(session, ds)

@@ -35,18 +35,23 @@ IMAGE_STORAGE_SOP_CLASSES: frozenset[UID] = frozenset(
 #: PS3.4 A.4: the Verification SOP Class (C-ECHO).
 VERIFICATION = UID("1.2.840.10008.1.1")
 
-#: Transfer syntaxes offered for every image SOP class.
+#: Transfer syntaxes accepted for every image SOP class, in order of preference.
+#: pynetdicom accepts the first of these that the requestor proposes (PS3.8 9.3.3.2), so
+#: compressed syntaxes come first: a sender proposes the syntax an image is stored in plus
+#: those it can convert to, and preferring the compressed one lets the image travel as
+#: stored (a PACS such as dcmqrscp cannot decompress, and a C-MOVE would fail with A702).
+#: Lossless before lossy, so a lossless original is never taken in a lossy form.
 TRANSFER_SYNTAXES: tuple[UID, ...] = (
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    DeflatedExplicitVRLittleEndian,
+    JPEGLSLossless,
+    JPEG2000Lossless,
+    JPEGLosslessSV1,
+    JPEGLossless,
+    RLELossless,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
-    JPEGLossless,
-    JPEGLosslessSV1,
-    JPEGLSLossless,
     JPEGLSNearLossless,
-    JPEG2000Lossless,
     JPEG2000,
-    RLELossless,
+    ExplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
 )
