@@ -165,6 +165,15 @@ class RescanSettings:
 
 
 @dataclass(frozen=True)
+class WorklistSettings:
+    aging_hours: float = _opt(
+        12.0,
+        "priority = probability + hours waited / aging_hours, so a lower score is not starved",
+        min=0.1,
+    )
+
+
+@dataclass(frozen=True)
 class LoggingSettings:
     format: str = _opt(
         "auto",
@@ -186,6 +195,7 @@ class Settings:
     model: ModelSettings = field(default_factory=ModelSettings)
     export: ExportSettings = field(default_factory=ExportSettings)
     rescan: RescanSettings = field(default_factory=RescanSettings)
+    worklist: WorklistSettings = field(default_factory=WorklistSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
 
 

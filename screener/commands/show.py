@@ -1,0 +1,91 @@
+"""``screener show STUDY``: a study's images, results, deliveries and reads."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from screener.commands import format_age, setting_flag
+from screener.config import Settings
+
+
+def register(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "show", help="one study: results per image, deliveries, reads"
+    )
+    setting_flag(p, "--db", "database.url", "database URL")
+    p.add_argument("study", help="Study Instance UID or accession number")
+    p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--heatmap", type=Path, help="write a Grad-CAM overlay of the highest-scoring image"
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    from screener.db import Database
+    from screener.db.migrate import upgrade
+    from screener.worklist import study_detail
+
+    db = Database(settings.database.url)
+    try:
+        upgrade(db)
+        detail = study_detail(db, args.study, settings.worklist.aging_hours)
+        if args.heatmap:
+            _heatmap(db, detail.study_instance_uid, args.heatmap, settings)
+    finally:
+        db.dispose()
+    if args.json:
+        print(json.dumps(detail.as_dict(), indent=2))
+        return 0
+    s = detail.score
+    print(f"study      {detail.study_instance_uid}")
+    print(f"accession  {detail.accession_number or '-'}   date {detail.study_date or '-'}")
+    if s:
+        flag = "SECOND READ RECOMMENDED" if s.flagged else "not flagged"
+        print(
+            f"score      {s.probability:.3f} (threshold {s.threshold:.3f}) {flag}; waiting {format_age(s.age_hours)}"
+        )
+        print(f"model      {s.model_name} {s.model_version} ({s.model_uid})")
+    for image in detail.images:
+        print(
+            f"image      {image.sop_instance_uid} {image.modality or ''} {image.view_position or ''} job={image.job_state}{' (' + image.job_reason + ')' if image.job_reason else ''}"
+        )
+        for r in image.results:
+            print(f"  frame {r['frame']}: p={r['probability']:.3f} {r['label']} by {r['model']}")
+            for d in r["deliveries"]:
+                err = f" last error: {d['last_error']}" if d["last_error"] else ""
+                print(
+                    f"    SR to {d['destination']}: {d['state']} after {d['attempts']} attempt(s){err}"
+                )
+    for rv in detail.reviews:
+        print(
+            f"read       {rv['at'][:19]} {rv['verdict']} (model {rv['model_version']}){': ' + rv['note'] if rv['note'] else ''}"
+        )
+    if args.heatmap:
+        print(f"heatmap    {args.heatmap}")
+    return 0
+
+
+def _heatmap(db: Any, study_uid: str, out: Path, settings: Settings) -> None:
+    from sqlalchemy import select
+
+    from screener.db import Instance, Result, Study
+    from screener.imaging import load_image
+    from screener.model import load_bundle
+    from screener.model.gradcam import write_heatmap
+
+    with db.transaction() as session:
+        row = session.execute(
+            select(Instance.spool_path, Result.frame_number)
+            .join(Result, Result.instance_id == Instance.id)
+            .join(Study, Study.id == Instance.study_id)
+            .where(Study.study_instance_uid == study_uid)
+            .order_by(Result.probability.desc())
+        ).first()
+    if row is None:
+        raise SystemExit("no scored image in this study to explain")
+    image = load_image(row.spool_path)[row.frame_number - 1]
+    write_heatmap(load_bundle(settings.model.bundle), image, out)

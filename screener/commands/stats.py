@@ -1,0 +1,75 @@
+"""``screener stats``: agreement and the model's sensitivity/specificity against reviewed reads."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+from typing import Any
+
+from screener.commands import render_table, setting_flag
+from screener.config import Settings
+
+
+def register(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "stats", help="model performance against radiologists' reads"
+    )
+    setting_flag(p, "--db", "database.url", "database URL")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    from screener.db import Database
+    from screener.db.migrate import upgrade
+    from screener.worklist import review_stats
+
+    db = Database(settings.database.url)
+    try:
+        upgrade(db)
+        stats = review_stats(db)
+    finally:
+        db.dispose()
+    if args.json:
+        print(json.dumps([asdict(s) for s in stats], indent=2))
+        return 0
+    if not stats:
+        print("no reviewed studies yet")
+        return 0
+    headers = [
+        "model",
+        "version",
+        "reviewed",
+        "agreement",
+        "TP",
+        "FP",
+        "TN",
+        "FN",
+        "sensitivity",
+        "specificity",
+        "PPV",
+    ]
+    rows = [
+        [
+            s.model_name,
+            s.model_version,
+            str(s.reviewed),
+            _pct(s.agreement),
+            str(s.true_positive),
+            str(s.false_positive),
+            str(s.true_negative),
+            str(s.false_negative),
+            _pct(s.sensitivity),
+            _pct(s.specificity),
+            _pct(s.ppv),
+        ]
+        for s in stats
+    ]
+    print(render_table(headers, rows))
+    print("Reads are the reference: sensitivity = flagged among studies read as pneumonia.")
+    return 0

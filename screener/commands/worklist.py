@@ -1,0 +1,101 @@
+"""``screener worklist``: studies to read, flagged for a second read first."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+from datetime import datetime, timedelta
+from typing import Any
+
+from screener.commands import format_age, render_table, setting_flag
+from screener.config import Settings
+
+COLUMNS = [
+    "accession",
+    "study_date",
+    "modality",
+    "probability",
+    "flag",
+    "age",
+    "status",
+    "study_instance_uid",
+]
+
+
+def _since(text: str) -> datetime:
+    """An ISO date/time, or a duration back from now such as 24h or 7d."""
+    from screener.db import utcnow
+
+    if text[-1:] in ("h", "d") and text[:-1].isdigit():
+        n = int(text[:-1])
+        return utcnow() - (timedelta(hours=n) if text[-1] == "h" else timedelta(days=n))
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--since expects 2026-11-21, 2026-11-21T08:00, 24h or 7d; got {text!r}"
+        ) from None
+    return value if value.tzinfo else value.astimezone()
+
+
+def register(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser("worklist", help="studies to read, flagged first")
+    setting_flag(p, "--db", "database.url", "database URL")
+    p.add_argument(
+        "--since", type=_since, help="received since: 2026-11-21, 2026-11-21T08:00, 24h or 7d"
+    )
+    p.add_argument("--status", choices=["unread", "reviewed", "all"], default="unread")
+    p.add_argument(
+        "--min-prob", type=float, default=None, help="only studies scoring at least this"
+    )
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    from screener.db import Database
+    from screener.db.migrate import upgrade
+    from screener.worklist import worklist
+
+    db = Database(settings.database.url)
+    try:
+        upgrade(db)
+        rows = worklist(
+            db,
+            aging_hours=settings.worklist.aging_hours,
+            since=args.since,
+            status=args.status,
+            min_prob=args.min_prob,
+            limit=args.limit,
+        )
+    finally:
+        db.dispose()
+    cells = [
+        [
+            r.accession_number or "",
+            r.study_date or "",
+            r.modality or "",
+            f"{r.probability:.3f}",
+            "SECOND READ" if r.flagged else "",
+            format_age(r.age_hours),
+            r.verdict or "unread",
+            r.study_instance_uid,
+        ]
+        for r in rows
+    ]
+    if args.format == "json":
+        print(json.dumps([r.as_dict() for r in rows], indent=2))
+    elif args.format == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(COLUMNS)
+        writer.writerows(cells)
+        print(out.getvalue(), end="")
+    elif not rows:
+        print("worklist is empty")
+    else:
+        print(render_table(COLUMNS, cells))
+    return 0

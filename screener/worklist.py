@@ -1,0 +1,340 @@
+"""The radiologists' view: the worklist, one study's details, reviews and agreement statistics.
+
+A study's score is the highest probability among the latest results of its images (a
+rescore by a newer model replaces an image's older result). Studies flagged for a second
+read come first; within each group the order is by priority = probability + hours waited /
+``worklist.aging_hours``, so a lower score that has waited long is not starved.
+
+Only what a radiologist's worklist already shows: accession number, study date, modality,
+and the Study Instance UID to act on. No patient name, ID or birth date (screener does not
+store them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from screener.db import Database, Export, Instance, Job, Result, Review, Study, utcnow
+from screener.db.engine import as_utc
+from screener.errors import ScreenerError
+
+
+class StudyNotFound(ScreenerError):
+    """No study with that Study Instance UID or accession number."""
+
+
+@dataclass
+class StudyScore:
+    study_id: int
+    study_instance_uid: str
+    accession_number: str | None
+    study_date: str | None
+    modality: str | None
+    probability: float
+    flagged: bool
+    threshold: float
+    model_name: str
+    model_version: str
+    model_uid: str
+    received_at: datetime
+    age_hours: float
+    priority: float
+    reviewed: bool
+    verdict: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["received_at"] = self.received_at.isoformat()
+        return d
+
+
+def _latest_results(
+    session: Session, study_ids: list[int] | None = None
+) -> dict[int, list[Result]]:
+    """Study id -> the latest result of each (instance, frame)."""
+    q = (
+        select(Result, Instance.study_id)
+        .join(Instance, Result.instance_id == Instance.id)
+        .order_by(Result.scored_at, Result.id)
+    )
+    if study_ids is not None:
+        q = q.where(Instance.study_id.in_(study_ids))
+    latest: dict[tuple[int, int], tuple[int, Result]] = {}
+    for result, study_id in session.execute(q):
+        latest[(result.instance_id, result.frame_number)] = (study_id, result)
+    by_study: dict[int, list[Result]] = {}
+    for study_id, result in latest.values():
+        by_study.setdefault(study_id, []).append(result)
+    return by_study
+
+
+def _score(
+    study: Study,
+    results: list[Result],
+    received_at: datetime,
+    review: Review | None,
+    aging_hours: float,
+) -> StudyScore:
+    top = max(results, key=lambda r: r.probability)
+    age_hours = max(0.0, (utcnow() - received_at).total_seconds() / 3600)
+    return StudyScore(
+        study_id=study.id,
+        study_instance_uid=study.study_instance_uid,
+        accession_number=study.accession_number,
+        study_date=study.study_date,
+        modality=study.modality,
+        probability=top.probability,
+        flagged=any(r.probability >= r.threshold for r in results),
+        threshold=top.threshold,
+        model_name=top.model_name,
+        model_version=top.model_version,
+        model_uid=top.model_uid,
+        received_at=received_at,
+        age_hours=age_hours,
+        priority=top.probability + age_hours / aging_hours,
+        reviewed=review is not None,
+        verdict=review.verdict if review else None,
+    )
+
+
+def _scores(
+    session: Session, aging_hours: float, study_ids: list[int] | None = None
+) -> list[StudyScore]:
+    by_study = _latest_results(session, study_ids)
+    if not by_study:
+        return []
+    studies = {s.id: s for s in session.scalars(select(Study).where(Study.id.in_(by_study)))}
+    received: dict[int, datetime] = {}
+    for study_id, at in session.execute(
+        select(Instance.study_id, Instance.received_at).where(Instance.study_id.in_(by_study))
+    ):
+        at = as_utc(at)
+        received[study_id] = min(received.get(study_id, at), at)
+    reviews: dict[int, Review] = {}
+    for review in session.scalars(
+        select(Review).where(Review.study_id.in_(by_study)).order_by(Review.created_at, Review.id)
+    ):
+        reviews[review.study_id] = review  # the latest read counts
+    return [
+        _score(studies[sid], results, received[sid], reviews.get(sid), aging_hours)
+        for sid, results in by_study.items()
+    ]
+
+
+def worklist(
+    db: Database,
+    *,
+    aging_hours: float,
+    since: datetime | None = None,
+    status: str = "unread",
+    min_prob: float | None = None,
+    limit: int | None = 50,
+) -> list[StudyScore]:
+    """Scored studies, flagged first, then by priority (probability + waiting time)."""
+    with db.transaction() as session:
+        rows = _scores(session, aging_hours)
+    if since is not None:
+        rows = [r for r in rows if r.received_at >= as_utc(since)]
+    if status == "unread":
+        rows = [r for r in rows if not r.reviewed]
+    elif status == "reviewed":
+        rows = [r for r in rows if r.reviewed]
+    if min_prob is not None:
+        rows = [r for r in rows if r.probability >= min_prob]
+    rows.sort(key=lambda r: (not r.flagged, -r.priority, r.received_at))
+    return rows[:limit] if limit else rows
+
+
+def find_study(session: Session, key: str) -> Study:
+    """A study by Study Instance UID, or by accession number when that is unambiguous."""
+    study = session.scalars(select(Study).where(Study.study_instance_uid == key)).one_or_none()
+    if study is not None:
+        return study
+    matches = session.scalars(select(Study).where(Study.accession_number == key)).all()
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise StudyNotFound(
+            f"accession number {key!r} matches {len(matches)} studies; use the Study Instance UID"
+        )
+    raise StudyNotFound(f"no study with Study Instance UID or accession number {key!r}")
+
+
+@dataclass
+class ImageDetail:
+    sop_instance_uid: str
+    modality: str | None
+    view_position: str | None
+    job_state: str | None
+    job_reason: str | None
+    results: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class StudyDetail:
+    score: StudyScore | None
+    study_instance_uid: str
+    accession_number: str | None
+    study_date: str | None
+    images: list[ImageDetail]
+    reviews: list[dict[str, Any]]
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["score"] = self.score.as_dict() if self.score else None
+        return d
+
+
+def study_detail(db: Database, key: str, aging_hours: float) -> StudyDetail:
+    with db.transaction() as session:
+        study = find_study(session, key)
+        scores = _scores(session, aging_hours, [study.id])
+        images = []
+        for inst in session.scalars(
+            select(Instance).where(Instance.study_id == study.id).order_by(Instance.id)
+        ):
+            job = session.scalars(
+                select(Job).where(Job.instance_id == inst.id).order_by(Job.id.desc())
+            ).first()
+            detail = ImageDetail(
+                inst.sop_instance_uid,
+                inst.modality,
+                inst.view_position,
+                job.state if job else None,
+                job.reason if job else None,
+            )
+            for r in session.scalars(
+                select(Result).where(Result.instance_id == inst.id).order_by(Result.scored_at)
+            ):
+                exports = session.scalars(select(Export).where(Export.result_id == r.id)).all()
+                detail.results.append(
+                    {
+                        "frame": r.frame_number,
+                        "probability": r.probability,
+                        "label": r.label,
+                        "threshold": r.threshold,
+                        "model": f"{r.model_name} {r.model_version}",
+                        "model_uid": r.model_uid,
+                        "scored_at": as_utc(r.scored_at).isoformat(),
+                        "deliveries": [
+                            {
+                                "destination": e.destination,
+                                "state": e.state,
+                                "attempts": e.attempts,
+                                "last_error": e.last_error,
+                            }
+                            for e in exports
+                        ],
+                    }
+                )
+            images.append(detail)
+        reviews = [
+            {
+                "verdict": rv.verdict,
+                "note": rv.note,
+                "at": as_utc(rv.created_at).isoformat(),
+                "model_version": rv.model_version,
+            }
+            for rv in session.scalars(
+                select(Review).where(Review.study_id == study.id).order_by(Review.id)
+            )
+        ]
+        return StudyDetail(
+            scores[0] if scores else None,
+            study.study_instance_uid,
+            study.accession_number,
+            study.study_date,
+            images,
+            reviews,
+        )
+
+
+def record_review(
+    db: Database, key: str, agree: bool, note: str | None, aging_hours: float
+) -> Review:
+    """Record a radiologist's read of the study's flag: agreeing keeps it, disagreeing inverts it."""
+    with db.transaction() as session:
+        study = find_study(session, key)
+        scores = _scores(session, aging_hours, [study.id])
+        if not scores:
+            raise StudyNotFound(f"study {study.study_instance_uid} has no result to review yet")
+        s = scores[0]
+        review = Review(
+            study_id=study.id,
+            verdict="agree" if agree else "disagree",
+            model_positive=s.flagged,
+            radiologist_positive=s.flagged if agree else not s.flagged,
+            probability=s.probability,
+            model_name=s.model_name,
+            model_version=s.model_version,
+            model_uid=s.model_uid,
+            note=note,
+            created_at=utcnow(),
+        )
+        session.add(review)
+        session.flush()
+        return review
+
+
+@dataclass
+class ModelStats:
+    model_name: str
+    model_version: str
+    model_uid: str
+    reviewed: int
+    agreement: float
+    true_positive: int
+    false_positive: int
+    true_negative: int
+    false_negative: int
+    sensitivity: float | None
+    specificity: float | None
+    ppv: float | None
+
+
+def _ratio(a: int, b: int) -> float | None:
+    return a / b if b else None
+
+
+def review_stats(db: Database) -> list[ModelStats]:
+    """Agreement and the model's sensitivity/specificity against reviewed reads, per model version.
+
+    Each study counts once, with its latest review.
+    """
+    with db.transaction() as session:
+        latest: dict[int, Review] = {}
+        for review in session.scalars(select(Review).order_by(Review.created_at, Review.id)):
+            latest[review.study_id] = review
+    groups: dict[tuple[str, str, str], list[Review]] = {}
+    for review in latest.values():
+        groups.setdefault((review.model_name, review.model_version, review.model_uid), []).append(
+            review
+        )
+    stats = []
+    for (name, version, uid), reviews in sorted(groups.items()):
+        tp = sum(r.model_positive and r.radiologist_positive for r in reviews)
+        fp = sum(r.model_positive and not r.radiologist_positive for r in reviews)
+        tn = sum(not r.model_positive and not r.radiologist_positive for r in reviews)
+        fn = sum(not r.model_positive and r.radiologist_positive for r in reviews)
+        stats.append(
+            ModelStats(
+                name,
+                version,
+                uid,
+                len(reviews),
+                (tp + tn) / len(reviews),
+                tp,
+                fp,
+                tn,
+                fn,
+                _ratio(tp, tp + fn),
+                _ratio(tn, tn + fp),
+                _ratio(tp, tp + fp),
+            )
+        )
+    return stats
