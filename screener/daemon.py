@@ -37,7 +37,11 @@ log = structlog.get_logger(__name__)
 
 
 def worker_process_main(
-    settings: Settings, index: int, stop: ProcessEvent, standalone: bool = False
+    settings: Settings,
+    index: int,
+    stop: ProcessEvent,
+    standalone: bool = False,
+    wake: ProcessEvent | None = None,
 ) -> None:
     """Entry point of one worker process: model loaded once, then drain the queue.
 
@@ -52,7 +56,7 @@ def worker_process_main(
     configure_logging(settings.logging)
     select_device(settings.worker.device, index, settings.worker.processes)
     db = Database(settings.database.url)
-    worker = Worker(db, settings, ModelProcessor(settings))
+    worker = Worker(db, settings, ModelProcessor(settings), wake=wake)
 
     def _stop_when_told() -> None:
         stop.wait()
@@ -74,12 +78,13 @@ class WorkerProcesses:
     def __post_init__(self) -> None:
         self._ctx = multiprocessing.get_context("spawn")
         self.stop_event = self._ctx.Event()
+        self.wake = self._ctx.Event()  # set when a job is queued here
 
     def start(self) -> None:
         for index in range(self.settings.worker.processes):
             proc = self._ctx.Process(
                 target=worker_process_main,
-                args=(self.settings, index, self.stop_event),
+                args=(self.settings, index, self.stop_event, False, self.wake),
                 name=f"screener-worker-{index}",
             )
             proc.start()
@@ -88,6 +93,7 @@ class WorkerProcesses:
 
     def stop(self, timeout: float = 120.0) -> None:
         self.stop_event.set()
+        self.wake.set()
         for proc in self.processes:
             proc.join(timeout)
             if proc.is_alive():  # its leases expire and the jobs return to the queue
@@ -182,10 +188,13 @@ def compose(settings: Settings, processor: Processor | None = None) -> Daemon:
         daemon.scheduler = RescanScheduler(settings)
     if settings.worker.enabled:
         if processor is not None:
-            daemon.worker = Worker(db, settings, processor)
+            wake = threading.Event()
+            daemon.worker = Worker(db, settings, processor, wake=wake)
+            acceptor.on_queued = wake.set
         else:
             from screener.model.bundle import read_metadata
 
             read_metadata(settings.model.bundle)  # raises ModelError naming the path
             daemon.worker_processes = WorkerProcesses(settings)
+            acceptor.on_queued = daemon.worker_processes.wake.set
     return daemon

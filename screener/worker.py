@@ -49,6 +49,16 @@ class JobDone:
 Outcome = JobDone | JobFailure
 
 
+class Wakeable(Protocol):
+    """A threading or multiprocessing Event."""
+
+    def set(self) -> None: ...
+
+    def clear(self) -> None: ...
+
+    def wait(self, timeout: float | None = None) -> bool: ...
+
+
 class Processor(Protocol):
     """Two stages per batch: start the slow input work, then produce one outcome per job."""
 
@@ -87,14 +97,29 @@ class SpoolCheckProcessor:
 
 class Worker:
     def __init__(
-        self, db: Database, settings: Settings, processor: Processor, owner: str | None = None
+        self,
+        db: Database,
+        settings: Settings,
+        processor: Processor,
+        owner: str | None = None,
+        wake: Wakeable | None = None,
     ) -> None:
         self.db = db
         self.settings = settings
         self.processor = processor
         self.owner = owner or queue.worker_id()
+        self.wake = wake  # set by the accept path when a job is queued: no poll delay
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    def _idle(self) -> None:
+        """Wait for a wake-up (or the poll interval, the fallback for other hosts' ingest)."""
+        timeout = self.settings.worker.poll_seconds
+        if self.wake is None:
+            self._stop.wait(timeout)
+            return
+        if self.wake.wait(timeout):
+            self.wake.clear()
 
     def take_batch(self, wait: bool = True) -> list[LeasedJob]:
         """Up to max_batch jobs; with ``wait``, waits at most max_wait_ms for a partial batch to fill."""
@@ -183,8 +208,8 @@ class Worker:
             pending = nxt
             if stopping and pending is None:
                 break
-            if pending is None:
-                self._stop.wait(self.settings.worker.poll_seconds)
+            if pending is None and not self._stop.is_set():
+                self._idle()
         self.processor.close()
         log.info("worker_stopped", owner=self.owner)
 
@@ -195,6 +220,8 @@ class Worker:
     def stop(self, timeout: float = 60.0) -> None:
         """Finish the batches in hand, then stop."""
         self._stop.set()
+        if self.wake is not None:
+            self.wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
 

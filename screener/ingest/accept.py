@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -167,10 +168,17 @@ def validate(ds: Dataset, data: bytes) -> None:
 class Acceptor:
     """Check, spool and enqueue: the whole of what ingest does."""
 
-    def __init__(self, db: Database, spool: Spool, settings: Settings) -> None:
+    def __init__(
+        self,
+        db: Database,
+        spool: Spool,
+        settings: Settings,
+        on_queued: Callable[[], None] | None = None,
+    ) -> None:
         self.db = db
         self.spool = spool
         self.settings = settings
+        self.on_queued = on_queued  # e.g. wake the workers
 
     def accept(
         self, data: bytes, *, source: Source, calling_ae_title: str | None = None
@@ -245,6 +253,8 @@ class Acceptor:
             raise
         if replaced_path and Path(replaced_path) != target:
             self.spool.remove(replaced_path)
+        if job.state == JobState.QUEUED and self.on_queued is not None:
+            self.on_queued()
         log.info(
             "instance_accepted",
             outcome=outcome,
