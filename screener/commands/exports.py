@@ -1,0 +1,62 @@
+"""``screener exports list|retry``: the SR deliveries to PACS, and sending dead ones again."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from screener.commands import setting_flag
+from screener.config import Settings
+
+STATES = ("pending", "delivered", "dead")
+
+
+def register(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "exports", help="SR deliveries to PACS: list them, retry dead-lettered ones"
+    )
+    setting_flag(p, "--db", "database.url", "database URL")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    ls = actions.add_parser("list", help="recent exports, newest first")
+    ls.add_argument("--state", choices=STATES, help="only exports in this state")
+    ls.add_argument("--destination", help="only exports to this AE_TITLE@HOST:PORT")
+    ls.add_argument("--limit", type=int, default=50, help="how many to list")
+    ls.add_argument("--json", action="store_true", help="machine-readable output")
+
+    retry = actions.add_parser("retry", help="send dead-lettered exports again")
+    retry.add_argument("--destination", help="only exports to this AE_TITLE@HOST:PORT")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    from screener.db import Database
+    from screener.db.migrate import upgrade
+    from screener.report.ledger import list_exports, retry_dead
+
+    db = Database(settings.database.url)
+    try:
+        upgrade(db)
+        if args.action == "retry":
+            count = retry_dead(db, args.destination)
+            print(f"{count} dead export(s) set pending again")
+            return 0
+        rows = list_exports(db, args.state, args.destination, args.limit)
+    finally:
+        db.dispose()
+    if args.json:
+        print(json.dumps([row.as_dict() for row in rows], indent=2))
+        return 0
+    if not rows:
+        print("no exports")
+        return 0
+    for row in rows:
+        when = row.delivered_at or row.next_attempt_at
+        line = (
+            f"{row.id:>6}  {row.state:<9} {row.destination:<32} attempts={row.attempts} "
+            f"sr={row.sr_sop_instance_uid} source={row.source_sop_instance_uid} "
+            f"{'delivered' if row.delivered_at else 'next'}={when.isoformat() if when else '-'}"
+        )
+        print(line + (f"\n        last error: {row.last_error}" if row.last_error else ""))
+    return 0

@@ -1,0 +1,104 @@
+"""The exports table as operators see it: counts for ``screener status``, the list for
+``screener exports list``, and ``screener exports retry`` for dead-lettered deliveries.
+UIDs, states and errors only: no PHI."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, cast
+
+import structlog
+from sqlalchemy import CursorResult, func, select, update
+
+from screener.db import Database, Export, Instance, Result, utcnow
+from screener.db.engine import as_utc
+from screener.report.destinations import parse_destination
+
+log = structlog.get_logger(__name__)
+
+PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
+STATES = (PENDING, DELIVERED, DEAD)
+
+
+def retry_dead(db: Database, destination: str | None = None) -> int:
+    """Send dead-lettered exports again (dead -> pending, attempts 0, due now); returns how many."""
+    with db.transaction() as session:
+        stmt = (
+            update(Export)
+            .where(Export.state == DEAD)
+            .values(state=PENDING, attempts=0, next_attempt_at=utcnow())
+        )
+        if destination is not None:
+            stmt = stmt.where(Export.destination == str(parse_destination(destination)))
+        count = cast(CursorResult[Any], session.execute(stmt)).rowcount
+    log.info("exports_retried", destination=destination, count=count)
+    return int(count)
+
+
+def export_counts(db: Database) -> dict[str, int]:
+    """Exports by state: pending, delivered, dead (each present, 0 when none)."""
+    counts = dict.fromkeys(STATES, 0)
+    with db.transaction() as session:
+        for state, n in session.execute(
+            select(Export.state, func.count()).group_by(Export.state)
+        ).all():
+            counts[str(state)] = int(n)
+    return counts
+
+
+@dataclass(frozen=True)
+class ExportRow:
+    """One export as ``screener exports list`` shows it: UIDs and states, no PHI."""
+
+    id: int
+    result_id: int
+    destination: str
+    state: str
+    attempts: int
+    last_error: str | None
+    next_attempt_at: datetime | None
+    sr_sop_instance_uid: str | None
+    source_sop_instance_uid: str
+    created_at: datetime
+    delivered_at: datetime | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in vars(self).items()}
+
+
+def list_exports(
+    db: Database,
+    state: str | None = None,
+    destination: str | None = None,
+    limit: int = 50,
+) -> list[ExportRow]:
+    """The most recent exports, newest first, optionally of one state and destination."""
+    stmt = (
+        select(Export, Instance.sop_instance_uid)
+        .join(Result, Result.id == Export.result_id)
+        .join(Instance, Instance.id == Result.instance_id)
+        .order_by(Export.id.desc())
+        .limit(limit)
+    )
+    if state is not None:
+        stmt = stmt.where(Export.state == state)
+    if destination is not None:
+        stmt = stmt.where(Export.destination == str(parse_destination(destination)))
+    with db.transaction() as session:
+        return [
+            ExportRow(
+                id=e.id,
+                result_id=e.result_id,
+                destination=e.destination,
+                state=e.state,
+                attempts=e.attempts,
+                last_error=e.last_error,
+                next_attempt_at=as_utc(e.next_attempt_at) if e.next_attempt_at else None,
+                sr_sop_instance_uid=e.sr_sop_instance_uid,
+                source_sop_instance_uid=uid,
+                created_at=as_utc(e.created_at),
+                delivered_at=as_utc(e.delivered_at) if e.delivered_at else None,
+            )
+            for e, uid in session.execute(stmt).all()
+        ]

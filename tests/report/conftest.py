@@ -1,0 +1,208 @@
+"""Fixtures for the SR and export tests: real source images, a real dcmtk storescp, results."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support import build_dicom, data_root, free_port, wait_for
+
+from screener.config import Settings
+from screener.db import Database, Job, Result, utcnow
+from screener.db.migrate import upgrade
+from screener.ingest.accept import Acceptor
+from screener.ingest.spool import Spool
+from screener.report.export import plan_exports
+
+MODEL_UID = "1.2.826.0.1.3680043.8.498.11223344556677889900"
+
+
+def source_images() -> list[Path]:
+    """Real chest images: two SIIM CRs (JPEG Baseline) and the NIH DX header variant test1."""
+    root = data_root() / "dicom"
+    return [
+        *sorted((root / "siim_chest_cr").glob("*.dcm"))[:2],
+        root / "nih_dx_header_variants" / "test1.dcm",
+    ]
+
+
+@pytest.fixture
+def real_sources() -> list[Path]:
+    """The real source images; skip, naming the path, when the shared data is absent."""
+    paths = source_images()
+    missing = [p for p in paths if not p.is_file()]
+    if not paths or missing:
+        pytest.skip(f"real DICOM sources not found under {data_root() / 'dicom'} (SCREENER_DATA)")
+    return paths
+
+
+def need_tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.skip(f"{name} not installed (dcmtk / dicom3tools)")
+    return path
+
+
+@pytest.fixture
+def dciodvfy() -> Callable[[Path], list[str]]:
+    """Run dicom3tools' dciodvfy on a file; return its Error lines."""
+    tool = need_tool("dciodvfy")
+
+    def run(path: Path) -> list[str]:
+        proc = subprocess.run([tool, str(path)], capture_output=True, text=True, timeout=60)
+        lines = (proc.stdout + proc.stderr).splitlines()
+        return [line for line in lines if line.startswith("Error")]
+
+    return run
+
+
+@pytest.fixture
+def dsrdump() -> Callable[[Path], str]:
+    """Run dcmtk's dsrdump on a file; assert it exits 0 and return what it printed."""
+    tool = need_tool("dsrdump")
+
+    def run(path: Path) -> str:
+        proc = subprocess.run([tool, str(path)], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, f"dsrdump {path} failed: {proc.stderr}"
+        return proc.stdout
+
+    return run
+
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+@dataclass
+class StoreSCP:
+    """A dcmtk storescp on loopback; every received instance is a file in ``out``."""
+
+    port: int
+    out: Path
+    ae_title: str = "PACS"
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def destination(self) -> str:
+        return f"{self.ae_title}@127.0.0.1:{self.port}"
+
+    def start(self) -> StoreSCP:
+        self.out.mkdir(parents=True, exist_ok=True)
+        log = open(self.out.parent / f"storescp-{self.port}.log", "ab")  # noqa: SIM115
+        # +uf: a unique file per received instance, so a duplicate send is a second file
+        argv = [need_tool("storescp"), "-od", str(self.out), "-aet", self.ae_title, "+xa", "+uf"]
+        self.proc = subprocess.Popen(
+            [*argv, str(self.port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        wait_for(lambda: _listening(self.port) or self.proc.poll() is not None, 20)
+        assert self.proc.poll() is None, "storescp exited at start"
+        return self
+
+    def files(self) -> list[Path]:
+        return sorted(p for p in self.out.iterdir() if p.is_file())
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+        self.proc = None
+
+
+@pytest.fixture
+def storescp(tmp_path: Path) -> Iterator[Callable[..., StoreSCP]]:
+    """Factory for storescp peers (not started); every one is killed at teardown."""
+    made: list[StoreSCP] = []
+
+    def make(port: int | None = None, ae_title: str = "PACS") -> StoreSCP:
+        port = port or free_port()
+        scp = StoreSCP(port, tmp_path / f"pacs-{port}", ae_title)
+        made.append(scp)
+        return scp
+
+    yield make
+    for scp in made:
+        scp.stop()
+
+
+@dataclass
+class Screened:
+    """A database with accepted instances, each with a result (and planned exports)."""
+
+    db: Database
+    settings: Settings
+    result_ids: list[int]
+
+
+def add_results(
+    settings: Settings,
+    n: int,
+    *,
+    probability: float = 0.83,
+    plan: bool = True,
+) -> Screened:
+    """Accept ``n`` built CR images through the real accept path, store a result for each."""
+    db = Database(settings.database.url)
+    upgrade(db)
+    acceptor = Acceptor(db, Spool(settings.storage.spool_dir, 0), settings)
+    ids = []
+    for i in range(n):
+        accepted = acceptor.accept(build_dicom(seed=i), source="dicom")
+        assert accepted.job_id is not None
+        with db.transaction() as session:
+            job = session.get(Job, accepted.job_id)
+            assert job is not None and job.instance_id is not None
+            now = utcnow()
+            result = Result(
+                job_id=job.id,
+                instance_id=job.instance_id,
+                frame_number=1,
+                probability=probability,
+                label="pneumonia" if probability >= 0.5 else "normal",
+                threshold=0.5,
+                model_name="screener-densenet121",
+                model_version="1.0.0",
+                model_uid=MODEL_UID,
+                queued_at=now - timedelta(seconds=2),
+                started_at=now - timedelta(seconds=1),
+                scored_at=now,
+            )
+            session.add(result)
+            session.flush()
+            if plan:
+                plan_exports(session, result, settings.export)
+            ids.append(result.id)
+    return Screened(db, settings, ids)
+
+
+@pytest.fixture
+def model_uid() -> str:
+    return MODEL_UID
+
+
+@pytest.fixture
+def screened() -> Iterator[Callable[..., Screened]]:
+    """Factory for :func:`add_results`; databases are disposed at teardown."""
+    made: list[Screened] = []
+
+    def make(settings: Settings, n: int, **kw: Any) -> Screened:
+        s = add_results(settings, n, **kw)
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.db.dispose()

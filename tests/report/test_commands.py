@@ -1,0 +1,70 @@
+"""``screener exports list|retry``: registered as a sub-command, run against a real database."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from support import free_port
+
+from screener.commands import exports
+from screener.config import Settings
+from screener.report.export import Exporter, export_counts
+
+
+def _parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="screener")
+    exports.register(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args(["exports", *argv])
+
+
+def _dead_exports(
+    db_url: str, make_settings: Callable[..., Settings], screened: Callable[..., Any]
+) -> tuple[Settings, str, Any]:
+    destination = f"PACS@127.0.0.1:{free_port()}"  # nothing listens
+    settings = make_settings(db_url, export__destinations=[destination], export__max_attempts=1)
+    s = screened(settings, 2)
+    Exporter(s.db, settings).deliver_due()
+    return settings, destination, s
+
+
+def test_exports_list_shows_dead_exports_with_their_error(
+    db_url: str,
+    make_settings: Callable[..., Settings],
+    screened: Callable[..., Any],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`exports list --state dead --json` lists each dead export with destination, attempts and last error."""
+    settings, destination, _ = _dead_exports(db_url, make_settings, screened)
+    capsys.readouterr()  # structlog's default output while setting up
+    assert exports.run(_parse("list", "--state", "dead", "--json"), settings) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 2
+    assert {(r["state"], r["destination"], r["attempts"]) for r in rows} == {
+        ("dead", destination, 1)
+    }
+    assert all(r["last_error"] and r["sr_sop_instance_uid"] for r in rows)
+    assert "Doe^Jane" not in json.dumps(rows)
+
+    assert exports.run(_parse("list", "--state", "delivered"), settings) == 0
+    assert capsys.readouterr().out.strip() == "no exports"
+    assert exports.run(_parse("list"), settings) == 0
+    text = capsys.readouterr().out
+    assert text.count("dead") >= 2 and "last error:" in text
+
+
+def test_exports_retry_sets_dead_exports_pending(
+    db_url: str,
+    make_settings: Callable[..., Settings],
+    screened: Callable[..., Any],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`exports retry` turns every dead export pending again with no attempts."""
+    settings, destination, s = _dead_exports(db_url, make_settings, screened)
+    capsys.readouterr()
+    assert exports.run(_parse("retry", "--destination", destination), settings) == 0
+    assert "2 dead export(s) set pending again" in capsys.readouterr().out
+    assert export_counts(s.db) == {"pending": 2, "delivered": 0, "dead": 0}
