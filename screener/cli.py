@@ -21,6 +21,7 @@ COMMANDS = (
     "worker",
     "db",
     "status",
+    "exports",
     "rescan",
     "worklist",
     "show",

@@ -2,6 +2,7 @@
 
     database -> spool -> accept path -> listener, folder watcher      (ingest)
     queue -> worker processes: decode pool -> model bundle -> results (scoring)
+    results -> exporter: DICOM SR (and heatmap capture) C-STOREd to PACS, with retries
     rescan scheduler: C-FIND / C-MOVE missed studies back to the listener (nightly)
 
 ``compose(settings)`` builds every stage and connects them; ``Daemon.run()`` starts them,
@@ -17,20 +18,24 @@ import multiprocessing
 import signal
 import threading
 from dataclasses import dataclass, field
+from functools import partial
 from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event as ProcessEvent
 from types import FrameType
 
 import structlog
+from sqlalchemy.orm import Session
 
 from screener.config import Settings
-from screener.db import Database
+from screener.db import Database, Result
 from screener.db.migrate import upgrade
 from screener.ingest.accept import Acceptor
 from screener.ingest.listener import Listener
 from screener.ingest.spool import Spool
 from screener.ingest.watcher import FolderWatcher
+from screener.report.export import Exporter
 from screener.rescan import RescanScheduler
+from screener.scoring import load_heatmap
 from screener.worker import Processor, Worker
 
 log = structlog.get_logger(__name__)
@@ -56,7 +61,14 @@ def worker_process_main(
     configure_logging(settings.logging)
     select_device(settings.worker.device, index, settings.worker.processes)
     db = Database(settings.database.url)
-    worker = Worker(db, settings, ModelProcessor(settings), wake=wake)
+    on_result = None
+    if settings.export.destinations:
+        from screener.report.export import plan_exports
+
+        def on_result(session: Session, result: Result) -> None:
+            plan_exports(session, result, settings.export)
+
+    worker = Worker(db, settings, ModelProcessor(settings, on_result=on_result), wake=wake)
 
     def _stop_when_told() -> None:
         stop.wait()
@@ -112,6 +124,7 @@ class Daemon:
     worker: Worker | None = None
     worker_processes: WorkerProcesses | None = None
     scheduler: RescanScheduler | None = None
+    exporter: Exporter | None = None
 
     def start(self) -> None:
         self.acceptor.recover_spool()
@@ -123,6 +136,8 @@ class Daemon:
             self.worker.start()
         if self.worker_processes:
             self.worker_processes.start()
+        if self.exporter:
+            self.exporter.start()
         if self.scheduler:
             self.scheduler.start()
         log.info(
@@ -148,6 +163,8 @@ class Daemon:
             self.worker.stop()
         if self.worker_processes:
             self.worker_processes.stop()
+        if self.exporter:
+            self.exporter.stop()
         self.db.dispose()
         log.info("daemon_stopped")
 
@@ -184,6 +201,11 @@ def compose(settings: Settings, processor: Processor | None = None) -> Daemon:
     listener = Listener(settings.listener, acceptor) if settings.listener.enabled else None
     watcher = FolderWatcher(settings.watch, acceptor) if settings.watch.enabled else None
     daemon = Daemon(settings, db, acceptor, listener, watcher)
+    exporter = Exporter(
+        db, settings, overlay_loader=partial(load_heatmap, settings)
+    )  # checks destinations
+    if settings.export.destinations:
+        daemon.exporter = exporter
     if settings.rescan.schedule:
         daemon.scheduler = RescanScheduler(settings)
     if settings.worker.enabled:

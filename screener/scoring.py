@@ -17,6 +17,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -136,6 +137,9 @@ class ModelProcessor:
                 frames.append(image)
                 owner.append((i, number))
         scores: dict[int, list[tuple[int, float]]] = {}
+        images: dict[int, Frames] = {}
+        for (i, _number), image in zip(owner, frames, strict=True):
+            images.setdefault(i, []).append(image)
         if frames:
             probabilities = self.bundle.predict(np.stack(frames))
             for (i, number), p in zip(owner, probabilities, strict=True):
@@ -144,7 +148,12 @@ class ModelProcessor:
         for i in range(len(jobs)):
             if outcomes[i] is None:
                 outcomes[i] = JobDone(
-                    record=partial(self._record, scores=scores.get(i, []), scored_at=scored_at)
+                    record=partial(
+                        self._record,
+                        scores=scores.get(i, []),
+                        images=images.get(i, []),
+                        scored_at=scored_at,
+                    )
                 )
         return [o for o in outcomes if o is not None]
 
@@ -154,10 +163,11 @@ class ModelProcessor:
         job: LeasedJob,
         *,
         scores: list[tuple[int, float]],
+        images: Frames,
         scored_at: datetime,
     ) -> None:
         b = self.bundle
-        for frame_number, probability in scores:
+        for (frame_number, probability), image in zip(scores, images, strict=True):
             result = Result(
                 job_id=job.job_id,
                 instance_id=job.instance_id,
@@ -174,6 +184,8 @@ class ModelProcessor:
             )
             session.add(result)
             session.flush()
+            if self.settings.export.heatmap_capture:
+                self._save_heatmap(image, heatmap_path(self.settings, result.id))
             if self.on_result is not None:
                 self.on_result(session, result)
             log.info(
@@ -186,10 +198,38 @@ class ModelProcessor:
                 model_uid=b.uid,
             )
 
+    def _save_heatmap(self, image: npt.NDArray[np.uint8], path: Path) -> None:
+        """Grad-CAM overlay for the optional Secondary Capture; a failure never fails the job."""
+        from PIL import Image
+
+        from screener.model.gradcam import gradcam, overlay
+
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(overlay(image, gradcam(self.bundle, image))).save(path)
+        except Exception:  # stage boundary: the SR still goes out without the picture
+            log.exception("heatmap_failed", path=str(path))
+
     def close(self) -> None:
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
             self.pool = None
+
+
+def heatmap_path(settings: Settings, result_id: int) -> Path:
+    """Where the worker keeps a result's heatmap overlay (``export.heatmap_capture``)."""
+    return Path(settings.storage.spool_dir).resolve() / "heatmaps" / f"{result_id}.png"
+
+
+def load_heatmap(settings: Settings, result: Result) -> npt.NDArray[np.uint8] | None:
+    """The exporter's overlay loader: the RGB overlay the worker saved, if any."""
+    from PIL import Image
+
+    path = heatmap_path(settings, result.id)
+    if not path.is_file():
+        return None
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"), dtype=np.uint8)
 
 
 def select_device(device: str, index: int, processes: int) -> None:

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from screener import queue
 from screener.db import AuditEvent, Database, Instance, Job, JobState, utcnow
 from screener.db.engine import as_utc
-
+from screener.report.ledger import export_counts
 
 #: Audit events that account for what was received but made no new job.
 RECEIVED_EVENTS = {
@@ -29,6 +29,7 @@ class StatusReport:
     oldest_queued_at: datetime | None
     oldest_queued_age_seconds: float | None
     received: dict[str, int] = field(default_factory=dict)  # instances, duplicates, refusals
+    exports: dict[str, int] = field(default_factory=dict)  # SR deliveries by state
     reasons: dict[str, dict[str, int]] = field(default_factory=dict)  # state -> reason -> n
     recent_errors: list[dict[str, Any]] = field(default_factory=list)
     recent_refusals: list[dict[str, Any]] = field(default_factory=list)
@@ -41,15 +42,26 @@ class StatusReport:
 
 def build_report(db: Database, limit: int = 10) -> StatusReport:
     counts = queue.counts_by_state(db)
+    exports = export_counts(db)  # its own transaction: never nest them (SQLite BEGIN IMMEDIATE)
     with db.transaction() as session:
-        oldest = session.scalar(select(func.min(Job.created_at)).where(Job.state == JobState.QUEUED))
+        oldest = session.scalar(
+            select(func.min(Job.created_at)).where(Job.state == JobState.QUEUED)
+        )
         reason_rows = session.execute(
             select(Job.state, Job.reason, func.count())
             .where(Job.state.in_([JobState.SKIPPED, JobState.REJECTED, JobState.FAILED]))
             .group_by(Job.state, Job.reason)
         ).all()
         errors = session.execute(
-            select(Job.id, Job.state, Job.reason, Job.last_error, Job.updated_at, Instance.sop_instance_uid, Job.source_path)
+            select(
+                Job.id,
+                Job.state,
+                Job.reason,
+                Job.last_error,
+                Job.updated_at,
+                Instance.sop_instance_uid,
+                Job.source_path,
+            )
             .outerjoin(Instance, Job.instance_id == Instance.id)
             .where(Job.state.in_([JobState.FAILED, JobState.REJECTED]))
             .order_by(Job.updated_at.desc())
@@ -68,16 +80,23 @@ def build_report(db: Database, limit: int = 10) -> StatusReport:
                 .group_by(AuditEvent.event)
             ).all()
         )
-        received = {"instances": int(session.scalar(select(func.count()).select_from(Instance)) or 0)}
-        received.update({label: int(received_events.get(ev, 0)) for ev, label in RECEIVED_EVENTS.items()})
+        received = {
+            "instances": int(session.scalar(select(func.count()).select_from(Instance)) or 0)
+        }
+        received.update(
+            {label: int(received_events.get(ev, 0)) for ev, label in RECEIVED_EVENTS.items()}
+        )
         reasons: dict[str, dict[str, int]] = {}
         for state, reason, n in reason_rows:
             reasons.setdefault(str(state), {})[reason or "(none)"] = int(n)
         report = StatusReport(
             counts=counts,
             oldest_queued_at=as_utc(oldest) if oldest else None,
-            oldest_queued_age_seconds=(utcnow() - as_utc(oldest)).total_seconds() if oldest else None,
+            oldest_queued_age_seconds=(utcnow() - as_utc(oldest)).total_seconds()
+            if oldest
+            else None,
             received=received,
+            exports=exports,
             reasons=reasons,
             recent_errors=[
                 {
@@ -123,11 +142,18 @@ def render_text(report: StatusReport) -> str:
         if by_reason:
             lines.append(f"{state} by reason:")
             lines += [f"  {reason:<32} {n:>6}" for reason, n in sorted(by_reason.items())]
+    if any(report.exports.values()):
+        lines.append("SR deliveries:")
+        lines += [f"  {state:<11} {n:>7}" for state, n in report.exports.items()]
+        if report.exports.get("dead"):
+            lines.append("  see: screener exports list --state dead; screener exports retry")
     if report.recent_errors:
         lines.append("last errors:")
         for e in report.recent_errors:
             what = e["sop_instance_uid"] or e["path"] or "-"
-            lines.append(f"  {e['at'][:19]}  job {e['job_id']} {e['state']} {e['reason']}: {e['error']}  [{what}]")
+            lines.append(
+                f"  {e['at'][:19]}  job {e['job_id']} {e['state']} {e['reason']}: {e['error']}  [{what}]"
+            )
     if report.recent_refusals:
         lines.append("last refusals:")
         for r in report.recent_refusals:

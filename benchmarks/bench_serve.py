@@ -1,0 +1,232 @@
+"""Serving speed on this machine: the model's ceiling, a backlog drained by `screener serve`,
+and the latency of a single study from C-STORE to SR delivered.
+
+    .venv/bin/python benchmarks/bench_serve.py [--images 300] [--latency-runs 20]
+
+1. Model only: ``Bundle.predict`` on canonical images at several batch sizes; the best
+   images/s is the ceiling.
+2. Backlog: N chest films (copies of the SIIM CRs with new UIDs, JPEG Baseline 1024 px) are
+   pushed by storescu to ``screener serve --no-worker``; then ``screener serve`` starts its
+   worker and the clock runs from the worker's first batch to the last job done.
+3. Latency: on an idle daemon with the model loaded, one film at a time is pushed with
+   storescu; the clock runs from storescu's start to the SR arriving at a dcmtk storescp
+   standing in for PACS (or, if SR export is unavailable, to the result being stored).
+
+Reads the films from ../shared/data or $SCREENER_DATA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("SCREENER_DATA") or REPO.parent / "shared" / "data")
+PROFILE = REPO / "deploy" / "storescu-screener.cfg"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait(predicate, timeout: float, interval: float = 0.02):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"not done within {timeout} s")
+
+
+def model_ceiling(bundle_path: Path, films: list[Path]) -> tuple[int, float, dict[int, float]]:
+    from screener.imaging import load_image
+    from screener.model import load_bundle
+
+    bundle = load_bundle(bundle_path)
+    canon = np.stack([load_image(f)[0] for f in films])
+    rates: dict[int, float] = {}
+    for bs in (1, 4, 8, 16, 32, 64):
+        batch = np.resize(canon, (bs, *canon.shape[1:])).astype(np.uint8)
+        bundle.predict(batch)  # warm-up (graph tracing)
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() - start < 3.0:
+            bundle.predict(batch)
+            n += bs
+        rates[bs] = n / (time.perf_counter() - start)
+        print(f"  model only, batch {bs:>3}: {rates[bs]:7.1f} images/s", flush=True)
+    best = max(rates, key=lambda k: rates[k])
+    return best, rates[best], rates
+
+
+def make_films(films: list[Path], n: int, out: Path) -> list[Path]:
+    from pydicom import dcmread
+    from pydicom.uid import generate_uid
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        ds = dcmread(films[i % len(films)])
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        path = out / f"film{i:04d}.dcm"
+        ds.save_as(path)
+        paths.append(path)
+    return paths
+
+
+class Serve:
+    def __init__(self, workdir: Path, env: dict[str, str], *args: str) -> None:
+        self.log_path = workdir / f"serve-{time.monotonic_ns()}.log"
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "screener.cli", "serve", *args],
+                cwd=workdir, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
+            )
+        wait(lambda: "daemon_started" in self.log(), 60)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def events(self, name: str) -> list[dict[str, object]]:
+        out = []
+        for line in self.log().splitlines():
+            if line.startswith("{") and f'"{name}"' in line:
+                out.append(json.loads(line))
+        return out
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(120)
+
+
+def count(db_url: str, sql: str) -> int:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(db_url)
+    try:
+        with engine.connect() as c:
+            return int(c.execute(text(sql)).scalar() or 0)
+    finally:
+        engine.dispose()
+
+
+def storescu(port: int, files: list[Path]) -> None:
+    subprocess.run(
+        ["storescu", "-aec", "SCREENER", "-xf", str(PROFILE), "Screener", "127.0.0.1", str(port), *map(str, files)],
+        check=True, capture_output=True, timeout=600,
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=300, help="backlog size")
+    parser.add_argument("--latency-runs", type=int, default=20)
+    parser.add_argument("--model", type=Path, default=REPO / "models" / "screener-default")
+    args = parser.parse_args()
+    films = sorted((DATA / "dicom" / "siim_chest_cr").glob("*.dcm"))
+    if not films:
+        print(f"no films at {DATA / 'dicom' / 'siim_chest_cr'} (set SCREENER_DATA)")
+        return 1
+    print(f"machine: {os.cpu_count()} cores; model {args.model}")
+
+    print("1. model-only throughput (the ceiling)")
+    best_bs, ceiling, _ = model_ceiling(args.model, films)
+    print(f"   ceiling: {ceiling:.1f} images/s at batch {best_bs}")
+
+    work = Path(tempfile.mkdtemp(prefix="screener-bench-"))
+    try:
+        port = free_port()
+        db_url = f"sqlite:///{work / 'bench.db'}"
+        env = {
+            "SCREENER_DATABASE_URL": db_url,
+            "SCREENER_LISTENER_HOST": "127.0.0.1",
+            "SCREENER_LISTENER_PORT": str(port),
+            "SCREENER_STORAGE_SPOOL_DIR": str(work / "spool"),
+            "SCREENER_STORAGE_MIN_FREE_MB": "0",
+            "SCREENER_WATCH_ENABLED": "false",
+            "SCREENER_RESCAN_SCHEDULE": "",
+            "SCREENER_MODEL_BUNDLE": str(args.model),
+            "SCREENER_WORKER_MAX_BATCH": str(best_bs),
+            "SCREENER_LOGGING_FORMAT": "json",
+            "SCREENER_CONFIG": os.devnull,
+        }
+        print(f"2. backlog of {args.images} films drained by screener serve (max_batch {best_bs})")
+        backlog = make_films(films, args.images, work / "backlog")
+        accept = Serve(work, env, "--no-worker")
+        t0 = time.perf_counter()
+        storescu(port, backlog)
+        print(f"   storescu pushed {args.images} films in {time.perf_counter() - t0:.1f} s")
+        accept.stop()
+        serve = Serve(work, env)
+        done_sql = "select count(*) from jobs where state in ('done', 'failed')"
+        wait(lambda: count(db_url, done_sql) >= args.images, 1800, 0.2)
+        batches = serve.events("batch_done")
+        first = serve.events("worker_started")[0]["timestamp"]
+        from datetime import datetime
+
+        start = datetime.fromisoformat(str(first))
+        end = datetime.fromisoformat(str(batches[-1]["timestamp"]))
+        seconds = (end - start).total_seconds()
+        rate = args.images / seconds
+        failed = count(db_url, "select count(*) from jobs where state = 'failed'")
+        print(f"   drained in {seconds:.1f} s: {rate:.1f} images/s = {100 * rate / ceiling:.0f}% of the ceiling ({failed} failed)")
+        serve.stop()
+
+        print(f"3. latency of single studies on an idle daemon ({args.latency_runs} runs)")
+        pacs_dir = work / "pacs"
+        pacs_dir.mkdir()
+        pacs_port = free_port()
+        storescp = None
+        exporting = shutil.which("storescp") is not None and (REPO / "screener" / "report").is_dir()
+        if exporting:
+            storescp = subprocess.Popen(
+                ["storescp", "-od", str(pacs_dir), "-aet", "PACS", "+xa", str(pacs_port)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+            env["SCREENER_EXPORT_DESTINATIONS"] = f"PACS@127.0.0.1:{pacs_port}"
+        env["SCREENER_WORKER_MAX_WAIT_MS"] = "0"
+        serve = Serve(work, env)
+        wait(lambda: serve.events("worker_started"), 120)
+        singles = make_films(films, args.latency_runs, work / "singles")
+        latencies = []
+        for i, film in enumerate(singles):
+            before_sr = len(list(pacs_dir.iterdir()))
+            before_res = count(db_url, "select count(*) from results")
+            t0 = time.perf_counter()
+            storescu(port, [film])
+            if exporting:
+                wait(lambda b=before_sr: len(list(pacs_dir.iterdir())) > b, 60, 0.005)  # type: ignore[misc]
+            else:
+                wait(lambda b=before_res: count(db_url, "select count(*) from results") > b, 60, 0.005)  # type: ignore[misc]
+            latencies.append(time.perf_counter() - t0)
+            if i == 0:
+                time.sleep(0.5)
+        serve.stop()
+        if storescp is not None:
+            storescp.terminate()
+        what = "C-STORE -> SR at storescp" if exporting else "C-STORE -> result stored (SR export not available)"
+        q = statistics.quantiles(latencies, n=20)
+        print(f"   {what}: median {statistics.median(latencies):.2f} s, p95 {q[18]:.2f} s, max {max(latencies):.2f} s")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

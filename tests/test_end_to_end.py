@@ -1,0 +1,160 @@
+"""The whole loop through real processes: storescu -> `screener serve` -> SR at a storescp PACS
+stand-in, the result in `screener worklist`; and a PACS that is down, then comes back."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from support import REPO, free_port, serve_env, wait_for
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("storescp") is None or shutil.which("dsrdump") is None,
+    reason="dcmtk not installed",
+)
+
+
+class Storescp:
+    def __init__(self, out: Path, port: int) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        self.out, self.port = out, port
+        self.proc = subprocess.Popen(
+            ["storescp", "-od", str(out), "-aet", "PACS", "+xa", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def files(self) -> list[Path]:
+        return sorted(self.out.iterdir())
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def pacs(tmp_path: Path) -> Iterator[Callable[[int], Storescp]]:
+    started: list[Storescp] = []
+
+    def start(port: int) -> Storescp:
+        p = Storescp(tmp_path / f"pacs-{len(started)}", port)
+        started.append(p)
+        return p
+
+    yield start
+    for p in started:
+        if p.proc.poll() is None:
+            p.stop()
+
+
+def _screener(env: dict[str, str], cwd: Path, *args: str) -> str:
+    out = subprocess.run(
+        [sys.executable, "-m", "screener.cli", *args],
+        cwd=cwd,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def _storescu(port: int, files: list[Path]) -> None:
+    sent = subprocess.run(
+        [
+            "storescu",
+            "-aec",
+            "SCREENER",
+            "-xf",
+            str(REPO / "deploy" / "storescu-screener.cfg"),
+            "Screener",
+            "-to",
+            "30",
+            "127.0.0.1",
+            str(port),
+            *map(str, files),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert sent.returncode == 0 and "Failed" not in sent.stderr, sent.stderr
+
+
+def test_chest_film_to_sr_and_worklist(
+    tmp_path: Path,
+    sqlite_url: str,
+    serve_process: Callable[..., object],
+    pacs: Callable[[int], Storescp],
+    dicom_dir: Path,
+    model_bundle: Path,
+) -> None:
+    """Three chest films pushed with storescu come back as three SRs at the PACS and appear in the worklist."""
+    pacs_port, port = free_port(), free_port()
+    store = pacs(pacs_port)
+    env = serve_env(
+        tmp_path, sqlite_url, port, SCREENER_EXPORT_DESTINATIONS=f"PACS@127.0.0.1:{pacs_port}"
+    )
+    daemon = serve_process(env).start()
+    films = sorted((dicom_dir / "siim_chest_cr").glob("*.dcm"))[:3]
+    _storescu(port, films)
+    wait_for(lambda: len(store.files()) == 3, timeout=240, interval=0.2)
+    sources = {str(dcmread(f, stop_before_pixels=True).StudyInstanceUID) for f in films}
+    for sr_file in store.files():
+        sr = dcmread(sr_file)
+        assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
+        assert str(sr.StudyInstanceUID) in sources
+        dump = subprocess.run(["dsrdump", str(sr_file)], capture_output=True, text=True, timeout=30)
+        assert dump.returncode == 0 and "Pneumonia" in dump.stdout
+    rows = json.loads(_screener(env, tmp_path, "worklist", "--format", "json"))
+    assert {r["study_instance_uid"] for r in rows} == sources
+    assert all(0.0 <= r["probability"] <= 1.0 for r in rows)
+    status = json.loads(_screener(env, tmp_path, "status", "--json"))
+    assert status["exports"] == {"pending": 0, "delivered": 3, "dead": 0}
+    assert status["counts"]["done"] == 3
+    assert daemon.terminate() == 0  # type: ignore[attr-defined]
+
+
+def test_pacs_down_then_up_gets_everything_once(
+    tmp_path: Path,
+    sqlite_url: str,
+    serve_process: Callable[..., object],
+    pacs: Callable[[int], Storescp],
+    dicom_dir: Path,
+    model_bundle: Path,
+) -> None:
+    """Results made while the PACS is down wait; once it is up every SR is delivered, none twice."""
+    pacs_port, port = free_port(), free_port()
+    env = serve_env(
+        tmp_path,
+        sqlite_url,
+        port,
+        SCREENER_EXPORT_DESTINATIONS=f"PACS@127.0.0.1:{pacs_port}",
+        SCREENER_EXPORT_BACKOFF_SECONDS="0.5",
+        SCREENER_EXPORT_BACKOFF_MAX_SECONDS="1",
+    )
+    daemon = serve_process(env).start()
+    _storescu(port, sorted((dicom_dir / "siim_chest_cr").glob("*.dcm"))[3:6])
+
+    def attempted() -> bool:
+        s = json.loads(_screener(env, tmp_path, "status", "--json"))
+        return s["counts"]["done"] == 3 and s["exports"]["pending"] == 3
+
+    wait_for(attempted, timeout=240, interval=0.5)
+    listing = _screener(env, tmp_path, "exports", "list", "--json")
+    assert all(e["attempts"] >= 1 and e["last_error"] for e in json.loads(listing))
+    store = pacs(pacs_port)
+    wait_for(lambda: len(store.files()) == 3, timeout=60, interval=0.2)
+    status = json.loads(_screener(env, tmp_path, "status", "--json"))
+    assert status["exports"] == {"pending": 0, "delivered": 3, "dead": 0}
+    uids = {str(dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in store.files()}
+    assert len(uids) == 3  # no SR twice
+    assert daemon.terminate() == 0  # type: ignore[attr-defined]
