@@ -60,6 +60,17 @@ def build_parser() -> argparse.ArgumentParser:
     for name in COMMANDS:
         module = importlib.import_module(f"screener.commands.{name}")
         module.register(sub)
+    for command in sub.choices.values():  # also accepted after the command: `serve --set k=v`
+        command.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        command.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            type=_parse_set,
+            default=argparse.SUPPRESS,
+            metavar="SECTION.KEY=VALUE",
+            help="override one setting (repeatable)",
+        )
     return parser
 
 

@@ -76,3 +76,11 @@ def test_cli_reports_invalid_setting_and_exits_2(capsys: pytest.CaptureFixture[s
 
     assert main(["--set", "listener.port=0", "status"]) == 2
     assert "listener.port = 0 is invalid: must be at least 1" in capsys.readouterr().err
+
+
+def test_set_is_accepted_after_the_command(capsys: pytest.CaptureFixture[str]) -> None:
+    """`screener status --set ...` applies the override like `screener --set ... status`."""
+    from screener.cli import main
+
+    assert main(["status", "--set", "listener.port=0"]) == 2
+    assert "listener.port = 0 is invalid" in capsys.readouterr().err
