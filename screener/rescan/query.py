@@ -24,7 +24,8 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE
 from pynetdicom.association import Association
 
-from screener.errors import ConfigError, ScreenerError
+from screener.errors import ScreenerError
+from screener.peers import Peer, parse_peer
 
 log = structlog.get_logger(__name__)
 
@@ -45,38 +46,9 @@ class RescanError(ScreenerError):
     """The PACS could not be queried or refused a request; the message names peer and status."""
 
 
-@dataclass(frozen=True)
-class PacsAddress:
-    """A peer given as ``AE_TITLE@HOST:PORT``; ``parse`` checks each part."""
-
-    ae_title: str
-    host: str
-    port: int
-
-    @classmethod
-    def parse(cls, text: str, key: str = "rescan.pacs") -> PacsAddress:
-        ae_title, at, rest = text.strip().partition("@")
-        host, colon, port_text = rest.rpartition(":")
-        host = host.strip().removeprefix("[").removesuffix("]")  # [::1]:104
-        if not at or not colon or not host:
-            raise ConfigError(f"{key} = {text!r} is invalid: expected AE_TITLE@HOST:PORT")
-        if not (0 < len(ae_title) <= 16 and "\\" not in ae_title and ae_title.strip()):
-            raise ConfigError(
-                f"{key} = {text!r} is invalid: the AE title {ae_title!r} must be 1-16 "
-                "characters without backslash (PS3.5 6.2)"
-            )
-        try:
-            port = int(port_text)
-        except ValueError:
-            raise ConfigError(
-                f"{key} = {text!r} is invalid: port {port_text!r} is not a number"
-            ) from None
-        if not 0 < port < 65536:
-            raise ConfigError(f"{key} = {text!r} is invalid: port must be 1-65535")
-        return cls(ae_title.strip(), host, port)
-
-    def __str__(self) -> str:
-        return f"{self.ae_title}@{self.host}:{self.port}"
+def parse_pacs(text: str, key: str = "rescan.pacs") -> Peer:
+    """The PACS to query, ``rescan.pacs`` (see :func:`screener.peers.parse_peer`)."""
+    return parse_peer(text, key)
 
 
 @dataclass(frozen=True)
@@ -153,7 +125,7 @@ def _status(rsp: Dataset) -> int | None:
 class PacsClient:
     """A Query/Retrieve SCU bound to one PACS; one association per ``session()``."""
 
-    def __init__(self, pacs: PacsAddress, calling_ae_title: str, timeout: float) -> None:
+    def __init__(self, pacs: Peer, calling_ae_title: str, timeout: float) -> None:
         self.pacs = pacs
         self.calling_ae_title = calling_ae_title
         self.timeout = timeout

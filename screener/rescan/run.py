@@ -28,7 +28,7 @@ from screener.db import Database
 from screener.errors import ScreenerError
 from screener.rescan import backlog
 from screener.rescan.folder import list_folder, take_folder
-from screener.rescan.query import PacsAddress, PacsClient, StudyMatch
+from screener.rescan.query import PacsClient, StudyMatch, parse_pacs
 
 log = structlog.get_logger(__name__)
 
@@ -254,7 +254,7 @@ def _pacs_step(
         say("PACS: rescan.pacs is empty; not queried")
         return
     try:
-        pacs = PacsAddress.parse(settings.rescan.pacs)
+        pacs = parse_pacs(settings.rescan.pacs)
         summary.pacs = str(pacs)
         client = PacsClient(pacs, settings.listener.ae_title, settings.listener.network_timeout)
         say(

@@ -17,8 +17,9 @@ from sqlalchemy import select
 from screener.commands import rescan as rescan_command
 from screener.db import Instance, Job, Study
 from screener.errors import ConfigError
+from screener.peers import Peer
 from screener.rescan import run_rescan
-from screener.rescan.query import PacsAddress
+from screener.rescan.query import parse_pacs
 
 
 def _queued_studies(daemon: Any) -> list[str]:
@@ -157,8 +158,8 @@ def test_command_dry_run_text_summary(
 
 def test_pacs_address_is_parsed_and_bad_values_name_the_key() -> None:
     """AE@HOST:PORT parses (IPv6 in brackets too); a missing part, a long AE title or a bad port is a ConfigError naming rescan.pacs."""
-    assert PacsAddress.parse("PACS@10.0.0.5:104") == PacsAddress("PACS", "10.0.0.5", 104)
-    assert PacsAddress.parse("ARCH@[::1]:11112") == PacsAddress("ARCH", "::1", 11112)
+    assert parse_pacs("PACS@10.0.0.5:104") == Peer("PACS", "10.0.0.5", 104)
+    assert parse_pacs("ARCH@[::1]:11112") == Peer("ARCH", "::1", 11112)
     for bad in (
         "PACS",
         "10.0.0.5:104",
@@ -168,4 +169,4 @@ def test_pacs_address_is_parsed_and_bad_values_name_the_key() -> None:
         "PACS@h:0",
     ):
         with pytest.raises(ConfigError, match=r"rescan\.pacs"):
-            PacsAddress.parse(bad)
+            parse_pacs(bad)
