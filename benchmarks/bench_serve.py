@@ -96,7 +96,10 @@ class Serve:
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "screener.cli", "serve", *args],
-                cwd=workdir, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
+                cwd=workdir,
+                env={**os.environ, **env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         wait(lambda: "daemon_started" in self.log(), 60)
 
@@ -128,8 +131,20 @@ def count(db_url: str, sql: str) -> int:
 
 def storescu(port: int, files: list[Path]) -> None:
     subprocess.run(
-        ["storescu", "-aec", "SCREENER", "-xf", str(PROFILE), "Screener", "127.0.0.1", str(port), *map(str, files)],
-        check=True, capture_output=True, timeout=600,
+        [
+            "storescu",
+            "-aec",
+            "SCREENER",
+            "-xf",
+            str(PROFILE),
+            "Screener",
+            "127.0.0.1",
+            str(port),
+            *map(str, files),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=600,
     )
 
 
@@ -185,7 +200,9 @@ def main() -> int:
         seconds = (end - start).total_seconds()
         rate = args.images / seconds
         failed = count(db_url, "select count(*) from jobs where state = 'failed'")
-        print(f"   drained in {seconds:.1f} s: {rate:.1f} images/s = {100 * rate / ceiling:.0f}% of the ceiling ({failed} failed)")
+        print(
+            f"   drained in {seconds:.1f} s: {rate:.1f} images/s = {100 * rate / ceiling:.0f}% of the ceiling ({failed} failed)"
+        )
         serve.stop()
 
         print(f"3. latency of single studies on an idle daemon ({args.latency_runs} runs)")
@@ -197,7 +214,8 @@ def main() -> int:
         if exporting:
             storescp = subprocess.Popen(
                 ["storescp", "-od", str(pacs_dir), "-aet", "PACS", "+xa", str(pacs_port)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
             )
             env["SCREENER_EXPORT_DESTINATIONS"] = f"PACS@127.0.0.1:{pacs_port}"
         env["SCREENER_WORKER_MAX_WAIT_MS"] = "0"
@@ -213,16 +231,26 @@ def main() -> int:
             if exporting:
                 wait(lambda b=before_sr: len(list(pacs_dir.iterdir())) > b, 60, 0.005)  # type: ignore[misc]
             else:
-                wait(lambda b=before_res: count(db_url, "select count(*) from results") > b, 60, 0.005)  # type: ignore[misc]
+                wait(
+                    lambda b=before_res: count(db_url, "select count(*) from results") > b,
+                    60,
+                    0.005,
+                )  # type: ignore[misc]
             latencies.append(time.perf_counter() - t0)
             if i == 0:
                 time.sleep(0.5)
         serve.stop()
         if storescp is not None:
             storescp.terminate()
-        what = "C-STORE -> SR at storescp" if exporting else "C-STORE -> result stored (SR export not available)"
+        what = (
+            "C-STORE -> SR at storescp"
+            if exporting
+            else "C-STORE -> result stored (SR export not available)"
+        )
         q = statistics.quantiles(latencies, n=20)
-        print(f"   {what}: median {statistics.median(latencies):.2f} s, p95 {q[18]:.2f} s, max {max(latencies):.2f} s")
+        print(
+            f"   {what}: median {statistics.median(latencies):.2f} s, p95 {q[18]:.2f} s, max {max(latencies):.2f} s"
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

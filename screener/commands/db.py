@@ -12,7 +12,9 @@ from screener.config import Settings
 def register(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser("db", help="database schema (Alembic)")
     setting_flag(p, "--db", "database.url", "database URL")
-    p.add_argument("action", choices=["upgrade", "current"], help="upgrade to head, or show the revision")
+    p.add_argument(
+        "action", choices=["upgrade", "current"], help="upgrade to head, or show the revision"
+    )
     p.add_argument("--revision", default="head", help="target revision for upgrade")
     p.set_defaults(func=run)
 

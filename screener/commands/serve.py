@@ -10,12 +10,16 @@ from screener.config import Settings
 
 
 def register(sub: Any) -> None:
-    p: argparse.ArgumentParser = sub.add_parser("serve", help="run the daemon (listener + watcher + worker)")
+    p: argparse.ArgumentParser = sub.add_parser(
+        "serve", help="run the daemon (listener + watcher + worker)"
+    )
     setting_flag(p, "--port", "listener.port", "DICOM port", type=int)
     setting_flag(p, "--ae-title", "listener.ae_title", "our AE title")
     setting_flag(p, "--db", "database.url", "database URL")
     setting_flag(p, "--watch-dir", "watch.dir", "watched folder")
-    setting_flag(p, "--no-worker", "worker.enabled", "accept only; leave jobs queued", nargs=0, const=False)
+    setting_flag(
+        p, "--no-worker", "worker.enabled", "accept only; leave jobs queued", nargs=0, const=False
+    )
     p.set_defaults(func=run)
 
 

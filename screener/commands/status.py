@@ -11,7 +11,9 @@ from screener.config import Settings
 
 
 def register(sub: Any) -> None:
-    p: argparse.ArgumentParser = sub.add_parser("status", help="queue depth, skips, rejections, errors")
+    p: argparse.ArgumentParser = sub.add_parser(
+        "status", help="queue depth, skips, rejections, errors"
+    )
     setting_flag(p, "--db", "database.url", "database URL")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--limit", type=int, default=10, help="how many recent errors to list")
