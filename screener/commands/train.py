@@ -1,0 +1,103 @@
+"""``screener train``: train a model bundle on a Kaggle-layout folder of chest X-rays."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from screener.config import Settings
+
+BACKBONE_CHOICES = (
+    "small_cnn",
+    "inceptionv3",
+    "vgg16",
+    "densenet121",
+    "mobilenetv2",
+    "efficientnetb0",
+)
+
+
+def register(subparsers: Any) -> None:
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "train",
+        help="train a model bundle",
+        description="Train a model bundle on DIR/NORMAL and DIR/PNEUMONIA; validation is a "
+        "patient-level split of DIR.",
+    )
+    p.add_argument("--data", required=True, type=Path, help="Kaggle-layout training folder")
+    p.add_argument("--out", required=True, type=Path, help="bundle folder to write")
+    p.add_argument("--backbone", default="small_cnn", choices=BACKBONE_CHOICES)
+    p.add_argument(
+        "--weights",
+        default="none",
+        help="imagenet (Keras downloads them), PATH to a local weights file, or none (default)",
+    )
+    p.add_argument("--task", default="binary", choices=("binary", "type"))
+    p.add_argument("--epochs", type=int, default=36)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--learning-rate", type=float, default=1e-3)
+    p.add_argument("--patience", type=int, default=8, help="early-stopping patience (epochs)")
+    p.add_argument("--input-size", type=int, default=224, metavar="PX")
+    p.add_argument("--normalisation", default="equalize", choices=("equalize", "minmax", "none"))
+    p.add_argument("--target-sensitivity", type=float, default=0.95)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--limit", type=int, default=None, help="use a stratified sample of N images")
+    p.add_argument(
+        "--exclude-family",
+        choices=("IM", "NORMAL2-IM"),
+        default=None,
+        help="leave out normal films of this file-name family (robustness probe)",
+    )
+    p.add_argument("--name", default=None, help="bundle name (default: the --out folder name)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    from screener.errors import ModelError
+    from screener.training.fit import FitParams
+    from screener.training.train import TrainConfig, remove_stale, train
+
+    if args.epochs < 1:
+        raise ModelError(f"--epochs {args.epochs} must be at least 1")
+    if not 0.5 <= args.target_sensitivity < 1.0:
+        raise ModelError(f"--target-sensitivity {args.target_sensitivity} must lie in [0.5, 1)")
+    cfg = TrainConfig(
+        data_dir=args.data,
+        out_dir=args.out,
+        backbone=args.backbone,
+        weights=args.weights,
+        task=args.task,
+        input_size=args.input_size,
+        normalisation=args.normalisation,
+        target_sensitivity=args.target_sensitivity,
+        seed=args.seed,
+        val_fraction=args.val_fraction,
+        limit=args.limit,
+        exclude_family=args.exclude_family,
+        name=args.name,
+        fit=FitParams(
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            learning_rate=args.learning_rate,
+            patience=args.patience,
+        ),
+    )
+    remove_stale(cfg.out_dir)
+    bundle = train(cfg)
+    m = bundle.metadata["validation_metrics"]
+    split = bundle.metadata["training"]["split"]
+    print(f"bundle      {bundle.path}  ({bundle.name} {bundle.version})")
+    print(f"uid         {bundle.uid}")
+    print(
+        f"split       by patient, seed {split['seed']}, val fraction {split['val_fraction']}: "
+        f"train {split['train']['images']} images / {split['train']['patients']} patients, "
+        f"validation {split['validation']['images']} / {split['validation']['patients']}"
+    )
+    print(f"val AUC     {m['auc']:.4f} (95% CI {m['auc_ci95'][0]:.4f}-{m['auc_ci95'][1]:.4f})")
+    print(
+        f"threshold   {bundle.threshold:.4f}: sensitivity {m['sensitivity']:.4f}, "
+        f"specificity {m['specificity']:.4f} (validation; flatters)"
+    )
+    return 0

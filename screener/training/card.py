@@ -1,0 +1,160 @@
+"""MODEL_CARD.md: what the bundle is for, what it was trained on, how well, and its limits.
+
+The card is a pure function of model.json, so it can be re-rendered at any time
+(``write_card(folder, json.loads((folder / "model.json").read_text()))``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from screener.model.bundle import CARD_FILE
+
+
+def _reproduce(meta: dict[str, Any]) -> str:
+    t, opt = meta["training"], meta["training"]["optimiser"]
+    split = t["split"]
+    parts = [
+        "screener train",
+        f"--data {t['data_dir']}",
+        "--out <folder>",
+        f"--backbone {meta['backbone']}",
+        f"--weights {meta['initialisation']['weights']}",
+        f"--task {meta['task']}",
+        f"--epochs {opt['epochs']}",
+        f"--patience {opt['patience']}",
+        f"--batch-size {opt['batch_size']}",
+        f"--learning-rate {opt['learning_rate']}",
+        f"--input-size {meta['input_size']}",
+        f"--normalisation {meta['preprocessing']['normalisation']}",
+        f"--target-sensitivity {meta['target_sensitivity']}",
+        f"--seed {split['seed']}",
+        f"--val-fraction {split['val_fraction']}",
+    ]
+    if t.get("limit"):
+        parts.append(f"--limit {t['limit']}")
+    if t.get("exclude_family"):
+        parts.append(f"--exclude-family {t['exclude_family']}")
+    return " \\\n    ".join(parts)
+
+
+def _probe_section(meta: dict[str, Any]) -> str:
+    probe = meta.get("robustness_probe")
+    if not probe:
+        return ""
+    return f"\n## Robustness probe (acquisition shift)\n\n{probe['summary']}\n"
+
+
+def render_card(meta: dict[str, Any]) -> str:
+    """The model card's Markdown, filled in from model.json."""
+    m = meta["validation_metrics"]
+    t = meta["training"]
+    v = t["versions"]
+    split = t["split"]
+    tr, va = split["train"], split["validation"]
+    c = m["confusion"]
+    init = meta["initialisation"]
+    cal = meta["calibration"]
+    lo, hi = m["auc_ci95"]
+    data_note = f"{t['images']} images"
+    if t.get("limit"):
+        data_note += f" (a stratified sample, --limit {t['limit']})"
+    if t.get("exclude_family"):
+        data_note += f"; normal films of the `{t['exclude_family']}` file-name family left out"
+    return f"""# Model card: {meta["name"]} {meta["version"]}
+
+- **Bundle UID** (usable as a DICOM Device Observer UID): `{meta["uid"]}`
+- **Created**: {meta["created"]} with screener {v["screener"]}, TensorFlow {v["tensorflow"]}, \
+Keras {v["keras"]}
+- **Output**: calibrated probability that a chest radiograph shows pneumonia; the film is \
+flagged when P >= **{meta["threshold"]:.4f}**.
+
+## Intended use
+
+A **second-read flag**: screener marks chest X-rays that a radiologist should look at again
+because the model considers pneumonia likely. It is **not a diagnosis**, must not be used to
+rule pneumonia out, and must not delay or replace the normal reading of any study. A film
+that is not flagged has simply not been flagged.
+
+## Training data
+
+- Kermany, Zhang, Goldbaum et al., *Cell* 2018 ("Chest X-Ray Images (Pneumonia)", Mendeley
+  Data v2, CC BY 4.0), training folder only: **pediatric anterior-posterior chest films from
+  one centre, Guangzhou Women and Children's Medical Center**, resized to 224 x 224 8-bit
+  grey. Labels are the data set's: normal vs pneumonia (bacterial or viral).
+- {data_note}; fingerprint `{t["data_fingerprint"]}` ({t["fingerprint_method"]}).
+- Validation split **by patient** (no patient on both sides), stratified on label, seed \
+{split["seed"]}, {100 * split["val_fraction"]:.0f}% of patients:
+  - train: {tr["images"]} images, {tr["patients"]} patients \
+({tr["normal"]} normal, {tr["pneumonia"]} pneumonia);
+  - validation: {va["images"]} images, {va["patients"]} patients \
+({va["normal"]} normal, {va["pneumonia"]} pneumonia).
+
+## Model and training
+
+- Backbone `{meta["backbone"]}`, {meta["parameters"]:,} parameters, task `{meta["task"]}`, \
+input {meta["input_size"]} x {meta["input_size"]} grey.
+- **Initialisation: {init["note"]}.** No ImageNet (or other pretrained) weights were \
+available on the machine this bundle was trained on; nothing here benefits from transfer \
+learning.
+- Preprocessing, inside the bundle and identical in training and serving: per-image \
+`{meta["preprocessing"]["normalisation"]}` intensity normalisation (histogram counted away \
+from the borders), resize to {meta["input_size"]} px, scale to [0, 1].
+- AdamW with warm-up and cosine learning-rate decay, balanced class weights, augmentation \
+(rotation, shift, zoom, gamma, contrast, brightness, blur, noise; no flips), checkpoint and \
+early stopping on validation AUC: best epoch {t["best_epoch"]} of {t["epochs_run"]}, \
+{t["seconds"] / 60:.0f} min on {t["host"]["cpus"]} CPU cores, no GPU.
+- Calibration: Platt scaling fitted on the validation split (a = {cal["a"]:.3f}, \
+b = {cal["b"]:.3f}); validation log-loss {cal["val_log_loss_before"]:.4f} before, \
+{cal["val_log_loss_after"]:.4f} after.
+- **Threshold rule**: {meta["threshold_rule"]} (target {meta["target_sensitivity"]:.2f}). \
+The lower bound builds in a margin for the size of the validation set; the validation \
+specificity played no part in the choice.
+
+Reproduce (same data and seed; bit-identical only with the same software and CPU):
+
+```
+{_reproduce(meta)}
+```
+
+## Validation metrics (patient-level validation split, shipped threshold)
+
+| metric | value |
+|---|---|
+| AUC (95% CI, bootstrap) | {m["auc"]:.4f} ({lo:.4f}-{hi:.4f}) |
+| sensitivity | {m["sensitivity"]:.4f} |
+| specificity | {m["specificity"]:.4f} |
+| PPV / NPV | {m["ppv"]:.4f} / {m["npv"]:.4f} |
+| accuracy / F1 | {m["accuracy"]:.4f} / {m["f1"]:.4f} |
+| Brier score | {m["brier"]:.4f} |
+| TP / FP / TN / FN | {c["tp"]} / {c["fp"]} / {c["tn"]} / {c["fn"]} |
+
+`screener evaluate --model <this folder> --split validation` recomputes the split from
+model.json and reproduces these numbers; see also `roc.png` and `confusion.png`.
+
+**These figures flatter the model.** The validation films come from the same centre, the
+same acquisition batches and the same curation as the training films, and calibration and
+threshold were fitted on them. A compact CNN trained on this data set has been seen to reach
+validation AUC 0.997 yet 0.939 on the data set's own held-out split, with specificity
+falling to 0.64, because the held-out normal films look different. Expect lower specificity
+(more flags) at any other site, scanner or period, and measure it locally before use.
+{_probe_section(meta)}
+## Limits
+
+- Pediatric AP films from one centre only: adults, PA films, lateral views, other sites,
+  scanners, processing chains and portable/ICU films are outside what it has seen.
+- Trained on 224 px 8-bit JPEG renderings. DICOM input goes through screener's pixel
+  pipeline (Modality/VOI LUT, MONOCHROME1 inversion, resize), which is not how the training
+  images were made; rendering differences shift the scores.
+- Labels are the data set's own grading, not a reference standard. It says nothing about
+  other findings (effusion, pneumothorax, tubes, masses, ...).
+- Probabilities are calibrated at the validation split's prevalence ({va["pneumonia"]} of
+  {va["images"]} films with pneumonia); where pneumonia is rarer the PPV is lower.
+- Grad-CAM heat maps (`screener predict --heatmap`) show coarsely where the network's
+  evidence lies; they are not a localisation of disease.
+"""
+
+
+def write_card(out_dir: Path, meta: dict[str, Any]) -> None:
+    (out_dir / CARD_FILE).write_text(render_card(meta))

@@ -1,0 +1,74 @@
+"""Tests of the Keras-application code paths: local weights files, ImageNet, type task."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from screener.cli import main
+from screener.model import load_bundle
+
+
+def test_weights_path_loads_a_local_file(chest_train: Path, tmp_path: Path) -> None:
+    """--weights PATH initialises the backbone from the file; frozen early layers keep it."""
+    import keras
+
+    app = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(32, 32, 3))
+    conv1 = keras.ops.convert_to_numpy(app.get_layer("Conv1").kernel)
+    weights_file = tmp_path / "mobilenet.weights.h5"
+    app.save_weights(weights_file)
+    out = tmp_path / "mnv2"
+    argv = ["train", "--data", str(chest_train), "--out", str(out), "--backbone", "mobilenetv2"]
+    argv += ["--weights", str(weights_file), "--limit", "40", "--epochs", "3", "--input-size", "32"]
+    assert main([*argv, "--val-fraction", "0.4"]) == 0
+    bundle = load_bundle(out)
+    loaded = keras.ops.convert_to_numpy(
+        bundle.model.get_layer("backbone").get_layer("Conv1").kernel
+    )
+    assert np.array_equal(loaded, conv1)
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["initialisation"]["weights"] == str(weights_file)
+    assert meta["training"]["epochs_run"] == 3  # 2 head-only epochs, then 1 of fine-tuning
+
+
+def test_imagenet_weights_are_requested_from_keras(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--weights imagenet passes weights="imagenet" to the application (no network in tests)."""
+    import keras
+
+    from screener.model.architectures import build_model
+    from screener.training.train import weights_argument
+
+    real = keras.applications.MobileNetV2
+    seen: list[Any] = []
+
+    def recorder(**kwargs: Any) -> Any:
+        seen.append(kwargs["weights"])
+        return real(**{**kwargs, "weights": None})
+
+    monkeypatch.setattr(keras.applications, "MobileNetV2", recorder)
+    model = build_model("mobilenetv2", 32, "binary", weights_argument("imagenet"))
+    assert seen == ["imagenet"]
+    assert model.input_shape == (None, 32, 32, 1)
+    assert model.get_layer("grey_to_rgb").output.shape[-1] == 3
+
+
+def test_missing_weights_file_is_a_clear_error(chest_train: Path, tmp_path: Path) -> None:
+    """A --weights path that does not exist fails with exit code 1, before any training."""
+    argv = ["train", "--data", str(chest_train), "--out", str(tmp_path / "x")]
+    assert main([*argv, "--backbone", "vgg16", "--weights", str(tmp_path / "none.h5")]) == 1
+
+
+def test_type_task_trains_three_classes(chest_train: Path, tmp_path: Path) -> None:
+    """--task type trains a 3-way softmax; the bundle still returns P(pneumonia) in [0, 1]."""
+    out = tmp_path / "type"
+    argv = ["train", "--data", str(chest_train), "--out", str(out), "--task", "type"]
+    assert main([*argv, "--limit", "40", "--epochs", "1", "--input-size", "48"]) == 0
+    bundle = load_bundle(out)
+    assert bundle.model.output_shape == (None, 3)
+    assert bundle.metadata["classes"] == ["normal", "bacterial", "viral"]
+    probs = bundle.predict(np.full((2, 224, 224), 128, np.uint8))
+    assert np.all((probs >= 0) & (probs <= 1))

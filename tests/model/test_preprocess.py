@@ -1,0 +1,52 @@
+"""Tests of the bundle preprocessing and the training augmentation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from screener.errors import ModelError
+from screener.model.preprocess import PreprocessParams, equalize, preprocess
+from screener.training.augment import AugmentParams, augment_batch
+
+
+def _film(seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:224, 0:224]
+    base = 120 + 60 * np.sin(xx / 20.0) * np.cos(yy / 30.0) + rng.normal(0, 5, (224, 224))
+    return np.clip(base, 0, 255).astype(np.uint8)
+
+
+def test_equalize_removes_exposure_and_gamma_differences() -> None:
+    """A darker, flatter (gamma-changed) copy of a film equalises to nearly the same image."""
+    film = _film()
+    altered = np.clip(255 * ((film / 255.0) ** 1.8) * 0.7 + 10, 0, 255).astype(np.uint8)
+    before = np.mean(np.abs(film.astype(int) - altered.astype(int)))
+    after = np.mean(np.abs(equalize(film).astype(int) - equalize(altered).astype(int)))
+    assert after < before / 5
+
+
+def test_preprocess_shape_and_range() -> None:
+    """preprocess returns (N, size, size, 1) float32 in [0, 1]."""
+    batch = np.stack([_film(0), _film(1)])
+    out = preprocess(batch, PreprocessParams(input_size=96))
+    assert out.shape == (2, 96, 96, 1) and out.dtype == np.float32
+    assert out.min() >= 0.0 and out.max() <= 1.0
+
+
+def test_preprocess_rejects_non_uint8() -> None:
+    """A float batch is refused with a ModelError naming the dtype."""
+    with pytest.raises(ModelError, match="float"):
+        preprocess(np.zeros((1, 224, 224), dtype=np.float32), PreprocessParams())  # type: ignore[arg-type]
+
+
+def test_augmentation_is_seeded_and_keeps_the_film_upright() -> None:
+    """Same seed, same batch; the top and bottom halves are not swapped (no vertical flip)."""
+    film = np.zeros((224, 224), dtype=np.uint8)
+    film[:112] = 200  # bright top half
+    film[112:] = 40
+    params, aug = PreprocessParams(input_size=64, normalisation="none"), AugmentParams()
+    a = augment_batch(film[None].repeat(8, 0), params, aug, np.random.default_rng(5))
+    b = augment_batch(film[None].repeat(8, 0), params, aug, np.random.default_rng(5))
+    assert np.array_equal(a, b)
+    assert np.all(a[:, 8:24].mean(axis=(1, 2, 3)) > a[:, 40:56].mean(axis=(1, 2, 3)))

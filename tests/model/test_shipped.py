@@ -1,0 +1,36 @@
+"""Tests of the shipped default bundle on real DICOM files."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+import pytest
+
+from screener.cli import main
+
+SHIPPED = Path(__file__).resolve().parents[2] / "models" / "screener-default"
+
+
+def test_shipped_bundle_scores_a_siim_dicom(
+    siim_dicoms: list[Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """predict on a SIIM chest CR DICOM with the shipped bundle prints a probability."""
+    if not (SHIPPED / "model.json").is_file():
+        pytest.skip(f"no shipped bundle at {SHIPPED}")
+    if not hasattr(importlib.import_module("screener.imaging"), "load_image"):
+        pytest.skip("screener.imaging.load_image (DICOM pixel pipeline) is not there yet")
+    assert main(["predict", str(siim_dicoms[0]), "--model", str(SHIPPED), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)["results"][0]
+    assert 0.0 <= result["probability"] <= 1.0
+    assert result["label"] in ("normal", "pneumonia")
+
+
+def test_shipped_bundle_is_small_and_complete() -> None:
+    """The shipped bundle has every file and stays under 20 MB."""
+    if not (SHIPPED / "model.json").is_file():
+        pytest.skip(f"no shipped bundle at {SHIPPED}")
+    names = {p.name for p in SHIPPED.iterdir()}
+    assert {"model.keras", "model.json", "MODEL_CARD.md", "roc.png", "confusion.png"} <= names
+    assert sum(p.stat().st_size for p in SHIPPED.iterdir()) < 20 * 1024 * 1024
