@@ -50,6 +50,10 @@ class ListenerSettings:
     allowed_calling_aets: list[str] = _opt(
         [], "calling AE titles allowed to associate; empty list = any caller"
     )
+    prefer_compressed: bool = _opt(
+        False,
+        "take a compressed transfer syntax over uncompressed when a sender offers both (see README)",
+    )
     max_associations: int = _opt(10, "most simultaneous associations", min=1, max=1000)
     network_timeout: float = _opt(
         60.0, "seconds of network silence before an association is aborted", min=1

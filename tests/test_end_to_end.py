@@ -145,12 +145,14 @@ def test_pacs_down_then_up_gets_everything_once(
     _storescu(port, sorted((dicom_dir / "siim_chest_cr").glob("*.dcm"))[3:6])
 
     def attempted() -> bool:
+        """All three scored, and each SR delivery tried at least once and failed."""
         s = json.loads(_screener(env, tmp_path, "status", "--json"))
-        return s["counts"]["done"] == 3 and s["exports"]["pending"] == 3
+        if s["counts"]["done"] != 3 or s["exports"]["pending"] != 3:
+            return False
+        rows = json.loads(_screener(env, tmp_path, "exports", "list", "--json"))
+        return len(rows) == 3 and all(e["attempts"] >= 1 and e["last_error"] for e in rows)
 
     wait_for(attempted, timeout=240, interval=0.5)
-    listing = _screener(env, tmp_path, "exports", "list", "--json")
-    assert all(e["attempts"] >= 1 and e["last_error"] for e in json.loads(listing))
     store = pacs(pacs_port)
     wait_for(lambda: len(store.files()) == 3, timeout=60, interval=0.2)
     status = json.loads(_screener(env, tmp_path, "status", "--json"))

@@ -199,13 +199,17 @@ def test_a_lost_spool_file_is_restored_by_a_resend(
     assert len(_audit(daemon, "instance_restored")) == 1
 
 
-def test_compressed_images_travel_as_stored(
-    running_daemon: Callable[..., Any], dicom_dir: Path
+@pytest.mark.parametrize(
+    ("prefer_compressed", "accepted"),
+    [(True, "1.2.840.10008.1.2.4.50"), (False, "1.2.840.10008.1.2.1")],
+)
+def test_transfer_syntax_preference(
+    prefer_compressed: bool, accepted: str, running_daemon: Callable[..., Any], dicom_dir: Path
 ) -> None:
-    """A sender offering JPEG Baseline and Explicit VR for a JPEG film gets JPEG Baseline accepted (no decompression)."""
+    """A sender offering JPEG Baseline and Explicit VR gets uncompressed by default, JPEG with listener.prefer_compressed."""
     from pynetdicom import AE
 
-    daemon = running_daemon()
+    daemon = running_daemon(listener__prefer_compressed=prefer_compressed)
     film = sorted((dicom_dir / "siim_chest_cr").glob("*.dcm"))[0]
     ae = AE(ae_title="PACS")
     ae.add_requested_context(
@@ -215,7 +219,8 @@ def test_compressed_images_travel_as_stored(
     assert assoc.is_established
     try:
         (context,) = assoc.accepted_contexts
-        assert context.transfer_syntax[0] == "1.2.840.10008.1.2.4.50"
-        assert assoc.send_c_store(film).Status == 0
+        assert context.transfer_syntax[0] == accepted
+        if prefer_compressed:  # the JPEG file goes as it is
+            assert assoc.send_c_store(film).Status == 0
     finally:
         assoc.release()

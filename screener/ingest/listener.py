@@ -37,7 +37,7 @@ from screener.ingest.accept import (
     OutOfResources,
     UnsupportedSOPClass,
 )
-from screener.ingest.sopclasses import IMAGE_STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, VERIFICATION
+from screener.ingest.sopclasses import IMAGE_STORAGE_SOP_CLASSES, VERIFICATION, transfer_syntaxes
 
 log = structlog.get_logger(__name__)
 
@@ -67,7 +67,7 @@ class Listener:
             self.ae.require_calling_aet = list(settings.allowed_calling_aets)
         self.ae.add_supported_context(VERIFICATION)
         for sop_class in sorted(IMAGE_STORAGE_SOP_CLASSES):
-            self.ae.add_supported_context(sop_class, list(TRANSFER_SYNTAXES))
+            self.ae.add_supported_context(sop_class, transfer_syntaxes(settings.prefer_compressed))
         uncompressed = [
             ExplicitVRLittleEndian,
             ImplicitVRLittleEndian,

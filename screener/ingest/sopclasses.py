@@ -35,13 +35,22 @@ IMAGE_STORAGE_SOP_CLASSES: frozenset[UID] = frozenset(
 #: PS3.4 A.4: the Verification SOP Class (C-ECHO).
 VERIFICATION = UID("1.2.840.10008.1.1")
 
-#: Transfer syntaxes accepted for every image SOP class, in order of preference.
-#: pynetdicom accepts the first of these that the requestor proposes (PS3.8 9.3.3.2), so
-#: compressed syntaxes come first: a sender proposes the syntax an image is stored in plus
-#: those it can convert to, and preferring the compressed one lets the image travel as
-#: stored (a PACS such as dcmqrscp cannot decompress, and a C-MOVE would fail with A702).
-#: Lossless before lossy, so a lossless original is never taken in a lossy form.
-TRANSFER_SYNTAXES: tuple[UID, ...] = (
+#: Transfer syntaxes accepted for every image SOP class. pynetdicom accepts the first of
+#: ours that the requestor proposes in a context (PS3.8 9.3.3.2), so the order is a choice:
+#: - uncompressed first (the default): every DICOM AE supports Implicit VR Little Endian
+#:   (PS3.5 10.1), so a sender that proposes it can send it; a compressed image may then be
+#:   decompressed by the sender;
+#: - compressed first (``listener.prefer_compressed``): images travel as stored, for a
+#:   sender that proposes its stored syntax beside uncompressed but cannot decompress. A
+#:   sender that proposes a compressed syntax it cannot produce (dcmtk's dcmqrscp does, for
+#:   uncompressed images) then fails its sub-operations.
+#: Lossless before lossy either way, so a lossless original is never taken in a lossy form.
+UNCOMPRESSED: tuple[UID, ...] = (
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+)
+COMPRESSED: tuple[UID, ...] = (
     JPEGLSLossless,
     JPEG2000Lossless,
     JPEGLosslessSV1,
@@ -51,7 +60,10 @@ TRANSFER_SYNTAXES: tuple[UID, ...] = (
     JPEGExtended12Bit,
     JPEGLSNearLossless,
     JPEG2000,
-    ExplicitVRLittleEndian,
-    DeflatedExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
 )
+TRANSFER_SYNTAXES: tuple[UID, ...] = UNCOMPRESSED + COMPRESSED
+
+
+def transfer_syntaxes(prefer_compressed: bool) -> list[UID]:
+    """The accepted transfer syntaxes in order of preference."""
+    return list(COMPRESSED + UNCOMPRESSED if prefer_compressed else UNCOMPRESSED + COMPRESSED)
