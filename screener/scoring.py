@@ -63,6 +63,11 @@ def decode_spooled(path: str) -> Frames | DecodeFailure:
         return DecodeFailure("decode_error", f"{type(exc).__name__}: {exc}")
 
 
+def _warm_up() -> None:
+    """Runs in each new pool process: import the decoders before the first study arrives."""
+    import screener.imaging  # noqa: F401
+
+
 ResultHook = Callable[[Session, Result], None]
 
 
@@ -94,6 +99,9 @@ class ModelProcessor:
             if self._pool_size > 0
             else None
         )
+        if self.pool is not None:  # start the processes now, not on the first study
+            for future in [self.pool.submit(_warm_up) for _ in range(self._pool_size)]:
+                future.result()
 
     def prepare(self, jobs: list[LeasedJob]) -> list[Future[Frames | DecodeFailure]] | None:
         if self.pool is None:

@@ -154,9 +154,30 @@ class Worker:
                 batch
             )
         done = failed = 0
+        finished = [
+            (job.job_id, _bind(outcome, job))
+            for job, outcome in zip(batch, outcomes, strict=True)
+            if isinstance(outcome, JobDone)
+        ]
+        try:
+            done = queue.complete_many(self.db, finished, self.owner)
+        except Exception:  # one job's results failed to record: complete the rest one by one
+            log.exception("batch_complete_failed", jobs=len(finished))
+            for job_id, record in finished:
+                try:
+                    done += queue.complete(self.db, job_id, self.owner, record=record)
+                except Exception as exc:
+                    queue.fail(
+                        self.db,
+                        job_id,
+                        self.owner,
+                        "record_failed",
+                        f"{type(exc).__name__}: {exc}",
+                        max_attempts=self.settings.queue.max_attempts,
+                        retryable=True,
+                    )
         for job, outcome in zip(batch, outcomes, strict=True):
             if isinstance(outcome, JobDone):
-                done += queue.complete(self.db, job.job_id, self.owner, record=_bind(outcome, job))
                 continue
             failed += 1
             queue.fail(
