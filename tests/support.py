@@ -194,3 +194,38 @@ def c_store(
     finally:
         assoc.release()
     return statuses
+
+
+def run_screener(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The real `screener` CLI in a child process, configured by ``env``."""
+    return subprocess.run(
+        [sys.executable, "-m", "screener.cli", *args],
+        cwd=cwd,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def storescu(port: int, files: list[Path] | list[str]) -> None:
+    """dcmtk's storescu with the profile in deploy/, as the README has it; every store must succeed."""
+    sent = subprocess.run(
+        [
+            "storescu",
+            "-aec",
+            "SCREENER",
+            "-xf",
+            str(REPO / "deploy" / "storescu-screener.cfg"),
+            "Screener",
+            "-to",
+            "30",
+            "127.0.0.1",
+            str(port),
+            *map(str, files),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert sent.returncode == 0 and "Failed" not in sent.stderr, sent.stderr

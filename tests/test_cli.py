@@ -3,30 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from support import REPO, free_port, serve_env
+from support import free_port, run_screener, serve_env, storescu
 
 pytestmark = pytest.mark.skipif(
     shutil.which("storescu") is None, reason="dcmtk (storescu) not installed"
 )
-
-
-def _screener(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "screener.cli", *args],
-        cwd=cwd,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def test_serve_storescu_status(
@@ -37,43 +23,25 @@ def test_serve_storescu_status(
     env = serve_env(tmp_path, db_url, port)
     daemon = serve_process(env).start("--no-worker")
     assert (
-        _screener(env, tmp_path, "echo", "127.0.0.1", str(port), "--aet", "SCREENER").returncode
+        run_screener(env, tmp_path, "echo", "127.0.0.1", str(port), "--aet", "SCREENER").returncode
         == 0
     )
     files = sorted(str(p) for p in dicom_dir.glob("nih_dx_header_variants/*.dcm"))
     files += sorted(str(p) for p in dicom_dir.glob("siim_chest_cr/*.dcm"))
     files += sorted(str(p) for p in dicom_dir.glob("wg04_nonchest/*.dcm"))
-    sent = subprocess.run(
-        [
-            "storescu",
-            "-aec",
-            "SCREENER",
-            "-xf",
-            str(REPO / "deploy" / "storescu-screener.cfg"),
-            "Screener",
-            "-to",
-            "30",
-            "127.0.0.1",
-            str(port),
-            *files,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert sent.returncode == 0 and "Failed" not in sent.stderr, sent.stderr
-    status = _screener(env, tmp_path, "status", "--json")
+    storescu(port, files)
+    status = run_screener(env, tmp_path, "status", "--json")
     assert status.returncode == 0, status.stderr
     report = json.loads(status.stdout)
     assert report["counts"]["queued"] == 13 and report["counts"]["skipped"] == 14
     assert report["received"]["instances"] == 27
     assert report["oldest_queued_age_seconds"] >= 0
-    text = _screener(env, tmp_path, "status").stdout
+    text = run_screener(env, tmp_path, "status").stdout
     assert "selection:body_part_examined" in text and "queued" in text
     assert daemon.terminate() == 0  # type: ignore[attr-defined]
 
 
 def test_echo_to_nobody_fails(tmp_path: Path) -> None:
     """`screener echo` to a port where nothing listens exits 1 with a message."""
-    result = _screener({}, tmp_path, "echo", "127.0.0.1", str(free_port()), "--timeout", "3")
+    result = run_screener({}, tmp_path, "echo", "127.0.0.1", str(free_port()), "--timeout", "3")
     assert result.returncode == 1 and "association failed" in result.stdout

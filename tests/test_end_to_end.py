@@ -4,16 +4,14 @@ stand-in, the result in `screener worklist`; and a PACS that is down, then comes
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from pydicom import dcmread
-from support import REPO, free_port, serve_env, wait_for
+from support import free_port, run_screener, serve_env, storescu, wait_for
 
 pytestmark = pytest.mark.skipif(
     shutil.which("storescp") is None or shutil.which("dsrdump") is None,
@@ -55,38 +53,9 @@ def pacs(tmp_path: Path) -> Iterator[Callable[[int], Storescp]]:
 
 
 def _screener(env: dict[str, str], cwd: Path, *args: str) -> str:
-    out = subprocess.run(
-        [sys.executable, "-m", "screener.cli", *args],
-        cwd=cwd,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    out = run_screener(env, cwd, *args)
     assert out.returncode == 0, out.stderr
     return out.stdout
-
-
-def _storescu(port: int, files: list[Path]) -> None:
-    sent = subprocess.run(
-        [
-            "storescu",
-            "-aec",
-            "SCREENER",
-            "-xf",
-            str(REPO / "deploy" / "storescu-screener.cfg"),
-            "Screener",
-            "-to",
-            "30",
-            "127.0.0.1",
-            str(port),
-            *map(str, files),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert sent.returncode == 0 and "Failed" not in sent.stderr, sent.stderr
 
 
 def test_chest_film_to_sr_and_worklist(
@@ -105,7 +74,7 @@ def test_chest_film_to_sr_and_worklist(
     )
     daemon = serve_process(env).start()
     films = sorted((dicom_dir / "siim_chest_cr").glob("*.dcm"))[:3]
-    _storescu(port, films)
+    storescu(port, films)
     wait_for(lambda: len(store.files()) == 3, timeout=240, interval=0.2)
     sources = {str(dcmread(f, stop_before_pixels=True).StudyInstanceUID) for f in films}
     for sr_file in store.files():
@@ -142,7 +111,7 @@ def test_pacs_down_then_up_gets_everything_once(
         SCREENER_EXPORT_BACKOFF_MAX_SECONDS="1",
     )
     daemon = serve_process(env).start()
-    _storescu(port, sorted((dicom_dir / "siim_chest_cr").glob("*.dcm"))[3:6])
+    storescu(port, sorted((dicom_dir / "siim_chest_cr").glob("*.dcm"))[3:6])
 
     def attempted() -> bool:
         """All three scored, and each SR delivery tried at least once and failed."""
