@@ -129,3 +129,33 @@ def test_pacs_down_then_up_gets_everything_once(
     uids = {str(dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in store.files()}
     assert len(uids) == 3  # no SR twice
     assert daemon.terminate() == 0  # type: ignore[attr-defined]
+
+
+def test_heatmap_capture_goes_with_the_sr(
+    tmp_path: Path,
+    sqlite_url: str,
+    serve_process: Callable[..., object],
+    pacs: Callable[[int], Storescp],
+    dicom_dir: Path,
+    model_bundle: Path,
+) -> None:
+    """With export.heatmap_capture the PACS gets the SR and a Secondary Capture of the Grad-CAM overlay, in the film's study."""
+    pacs_port, port = free_port(), free_port()
+    store = pacs(pacs_port)
+    env = serve_env(
+        tmp_path,
+        sqlite_url,
+        port,
+        SCREENER_EXPORT_DESTINATIONS=f"PACS@127.0.0.1:{pacs_port}",
+        SCREENER_EXPORT_HEATMAP_CAPTURE="true",
+    )
+    daemon = serve_process(env).start()
+    film = sorted((dicom_dir / "siim_chest_cr").glob("*.dcm"))[0]
+    storescu(port, [film])
+    wait_for(lambda: len(store.files()) == 2, timeout=240, interval=0.2)
+    received = {str(d.SOPClassUID): d for d in (dcmread(f) for f in store.files())}
+    assert set(received) == {"1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.7"}
+    capture = received["1.2.840.10008.5.1.4.1.1.7"]
+    assert capture.StudyInstanceUID == dcmread(film, stop_before_pixels=True).StudyInstanceUID
+    assert capture.PhotometricInterpretation == "RGB" and capture.Rows >= 224
+    assert daemon.terminate() == 0  # type: ignore[attr-defined]
