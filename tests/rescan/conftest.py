@@ -5,6 +5,7 @@ from __future__ import annotations
 from rescan_support import (  # noqa: F401
     dcmqrscp,
     model_bundle,
+    orthanc,
     recent_copies,
     siim_films,
     store,

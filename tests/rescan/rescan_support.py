@@ -1,5 +1,6 @@
-"""Helpers and fixtures for the rescan tests (re-exported by conftest.py): a real PACS (dcmtk's dcmqrscp), chest films to load into it,
-a tiny model bundle, and a migrated database with an accept path to fill it."""
+"""Helpers and fixtures for the rescan tests (re-exported by conftest.py): real PACS (dcmtk's
+dcmqrscp, Debian's Orthanc), chest films to load into them, a tiny model bundle, and a migrated
+database with an accept path to fill it."""
 
 from __future__ import annotations
 
@@ -104,6 +105,125 @@ def dcmqrscp(tmp_path: Path) -> Iterator[Callable[..., Dcmqrscp]]:
         started.append(pacs)
         wait_for(lambda: _listening(port) or proc.poll() is not None, 20)
         assert proc.poll() is None, f"dcmqrscp exited early:\n{pacs.log()}"
+        return pacs
+
+    yield start
+    for pacs in started:
+        pacs.stop()
+
+
+@dataclass
+class Orthanc:
+    """A running Orthanc: AE title ``ORTHANC`` on 127.0.0.1:``dicom_port``, REST on ``http_port``."""
+
+    dicom_port: int
+    http_port: int
+    folder: Path
+    proc: subprocess.Popen[bytes]
+
+    AE = "ORTHANC"
+
+    @property
+    def address(self) -> str:
+        return f"{self.AE}@127.0.0.1:{self.dicom_port}"
+
+    def rest(self, path: str, body: Any = None) -> Any:
+        """GET (or POST ``body`` as JSON) on Orthanc's REST API; the decoded JSON answer."""
+        import urllib.request
+
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", data=data)
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return json.loads(answer.read())
+
+    def download(self, instance_id: str) -> bytes:
+        import urllib.request
+
+        url = f"http://127.0.0.1:{self.http_port}/instances/{instance_id}/file"
+        with urllib.request.urlopen(url, timeout=30) as answer:
+            return bytes(answer.read())
+
+    def store(self, files: list[Path]) -> None:
+        """Load files into Orthanc over DICOM with dcmtk's storescu."""
+        result = subprocess.run(
+            [
+                "storescu",
+                "-xy",
+                "-aet",
+                "LOADER",
+                "-aec",
+                self.AE,
+                "127.0.0.1",
+                str(self.dicom_port),
+            ]
+            + [str(f) for f in files],
+            capture_output=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr.decode(errors="replace")
+
+    def log(self) -> str:
+        path = self.folder / "orthanc.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def orthanc(tmp_path: Path) -> Iterator[Callable[..., Orthanc]]:
+    """Start Debian's Orthanc on loopback, its only known modality screener (C-MOVE target)."""
+    binary = shutil.which("Orthanc") or (
+        "/usr/sbin/Orthanc" if Path("/usr/sbin/Orthanc").exists() else None
+    )
+    if binary is None or shutil.which("storescu") is None:
+        pytest.skip("Orthanc (Debian package orthanc) or dcmtk's storescu is not installed")
+    started: list[Orthanc] = []
+
+    def start(screener_port: int) -> Orthanc:
+        folder = tmp_path / "orthanc"
+        folder.mkdir()
+        dicom_port, http_port = free_port(), free_port()
+        # Options as documented in Debian's /etc/orthanc/orthanc.json; no plug-ins.
+        config = {
+            "Name": "screener-test",
+            "StorageDirectory": str(folder / "storage"),
+            "IndexDirectory": str(folder / "storage"),
+            "Plugins": [],
+            "HttpServerEnabled": True,
+            "HttpPort": http_port,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "DicomServerEnabled": True,
+            "DicomAet": Orthanc.AE,
+            "DicomPort": dicom_port,
+            "DicomCheckCalledAet": False,
+            "DicomAlwaysAllowStore": True,
+            "DicomAlwaysAllowFind": True,
+            "DicomAlwaysAllowMove": True,
+            "DicomModalities": {"screener": ["SCREENER", "127.0.0.1", screener_port]},
+            "SaveJobs": False,
+            "SynchronousCMove": True,
+        }
+        config_path = folder / "orthanc.json"
+        config_path.write_text(json.dumps(config, indent=2))
+        with open(folder / "orthanc.log", "wb") as log:
+            proc = subprocess.Popen(
+                [binary, str(config_path)], stdout=log, stderr=subprocess.STDOUT
+            )
+        pacs = Orthanc(dicom_port, http_port, folder, proc)
+        started.append(pacs)
+        wait_for(
+            lambda: (_listening(dicom_port) and _listening(http_port)) or proc.poll() is not None,
+            30,
+        )
+        assert proc.poll() is None, f"Orthanc exited early:\n{pacs.log()}"
         return pacs
 
     yield start
