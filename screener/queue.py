@@ -21,9 +21,9 @@ from datetime import datetime, timedelta
 
 import structlog
 from sqlalchemy import func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
-from screener.db import AuditEvent, Database, Job, JobState, utcnow
+from screener.db import AuditEvent, Database, Instance, Job, JobState, utcnow
 from screener.db.engine import as_utc
 
 log = structlog.get_logger(__name__)
@@ -106,6 +106,8 @@ def dequeue(
             .order_by(Job.priority.desc(), Job.id)
             .limit(limit)
             .with_for_update(skip_locked=True)
+            # instances and studies in two more queries, not two per job (and not locked)
+            .options(selectinload(Job.instance).selectinload(Instance.study))
         ).all()
         leased: list[LeasedJob] = []
         for job in jobs:
@@ -168,8 +170,13 @@ def complete_many(
     completed = 0
     with db.transaction() as session:
         now = utcnow()
+        ids = [job_id for job_id, _ in items]
+        locked = {
+            job.id: job
+            for job in session.scalars(select(Job).where(Job.id.in_(ids)).with_for_update())
+        }
         for job_id, record in items:
-            job = session.get(Job, job_id, with_for_update=True)
+            job = locked.get(job_id)
             if not _owned(job, owner):
                 log.warning("lease_lost", job_id=job_id)
                 continue

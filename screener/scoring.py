@@ -85,6 +85,14 @@ class ModelProcessor:
         self.pool: ProcessPoolExecutor | None = None
         self._pool_size = settings.worker.decode_processes
         self._new_pool()
+        self._warm_up_model()
+
+    def _warm_up_model(self) -> None:
+        """Run the model once at full and at single batch size, so the first study does not
+        pay for TensorFlow's one-time set-up of its kernels."""
+        size = self.bundle.input_size
+        for n in {self.settings.worker.max_batch, 1}:
+            self.bundle.predict(np.zeros((n, size, size), dtype=np.uint8))
 
     def _new_pool(self) -> None:
         if self.pool is not None:
@@ -190,9 +198,9 @@ class ModelProcessor:
                 started_at=job.started_at,
                 scored_at=scored_at,
             )
-            session.add(result)
-            session.flush()
+            session.add(result)  # inserted with the rest of the batch at commit
             if self.settings.export.heatmap_capture:
+                session.flush()  # the heatmap file is named by the result's id
                 self._save_heatmap(image, heatmap_path(self.settings, result.id))
             if self.on_result is not None:
                 self.on_result(session, result)

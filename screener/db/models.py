@@ -167,6 +167,9 @@ class Export(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
+    # lets a result and its exports be added together and inserted in one flush
+    result: Mapped[Result] = relationship()
+
 
 class AuditEvent(Base):
     """What happened and why: refusals, rejections, duplicates, failures. No PHI."""

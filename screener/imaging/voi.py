@@ -226,6 +226,8 @@ def grey_to_uint8(pixels: npt.NDArray[Any], header: PixelHeader, ds: Dataset, in
     table = _to_uint8(
         display_fraction(values, histogram, header, modality, voi_dataset(ds, header, index))
     )
+    if codes.dtype == np.uint8 and np.array_equal(table, domain):
+        return codes  # 8-bit display-ready data without a window: the table is the identity
     grey: Grey8 = np.take(table, codes)
     return grey
 
