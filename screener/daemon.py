@@ -47,6 +47,7 @@ def worker_process_main(
     stop: ProcessEvent,
     standalone: bool = False,
     wake: ProcessEvent | None = None,
+    exports_planned: ProcessEvent | None = None,
 ) -> None:
     """Entry point of one worker process: model loaded once, then drain the queue.
 
@@ -68,7 +69,13 @@ def worker_process_main(
         def on_result(session: Session, result: Result) -> None:
             plan_exports(session, result, settings.export)
 
-    worker = Worker(db, settings, ModelProcessor(settings, on_result=on_result), wake=wake)
+    worker = Worker(
+        db,
+        settings,
+        ModelProcessor(settings, on_result=on_result),
+        wake=wake,
+        on_completed=exports_planned.set if exports_planned is not None else None,
+    )
 
     def _stop_when_told() -> None:
         stop.wait()
@@ -91,12 +98,20 @@ class WorkerProcesses:
         self._ctx = multiprocessing.get_context("spawn")
         self.stop_event = self._ctx.Event()
         self.wake = self._ctx.Event()  # set when a job is queued here
+        self.exports_planned = self._ctx.Event()  # set by a worker: results to send
 
     def start(self) -> None:
         for index in range(self.settings.worker.processes):
             proc = self._ctx.Process(
                 target=worker_process_main,
-                args=(self.settings, index, self.stop_event, False, self.wake),
+                args=(
+                    self.settings,
+                    index,
+                    self.stop_event,
+                    False,
+                    self.wake,
+                    self.exports_planned,
+                ),
                 name=f"screener-worker-{index}",
             )
             proc.start()
@@ -211,7 +226,9 @@ def compose(settings: Settings, processor: Processor | None = None) -> Daemon:
     if settings.worker.enabled:
         if processor is not None:
             wake = threading.Event()
-            daemon.worker = Worker(db, settings, processor, wake=wake)
+            daemon.worker = Worker(
+                db, settings, processor, wake=wake, on_completed=exporter.wake.set
+            )
             acceptor.on_queued = wake.set
         else:
             from screener.model.bundle import read_metadata
@@ -219,4 +236,5 @@ def compose(settings: Settings, processor: Processor | None = None) -> Daemon:
             read_metadata(settings.model.bundle)  # raises ModelError naming the path
             daemon.worker_processes = WorkerProcesses(settings)
             acceptor.on_queued = daemon.worker_processes.wake.set
+            exporter.wake = daemon.worker_processes.exports_planned
     return daemon

@@ -28,6 +28,7 @@ from screener import queue
 from screener.config import Settings
 from screener.db import Database
 from screener.queue import LeasedJob
+from screener.wakeup import Wakeable
 
 log = structlog.get_logger(__name__)
 
@@ -47,16 +48,6 @@ class JobDone:
 
 
 Outcome = JobDone | JobFailure
-
-
-class Wakeable(Protocol):
-    """A threading or multiprocessing Event."""
-
-    def set(self) -> None: ...
-
-    def clear(self) -> None: ...
-
-    def wait(self, timeout: float | None = None) -> bool: ...
 
 
 class Processor(Protocol):
@@ -103,12 +94,14 @@ class Worker:
         processor: Processor,
         owner: str | None = None,
         wake: Wakeable | None = None,
+        on_completed: Callable[[], None] | None = None,
     ) -> None:
         self.db = db
         self.settings = settings
         self.processor = processor
         self.owner = owner or queue.worker_id()
         self.wake = wake  # set by the accept path when a job is queued: no poll delay
+        self.on_completed = on_completed  # after a batch's results are committed (exporter)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -176,6 +169,8 @@ class Worker:
                         max_attempts=self.settings.queue.max_attempts,
                         retryable=True,
                     )
+        if done and self.on_completed is not None:
+            self.on_completed()
         for job, outcome in zip(batch, outcomes, strict=True):
             if isinstance(outcome, JobDone):
                 continue

@@ -52,6 +52,7 @@ from screener.report.destinations import Destination, parse_destination, parse_d
 from screener.report.header import derived_uid
 from screener.report.ledger import DEAD, DELIVERED, PENDING, export_counts, retry_dead
 from screener.report.sr import SR_SOP_CLASSES, ScreeningFinding, build_heatmap_capture, build_sr
+from screener.wakeup import Wakeable
 
 __all__ = ["Exporter", "backoff", "export_counts", "plan_exports", "retry_dead"]
 
@@ -93,12 +94,10 @@ def plan_exports(
     destinations = parse_destinations(settings.destinations)
     if not destinations:
         return []
-    if result.id is None:
-        session.flush()  # the result's id is the exports' foreign key
     now = utcnow()
     exports = [
         Export(
-            result_id=result.id,
+            result=result,  # the foreign key is filled in when the batch is flushed
             destination=str(destination),
             state=PENDING,
             attempts=0,
@@ -148,6 +147,8 @@ class Exporter:
         self.export = settings.export
         parse_destinations(self.export.destinations)  # a bad entry stops start-up
         self.overlay_loader = overlay_loader
+        # set by the workers when results are committed: deliver now, not at the next poll
+        self.wake: Wakeable = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -166,6 +167,7 @@ class Exporter:
         if self._thread is None:
             return
         self._stop.set()
+        self.wake.set()
         self._thread.join(timeout if timeout is not None else self.export.timeout_seconds * 2)
         self._thread = None
         log.info("exporter_stopped")
@@ -175,6 +177,7 @@ class Exporter:
         busy: dict[str, Future[int]] = {}
         with ThreadPoolExecutor(MAX_PARALLEL, thread_name_prefix="export") as pool:
             while not self._stop.is_set():
+                self.wake.clear()  # before the pass: a result committed during it wakes the next
                 try:
                     for destination, task in list(busy.items()):
                         if task.done():
@@ -190,7 +193,7 @@ class Exporter:
                             busy[destination] = pool.submit(self._deliver_to, destination)
                 except Exception:  # stage boundary: a database outage must not end the loop
                     log.exception("export_pass_failed")
-                self._stop.wait(self.export.poll_seconds)
+                self.wake.wait(self.export.poll_seconds)
 
     # -- one pass -----------------------------------------------------------------------
 
