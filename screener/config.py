@@ -121,6 +121,13 @@ class WorkerSettings:
         min=0,
         max=64,
     )
+    inference_threads: int = _opt(
+        0,
+        "CPU threads TensorFlow may use per worker; 0 = its default (every core). On a CPU-only"
+        " host, fewer leaves cores to decoding",
+        min=0,
+        max=1024,
+    )
 
 
 @dataclass(frozen=True)

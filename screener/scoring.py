@@ -248,6 +248,19 @@ def load_heatmap(settings: Settings, result: Result) -> npt.NDArray[np.uint8] | 
         return np.asarray(im.convert("RGB"), dtype=np.uint8)
 
 
+def limit_threads(threads: int) -> None:
+    """Cap TensorFlow's thread pools at ``threads`` (0 = leave its default: every core).
+
+    Must run before TensorFlow executes its first operation.
+    """
+    if threads <= 0:
+        return
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)
+
+
 def select_device(device: str, index: int, processes: int) -> None:
     """Make TensorFlow see the configured device; call before TensorFlow is imported.
 

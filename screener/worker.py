@@ -1,11 +1,11 @@
 """The worker loop: drain the queue in micro-batches, decoding ahead of inference.
 
 Take up to ``worker.max_batch`` jobs, or whatever is there after ``worker.max_wait_ms``, so a
-lone study is not held back and a backlog runs at full batch size. A batch is handled in two
-stages: ``prepare`` starts decoding its pixels (in a process pool) and ``finish`` scores and
-records it. The loop prepares batch *k+1* before finishing batch *k*, so while the model
-scores one batch the pool is already decoding the next: the model does not wait for pixels
-while work is queued.
+lone study is not held back and a backlog runs at full batch size. A batch is handled in
+three stages: ``prepare`` starts decoding its pixels (in a process pool), ``finish`` scores
+it, and a recorder thread writes the outcome. The loop prepares batch *k+1* before scoring
+batch *k*, and records batch *k-1* while it scores: the model waits neither for pixels nor
+for the database while work is queued.
 
 A job that fails is recorded with its reason and never stops the batch it was in. Results
 are written in the same transaction that marks the job done, and only while this worker
@@ -17,6 +17,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -104,6 +105,8 @@ class Worker:
         self.on_completed = on_completed  # after a batch's results are committed (exporter)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._recorder: ThreadPoolExecutor | None = None  # only while run() runs
+        self._recording: Future[None] | None = None
 
     def _idle(self) -> None:
         """Wait for a wake-up (or the poll interval, the fallback for other hosts' ingest)."""
@@ -136,16 +139,40 @@ class Worker:
             return exc
 
     def _finish(self, batch: list[LeasedJob], prepared: Any) -> None:
+        """Score the batch, then record it: in the recorder thread when there is one, so the
+        database work of this batch overlaps the scoring of the next."""
         started = time.monotonic()
+        outcomes = self._score(batch, prepared)
+        scoring = time.monotonic() - started
+        if self._recorder is None:
+            self._record(batch, outcomes, scoring)
+            return
+        if self._recording is not None:
+            self._recording.result()  # at most one batch waits to be recorded
+        self._recording = self._recorder.submit(self._record_logged, batch, outcomes, scoring)
+
+    def _score(self, batch: list[LeasedJob], prepared: Any) -> list[Outcome]:
         try:
             if isinstance(prepared, Exception):
                 raise prepared
-            outcomes = self.processor.finish(batch, prepared)
+            return self.processor.finish(batch, prepared)
         except Exception as exc:  # stage boundary: a crashing processor fails the batch, not us
             log.exception("batch_failed", jobs=len(batch))
-            outcomes = [JobFailure("processor_error", f"{type(exc).__name__}: {exc}", True)] * len(
+            return [JobFailure("processor_error", f"{type(exc).__name__}: {exc}", True)] * len(
                 batch
             )
+
+    def _record_logged(
+        self, batch: list[LeasedJob], outcomes: list[Outcome], scoring: float
+    ) -> None:
+        try:
+            self._record(batch, outcomes, scoring)
+        except Exception:  # thread boundary: the leases expire and the jobs are retried
+            log.exception("batch_record_failed", jobs=len(batch))
+
+    def _record(self, batch: list[LeasedJob], outcomes: list[Outcome], scoring: float) -> None:
+        """Complete the done jobs (with their results) in one transaction; fail the others."""
+        started = time.monotonic()
         done = failed = 0
         finished = [
             (job.job_id, _bind(outcome, job))
@@ -196,7 +223,8 @@ class Worker:
             jobs=len(batch),
             done=done,
             failed=failed,
-            seconds=round(time.monotonic() - started, 3),
+            seconds=round(scoring, 3),
+            record_seconds=round(time.monotonic() - started, 3),
         )
 
     def run_once(self) -> int:
@@ -209,6 +237,7 @@ class Worker:
     def run(self) -> None:
         """Drain the queue until stopped, preparing each batch while the previous one finishes."""
         log.info("worker_started", owner=self.owner, max_batch=self.settings.worker.max_batch)
+        self._recorder = ThreadPoolExecutor(1, thread_name_prefix="worker-record")
         pending: tuple[list[LeasedJob], Any] | None = None
         while True:
             stopping = self._stop.is_set()
@@ -225,7 +254,11 @@ class Worker:
             if stopping and pending is None:
                 break
             if pending is None and not self._stop.is_set():
+                if self._recording is not None:
+                    self._recording.result()  # recorded before the worker sleeps
                 self._idle()
+        self._recorder.shutdown(wait=True)
+        self._recorder, self._recording = None, None
         self.processor.close()
         log.info("worker_stopped", owner=self.owner)
 
