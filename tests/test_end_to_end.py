@@ -66,16 +66,21 @@ def test_chest_film_to_sr_and_worklist(
     dicom_dir: Path,
     model_bundle: Path,
 ) -> None:
-    """Three chest films pushed with storescu come back as three SRs at the PACS and appear in the worklist."""
+    """Three chest films pushed with storescu come back as three SRs at the PACS (sent when the worker wakes the exporter) and appear in the worklist."""
     pacs_port, port = free_port(), free_port()
     store = pacs(pacs_port)
     env = serve_env(
-        tmp_path, sqlite_url, port, SCREENER_EXPORT_DESTINATIONS=f"PACS@127.0.0.1:{pacs_port}"
+        tmp_path,
+        sqlite_url,
+        port,
+        SCREENER_EXPORT_DESTINATIONS=f"PACS@127.0.0.1:{pacs_port}",
+        # an hour between polls: the SRs can only arrive because the worker wakes the exporter
+        SCREENER_EXPORT_POLL_SECONDS="3600",
     )
     daemon = serve_process(env).start()
     films = sorted((dicom_dir / "siim_chest_cr").glob("*.dcm"))[:3]
     storescu(port, films)
-    wait_for(lambda: len(store.files()) == 3, timeout=240, interval=0.2)
+    wait_for(lambda: len(store.files()) == 3, timeout=120, interval=0.2)
     sources = {str(dcmread(f, stop_before_pixels=True).StudyInstanceUID) for f in films}
     for sr_file in store.files():
         sr = dcmread(sr_file)

@@ -95,3 +95,22 @@ def test_inline_and_pooled_decoding_agree(scoring_setup: Any) -> None:
     scores_a = [o.record.keywords["scores"] for o in a if isinstance(o, JobDone)]  # type: ignore[union-attr]
     scores_b = [o.record.keywords["scores"] for o in b if isinstance(o, JobDone)]  # type: ignore[union-attr]
     assert len(scores_a) == 2 and scores_a == scores_b
+
+
+def test_inference_threads_caps_tensorflow(tmp_path: Path) -> None:
+    """worker.inference_threads = 1 sets both of TensorFlow's thread pools to 1 (in a fresh process, as a worker would)."""
+    import subprocess
+    import sys
+
+    code = (
+        "from screener.scoring import limit_threads\n"
+        "limit_threads(1)\n"
+        "import tensorflow as tf\n"
+        "print(tf.config.threading.get_intra_op_parallelism_threads(),"
+        " tf.config.threading.get_inter_op_parallelism_threads())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-2:] == ["1", "1"]

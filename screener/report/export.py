@@ -190,7 +190,10 @@ class Exporter:
                                 )
                     for destination in self._due_destinations():
                         if destination not in busy:
-                            busy[destination] = pool.submit(self._deliver_to, destination)
+                            task = pool.submit(self._deliver_to, destination)
+                            # a pass that found this destination busy skipped it: look again
+                            task.add_done_callback(lambda _: self.wake.set())
+                            busy[destination] = task
                 except Exception:  # stage boundary: a database outage must not end the loop
                     log.exception("export_pass_failed")
                 self.wake.wait(self.export.poll_seconds)
