@@ -55,13 +55,12 @@ def worker_process_main(
     process group, so it is ignored here); ``standalone`` (``screener worker``) stops on it.
     """
     from screener.logs import configure_logging
-    from screener.scoring import ModelProcessor, limit_threads, select_device
+    from screener.scoring import ModelProcessor, configure_inference
 
     signal.signal(signal.SIGINT, (lambda *_: stop.set()) if standalone else signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     configure_logging(settings.logging)
-    select_device(settings.worker.device, index, settings.worker.processes)
-    limit_threads(settings.worker.inference_threads)
+    configure_inference(settings.worker, index, settings.worker.processes)
     db = Database(settings.database.url)
     on_result = None
     if settings.export.destinations:

@@ -25,7 +25,7 @@ import numpy.typing as npt
 import structlog
 from sqlalchemy.orm import Session
 
-from screener.config import Settings
+from screener.config import Settings, WorkerSettings
 from screener.db import Result, utcnow
 from screener.errors import ImageError
 from screener.logs import configure_logging
@@ -246,6 +246,12 @@ def load_heatmap(settings: Settings, result: Result) -> npt.NDArray[np.uint8] | 
         return None
     with Image.open(path) as im:
         return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
+def configure_inference(settings: WorkerSettings, index: int = 0, processes: int = 1) -> None:
+    """``worker.device`` and ``worker.inference_threads``, before TensorFlow is imported."""
+    select_device(settings.device, index, processes)
+    limit_threads(settings.inference_threads)
 
 
 def limit_threads(threads: int) -> None:

@@ -41,6 +41,10 @@ def heatmap_path(base: Path, source: Path, frame: int, n_frames: int, n_files: i
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    from screener.scoring import configure_inference
+
+    configure_inference(settings.worker)  # before TensorFlow is imported
+
     import numpy as np
 
     from screener.errors import ImageError

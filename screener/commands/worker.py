@@ -27,8 +27,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     stop = multiprocessing.get_context("spawn").Event()
     if args.once:
         from screener.db import Database
-        from screener.scoring import ModelProcessor
+        from screener.scoring import ModelProcessor, configure_inference
         from screener.worker import Worker
+
+        configure_inference(settings.worker)
 
         worker = Worker(Database(settings.database.url), settings, ModelProcessor(settings))
         print(f"processed {worker.run_once()} job(s)")
