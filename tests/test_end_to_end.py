@@ -8,6 +8,7 @@ import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom import dcmread
@@ -52,6 +53,21 @@ def pacs(tmp_path: Path) -> Iterator[Callable[[int], Storescp]]:
             p.stop()
 
 
+def _serve_to_pacs(
+    tmp_path: Path,
+    db_url: str,
+    serve_process: Callable[..., Any],
+    pacs_port: int,
+    **extra: str,
+) -> tuple[dict[str, str], int, Any]:
+    """``screener serve`` sending its SRs to PACS@127.0.0.1:``pacs_port``: (env, port, daemon)."""
+    port = free_port()
+    env = serve_env(
+        tmp_path, db_url, port, SCREENER_EXPORT_DESTINATIONS=f"PACS@127.0.0.1:{pacs_port}", **extra
+    )
+    return env, port, serve_process(env).start()
+
+
 def _screener(env: dict[str, str], cwd: Path, *args: str) -> str:
     out = run_screener(env, cwd, *args)
     assert out.returncode == 0, out.stderr
@@ -67,17 +83,12 @@ def test_chest_film_to_sr_and_worklist(
     model_bundle: Path,
 ) -> None:
     """Three chest films pushed with storescu come back as three SRs at the PACS (sent when the worker wakes the exporter) and appear in the worklist."""
-    pacs_port, port = free_port(), free_port()
+    pacs_port = free_port()
     store = pacs(pacs_port)
-    env = serve_env(
-        tmp_path,
-        sqlite_url,
-        port,
-        SCREENER_EXPORT_DESTINATIONS=f"PACS@127.0.0.1:{pacs_port}",
-        # an hour between polls: the SRs can only arrive because the worker wakes the exporter
-        SCREENER_EXPORT_POLL_SECONDS="3600",
+    # an hour between polls: the SRs can only arrive because the worker wakes the exporter
+    env, port, daemon = _serve_to_pacs(
+        tmp_path, sqlite_url, serve_process, pacs_port, SCREENER_EXPORT_POLL_SECONDS="3600"
     )
-    daemon = serve_process(env).start()
     films = sorted((dicom_dir / "siim_chest_cr").glob("*.dcm"))[:3]
     storescu(port, films)
     wait_for(lambda: len(store.files()) == 3, timeout=120, interval=0.2)
@@ -106,16 +117,15 @@ def test_pacs_down_then_up_gets_everything_once(
     model_bundle: Path,
 ) -> None:
     """Results made while the PACS is down wait; once it is up every SR is delivered, none twice."""
-    pacs_port, port = free_port(), free_port()
-    env = serve_env(
+    pacs_port = free_port()  # nothing listening there yet
+    env, port, daemon = _serve_to_pacs(
         tmp_path,
         sqlite_url,
-        port,
-        SCREENER_EXPORT_DESTINATIONS=f"PACS@127.0.0.1:{pacs_port}",
+        serve_process,
+        pacs_port,
         SCREENER_EXPORT_BACKOFF_SECONDS="0.5",
         SCREENER_EXPORT_BACKOFF_MAX_SECONDS="1",
     )
-    daemon = serve_process(env).start()
     storescu(port, sorted((dicom_dir / "siim_chest_cr").glob("*.dcm"))[3:6])
 
     def attempted() -> bool:
@@ -145,16 +155,11 @@ def test_heatmap_capture_goes_with_the_sr(
     model_bundle: Path,
 ) -> None:
     """With export.heatmap_capture the PACS gets the SR and a Secondary Capture of the Grad-CAM overlay, in the film's study."""
-    pacs_port, port = free_port(), free_port()
+    pacs_port = free_port()
     store = pacs(pacs_port)
-    env = serve_env(
-        tmp_path,
-        sqlite_url,
-        port,
-        SCREENER_EXPORT_DESTINATIONS=f"PACS@127.0.0.1:{pacs_port}",
-        SCREENER_EXPORT_HEATMAP_CAPTURE="true",
+    _env, port, daemon = _serve_to_pacs(
+        tmp_path, sqlite_url, serve_process, pacs_port, SCREENER_EXPORT_HEATMAP_CAPTURE="true"
     )
-    daemon = serve_process(env).start()
     film = sorted((dicom_dir / "siim_chest_cr").glob("*.dcm"))[0]
     storescu(port, [film])
     wait_for(lambda: len(store.files()) == 2, timeout=240, interval=0.2)
