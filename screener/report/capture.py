@@ -21,6 +21,8 @@ from pydicom.uid import generate_uid
 from screener.report.header import (
     MANUFACTURER,
     ReportError,
+    apply_character_set,
+    character_set,
     derived_uid,
     evidence_header,
     processing_equipment,
@@ -63,7 +65,11 @@ def build_heatmap_capture(
         patient_orientation=orientation or ("A", "F"),
         contributing_equipment=[processing_equipment(model_name, now)],
         series_description="screener heatmap overlay",
+        # highdicom refuses valid terms such as ['', 'ISO 2022 IR 149']: set below instead
+        specific_character_set=None,
     )
+    # PS3.3 C.12.1.1.2: the patient's and study's text is the source's, in its character set
+    apply_character_set(capture, character_set(header))
     if orientation is None:
         # PS3.3 C.7.6.1: Patient Orientation is Type 2C; when the source does not state it we
         # do not guess, and leave it empty as the source did (highdicom asks for a value).

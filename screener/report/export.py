@@ -9,19 +9,28 @@ Each delivery of one result to one destination is a row in ``exports``:
   in parallel with a short connect timeout: a destination that is down or refuses costs only
   its own rows a retry and never delays another destination or screening.
 * A row is claimed (its ``next_attempt_at`` pushed out) before it is sent, and marked
-  ``delivered`` in the transaction that follows the C-STORE success. A failure counts an
-  attempt and backs off exponentially (``backoff_seconds`` doubling, capped at
-  ``backoff_max_seconds``); after ``max_attempts`` the row is ``dead`` until
-  :func:`retry_dead` (``screener exports retry``).
+  ``delivered`` in the transaction that follows the C-STORE success.
+* Every failure is either *transient* or *permanent* (:class:`Failure`). A transient one
+  (the destination cannot be reached, refuses or aborts the association, does not answer,
+  is out of resources) counts an attempt and backs off exponentially (``backoff_seconds``
+  doubling, capped at ``backoff_max_seconds``); after ``max_attempts`` the row is
+  ``dead``. A permanent one -- the same request would fail the same way: the SR cannot be
+  built from its source, the destination does not take the SOP class, or it says the data
+  set is wrong or not allowed -- makes the row ``dead`` at once. ``last_error`` starts with
+  ``transient:`` or ``permanent:`` and the log event says ``permanent=True|False``. A dead
+  row waits for :func:`retry_dead` (``screener exports retry``), e.g. after the
+  configuration or the source was fixed.
 
 C-STORE statuses follow PS3.4 B.2.3 / PS3.7 C.4.2.1: Success and the Warning statuses
 (0xB000 coercion, 0xB006 elements discarded, 0xB007 data set does not match SOP class)
 deliver; 0x0111 Duplicate SOP Instance on a resend also counts as delivered (the PACS has
-this very instance); every other status is a failed attempt.
+this very instance); every other status is a failure, permanent or transient as
+:func:`status_is_permanent` says.
 """
 
 from __future__ import annotations
 
+import errno
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -34,6 +43,8 @@ import numpy.typing as npt
 import pydicom
 import sqlalchemy
 import structlog
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
 from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
@@ -49,12 +60,20 @@ from screener.db import Database, Export, Instance, Result, utcnow
 from screener.db.engine import as_utc
 from screener.errors import ScreenerError
 from screener.report.destinations import Destination, parse_destination, parse_destinations
-from screener.report.header import derived_uid
+from screener.report.header import ReportError, derived_uid
 from screener.report.ledger import DEAD, DELIVERED, PENDING, export_counts, retry_dead
 from screener.report.sr import SR_SOP_CLASSES, ScreeningFinding, build_heatmap_capture, build_sr
 from screener.wakeup import Wakeable
 
-__all__ = ["Exporter", "backoff", "export_counts", "plan_exports", "retry_dead"]
+__all__ = [
+    "Exporter",
+    "Failure",
+    "backoff",
+    "export_counts",
+    "plan_exports",
+    "retry_dead",
+    "status_is_permanent",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -68,6 +87,53 @@ MAX_PARALLEL = 8
 
 STATUS_SUCCESS = 0x0000
 STATUS_DUPLICATE_SOP_INSTANCE = 0x0111  # PS3.7 C.4.2.1: the peer already holds this instance
+
+#: C-STORE failure statuses that a resend of the same data set cannot cure (PS3.4 B.2.3,
+#: PS3.7 C.4.2.1 and Annex C): the destination judged the request itself, not its own state.
+_PERMANENT_STATUSES = frozenset(
+    {
+        0x0105,  # No such attribute
+        0x0106,  # Invalid attribute value
+        0x0112,  # No such SOP Instance
+        0x0113,  # No such event type
+        0x0114,  # No such argument
+        0x0115,  # Invalid argument value
+        0x0117,  # Invalid object instance
+        0x0118,  # No such SOP Class
+        0x0119,  # Class-instance conflict
+        0x0120,  # Missing attribute
+        0x0121,  # Missing attribute value
+        0x0122,  # Refused: SOP Class not supported (PS3.4 B.2.3)
+        0x0123,  # No such action
+        0x0124,  # Refused: Not authorized (PS3.7 C.4.2.1.x)
+        0x0211,  # Unrecognized operation
+        0x0212,  # Mistyped argument
+    }
+)
+
+
+def status_is_permanent(status: int) -> bool:
+    """Whether a failed C-STORE status means that sending the same SR again will fail again.
+
+    PS3.4 B.2.3 (Storage Service Class statuses) and PS3.7 C.4.2.1 / Annex C:
+
+    * permanent: 0xA9xx Error: Data Set does not match SOP Class, 0xCxxx Error: Cannot
+      understand, 0x0122 Refused: SOP Class not supported, 0x0124 Refused: Not authorized,
+      and the other statuses that reject the request itself (:data:`_PERMANENT_STATUSES`);
+    * transient: 0xA7xx Refused: Out of Resources, 0x0110 Processing failure, 0x0210
+      Duplicate invocation, 0x0213 Resource limitation, 0xFE00 Cancel, and any status the
+      standard does not define (``max_attempts`` still bounds the retries).
+    """
+    return status in _PERMANENT_STATUSES or status & 0xFF00 == 0xA900 or status & 0xF000 == 0xC000
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why one delivery failed, and whether trying again can help (see the module docstring)."""
+
+    reason: str
+    permanent: bool = False
+
 
 SR_3D = SR_SOP_CLASSES["3d"]
 SOP_CLASS_NAMES = {
@@ -162,6 +228,11 @@ class Exporter:
         self._thread.start()
         log.info("exporter_started", destinations=list(self.export.destinations))
 
+    @property
+    def running(self) -> bool:
+        """True while the background loop started by :meth:`start` is alive."""
+        return self._thread is not None and self._thread.is_alive()
+
     def stop(self, timeout: float | None = None) -> None:
         """Stop polling; associations in flight finish the row they are sending."""
         if self._thread is None:
@@ -227,9 +298,9 @@ class Exporter:
         """
         try:
             peer = parse_destination(destination, key="exports.destination")
-        except ScreenerError as exc:
+        except ScreenerError as exc:  # a row planned by hand with a malformed destination
             for job in self._claim(destination):
-                self._failed(job, destination, str(exc))
+                self._failed(job, destination, str(exc), permanent=True)
             return 0
         delivered = 0
         while not self._stop.is_set():
@@ -280,7 +351,14 @@ class Exporter:
             try:
                 datasets[job.export_id] = self._build(job)
             except Exception as exc:  # stage boundary: one unreadable source fails only its row
-                self._failed(job, str(peer), f"cannot build the SR: {exc}")
+                # the same source builds the same failure: dead at once, unless the machine
+                # itself was short of a resource (too many open files, memory, I/O)
+                self._failed(
+                    job,
+                    str(peer),
+                    f"cannot build the SR: {exc}",
+                    permanent=not _resource_shortage(exc),
+                )
         ready = [job for job in jobs if job.export_id in datasets]
         if not ready:
             return 0, True
@@ -295,14 +373,18 @@ class Exporter:
         if not assoc.is_established:
             refused = [str(cx.abstract_syntax) for cx in assoc.rejected_contexts]
             if refused and not assoc.accepted_contexts:  # PS3.8 9.3.3.2: every context rejected
-                error = _not_accepted(refused[0])
+                # the destination does not take this SOP class: resending will not change that
+                failure = Failure(_not_accepted(refused[0]), permanent=True)
             else:
                 how = (
                     "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "failed"
                 )
-                error = f"association with {peer} {how} (no C-STORE SCP reachable or it refused us)"
+                # cannot connect / A-ASSOCIATE-RJ / A-ABORT: the destination may be back later
+                failure = Failure(
+                    f"association with {peer} {how} (no C-STORE SCP reachable or it refused us)"
+                )
             for job in ready:
-                self._failed(job, str(peer), error)
+                self._failed(job, str(peer), failure.reason, permanent=failure.permanent)
             return 0, False
         delivered = 0
         try:
@@ -313,26 +395,27 @@ class Exporter:
                 try:
                     outcome = self._store(assoc, datasets[job.export_id])
                 except Exception as exc:  # stage boundary: record, go on with the next row
-                    outcome = f"C-STORE could not be sent: {exc}"
+                    # the data sets were encoded in _build: what fails here is the transport
+                    outcome = Failure(f"C-STORE could not be sent: {exc}")
                 if outcome is None:
                     delivered += self._delivered(job, str(peer))
                 else:
-                    self._failed(job, str(peer), outcome)
+                    self._failed(job, str(peer), outcome.reason, permanent=outcome.permanent)
         finally:
             if assoc.is_established:
                 assoc.release()
         return delivered, True
 
-    def _store(self, assoc: Any, datasets: list[pydicom.Dataset]) -> str | None:
+    def _store(self, assoc: Any, datasets: list[pydicom.Dataset]) -> Failure | None:
         """C-STORE each data set of one delivery; None when all were accepted, else why not."""
         accepted = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}
         for ds in datasets:
             name = SOP_CLASS_NAMES.get(str(ds.SOPClassUID), str(ds.SOPClassUID))
             if str(ds.SOPClassUID) not in accepted:  # PS3.8 9.3.3.2: context rejected
-                return _not_accepted(str(ds.SOPClassUID))
+                return Failure(_not_accepted(str(ds.SOPClassUID)), permanent=True)
             rsp = assoc.send_c_store(ds)
-            if "Status" not in rsp:
-                return "no C-STORE response (association aborted or DIMSE timeout)"
+            if "Status" not in rsp:  # A-ABORT, or no answer within the DIMSE timeout
+                return Failure("no C-STORE response (association aborted or DIMSE timeout)")
             status = int(rsp.Status)
             category = code_to_category(status)
             # PS3.4 B.2.3: Warning statuses mean the instance was stored
@@ -341,7 +424,10 @@ class Exporter:
             if status == STATUS_DUPLICATE_SOP_INSTANCE:
                 continue  # PS3.7 C.4.2.1: the peer already has this very SOP Instance
             meaning = STORAGE_SERVICE_CLASS_STATUS.get(status, (category, "unknown status"))[1]
-            return f"C-STORE of {name} answered 0x{status:04X} ({meaning})"
+            return Failure(
+                f"C-STORE of {name} answered 0x{status:04X} ({meaning})",
+                permanent=status_is_permanent(status),
+            )
         return None
 
     def _build(self, job: _Job) -> list[pydicom.Dataset]:
@@ -380,6 +466,8 @@ class Exporter:
                         model_name=result.model_name,
                     )
                 )
+        for ds in datasets:
+            _check_encodes(ds)
         return datasets
 
     # -- recording outcomes -------------------------------------------------------------
@@ -408,14 +496,20 @@ class Exporter:
         )
         return 1
 
-    def _failed(self, job: _Job, destination: str, error: str) -> None:
+    def _failed(self, job: _Job, destination: str, error: str, *, permanent: bool = False) -> None:
+        """Count a failed attempt: back off (transient) or dead-letter (permanent, or the last).
+
+        ``last_error`` says which kind it was (``"permanent: ..."`` / ``"transient: ..."``),
+        so does the log event (``permanent=``).
+        """
+        kind = "permanent" if permanent else "transient"
         with self.db.transaction() as session:
             export = session.get(Export, job.export_id, with_for_update=True)
             if export is None or export.state != PENDING:
                 return
             export.attempts += 1
-            export.last_error = error[:2000]
-            if export.attempts >= self.export.max_attempts:
+            export.last_error = f"{kind}: {error}"[:2000]
+            if permanent or export.attempts >= self.export.max_attempts:
                 export.state = DEAD
                 export.next_attempt_at = None
             else:
@@ -430,5 +524,38 @@ class Exporter:
             result_id=job.result.id,
             attempts=attempts,
             next_attempt_at=due.isoformat() if due else None,
+            permanent=permanent,
             error=error,
         )
+
+
+#: errno values of a machine short of a resource: building again later may succeed.
+_RESOURCE_ERRNOS = frozenset(
+    {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN, errno.EINTR, errno.EIO}
+)
+
+
+def _resource_shortage(exc: BaseException) -> bool:
+    """Whether a build failed for want of a resource here rather than because of its input."""
+    if isinstance(exc, MemoryError):
+        return True
+    return isinstance(exc, OSError) and exc.errno in _RESOURCE_ERRNOS
+
+
+def _check_encodes(ds: pydicom.Dataset) -> None:
+    """Encode ``ds`` as it will be sent, so that a data set pydicom cannot write is a build
+    error (permanent) rather than a C-STORE that fails to start (transient).
+
+    The message names the exception type only: pydicom's text may quote a value (PHI).
+    """
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, False  # Explicit VR Little Endian
+    try:
+        write_dataset(fp, ds)
+    except Exception as exc:
+        raise ReportError(
+            f"the {SOP_CLASS_NAMES.get(str(ds.SOPClassUID), 'data set')} cannot be encoded "
+            f"in Explicit VR Little Endian ({type(exc).__name__})"
+        ) from exc
+    finally:
+        fp.close()

@@ -34,6 +34,8 @@ from screener.report.capture import build_heatmap_capture
 from screener.report.header import (
     MANUFACTURER,
     ReportError,
+    apply_character_set,
+    character_set,
     derived_uid,
     evidence_header,
     processing_equipment,
@@ -141,7 +143,11 @@ def build_sr(
                 PRIVATE_SCHEME, name="screener codes", responsible_organization="screener"
             )
         ],
+        # highdicom refuses valid terms such as ['', 'ISO 2022 IR 149']: set below instead
+        specific_character_set=None,
     )
+    # PS3.3 C.12.1.1.2: the patient's and study's text is the source's, in its character set
+    apply_character_set(sr, character_set(header))
     # A rebuild is the same instance: its creation and contribution times are the content
     # time, not the moment of the retry (highdicom stamps "now").
     stamp = when.astimezone(dt.UTC).replace(tzinfo=None)

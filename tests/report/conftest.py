@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pynetdicom import AE, AllStoragePresentationContexts, evt
 from support import build_dicom, data_root, free_port, wait_for
 
 from screener.config import Settings
@@ -64,12 +65,14 @@ def dciodvfy() -> Callable[[Path], list[str]]:
 
 
 @pytest.fixture
-def dsrdump() -> Callable[[Path], str]:
-    """Run dcmtk's dsrdump on a file; assert it exits 0 and return what it printed."""
+def dsrdump() -> Callable[..., str]:
+    """Run dcmtk's dsrdump on a file (with options, e.g. ``+U8``); assert it exits 0 and
+    return what it printed."""
     tool = need_tool("dsrdump")
 
-    def run(path: Path) -> str:
-        proc = subprocess.run([tool, str(path)], capture_output=True, text=True, timeout=60)
+    def run(path: Path, *options: str) -> str:
+        argv = [tool, *options, str(path)]
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0, f"dsrdump {path} failed: {proc.stderr}"
         return proc.stdout
 
@@ -153,14 +156,17 @@ def add_results(
     *,
     probability: float = 0.83,
     plan: bool = True,
+    sources: list[bytes] | None = None,
 ) -> Screened:
-    """Accept ``n`` built CR images through the real accept path, store a result for each."""
+    """Accept ``n`` built CR images (or the Part 10 files ``sources``, in order) through the
+    real accept path, store a result for each."""
     db = Database(settings.database.url)
     upgrade(db)
     acceptor = Acceptor(db, Spool(settings.storage.spool_dir, 0), settings)
     ids = []
     for i in range(n):
-        accepted = acceptor.accept(build_dicom(seed=i), source="dicom")
+        data = sources[i] if sources is not None else build_dicom(seed=i)
+        accepted = acceptor.accept(data, source="dicom")
         assert accepted.job_id is not None
         with db.transaction() as session:
             job = session.get(Job, accepted.job_id)
@@ -206,3 +212,33 @@ def screened() -> Iterator[Callable[..., Screened]]:
     yield make
     for s in made:
         s.db.dispose()
+
+
+@pytest.fixture
+def pynetdicom_scp() -> Iterator[Callable[..., tuple[int, list[str]]]]:
+    """A pynetdicom C-STORE SCP answering a fixed status; yields (port, received UIDs)."""
+    servers: list[Any] = []
+
+    def start(status: int, sop_classes: list[str] | None = None) -> tuple[int, list[str]]:
+        received: list[str] = []
+
+        def on_store(event: Any) -> int:
+            received.append(str(event.request.AffectedSOPInstanceUID))
+            return status
+
+        ae = AE(ae_title="PACS")
+        if sop_classes is None:
+            ae.supported_contexts = AllStoragePresentationContexts
+        for sop_class in sop_classes or []:
+            ae.add_supported_context(sop_class)
+        port = free_port()
+        server = ae.start_server(
+            ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
+        )
+        servers.append((ae, server))
+        return port, received
+
+    yield start
+    for ae, server in servers:
+        server.shutdown()
+        ae.shutdown()

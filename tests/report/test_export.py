@@ -11,7 +11,6 @@ from typing import Any
 import numpy as np
 import pydicom
 import pytest
-from pynetdicom import AE, AllStoragePresentationContexts, evt
 from sqlalchemy import select
 from structlog.testing import capture_logs
 from support import free_port, wait_for
@@ -171,7 +170,7 @@ def test_dead_letter_after_max_attempts_and_retry(
     wait_for(lambda: exporter.deliver_due() == 0 and _exports(s.db)[0].state == "dead", 10)
     (export,) = _exports(s.db)
     assert (export.state, export.attempts, export.next_attempt_at) == ("dead", 2, None)
-    assert export.last_error
+    assert (export.last_error or "").startswith("transient: association with")
     assert export_counts(s.db) == {"pending": 0, "delivered": 0, "dead": 1}
     assert exporter.deliver_due() == 0  # dead rows are not sent
 
@@ -194,36 +193,6 @@ def test_retry_dead_for_one_destination_only(
     assert export_counts(s.db)["dead"] == 2
     assert retry_dead(s.db, a) == 1
     assert {(e.destination, e.state) for e in _exports(s.db)} == {(a, "pending"), (b, "dead")}
-
-
-@pytest.fixture
-def pynetdicom_scp() -> Iterator[Callable[..., tuple[int, list[str]]]]:
-    """A pynetdicom C-STORE SCP answering a fixed status; yields (port, received UIDs)."""
-    servers: list[Any] = []
-
-    def start(status: int, sop_classes: list[str] | None = None) -> tuple[int, list[str]]:
-        received: list[str] = []
-
-        def on_store(event: Any) -> int:
-            received.append(str(event.request.AffectedSOPInstanceUID))
-            return status
-
-        ae = AE(ae_title="PACS")
-        if sop_classes is None:
-            ae.supported_contexts = AllStoragePresentationContexts
-        for sop_class in sop_classes or []:
-            ae.add_supported_context(sop_class)
-        port = free_port()
-        server = ae.start_server(
-            ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
-        )
-        servers.append((ae, server))
-        return port, received
-
-    yield start
-    for ae, server in servers:
-        server.shutdown()
-        ae.shutdown()
 
 
 def test_duplicate_instance_status_counts_as_delivered(
@@ -252,7 +221,8 @@ def test_refusal_status_is_a_failed_attempt(
     assert Exporter(s.db, s.settings).deliver_due() == 0
     (export,) = _exports(s.db)
     assert (export.state, export.attempts) == ("pending", 1)
-    assert export.last_error is not None and "0xA700" in export.last_error
+    assert export.last_error is not None and export.last_error.startswith("transient: ")
+    assert "0xA700" in export.last_error
     assert len(received) == 1
 
 
@@ -298,7 +268,7 @@ def test_missing_spool_file_fails_only_its_export(
     storescp: Callable[..., Any],
     screened: Callable[..., Any],
 ) -> None:
-    """An export whose source file is gone records why; the other result is still delivered."""
+    """An export whose source file is gone is dead at once with why; the other result is still delivered."""
     pacs = storescp().start()
     s = screened(_settings(make_settings, db_url, pacs.destination), 2)
     with s.db.transaction() as session:
@@ -308,8 +278,9 @@ def test_missing_spool_file_fails_only_its_export(
         assert instance is not None
         Path(instance.spool_path).unlink()
     assert Exporter(s.db, s.settings).deliver_due() == 1
-    failed = [e for e in _exports(s.db) if e.result_id == s.result_ids[0]]
-    assert failed[0].state == "pending" and "cannot build the SR" in (failed[0].last_error or "")
+    (failed,) = [e for e in _exports(s.db) if e.result_id == s.result_ids[0]]
+    assert (failed.state, failed.attempts, failed.next_attempt_at) == ("dead", 1, None)
+    assert (failed.last_error or "").startswith("permanent: cannot build the SR")
     assert len(pacs.files()) == 1
 
 
@@ -394,20 +365,24 @@ def test_pacs_without_3d_sr_gets_a_clear_error_and_comprehensive_sr_works(
     screened: Callable[..., Any],
     pynetdicom_scp: Callable[..., tuple[int, list[str]]],
 ) -> None:
-    """A PACS that rejects the 3D SR context leaves an error pointing at sr_kind; Comprehensive SR is delivered."""
+    """A PACS that rejects the 3D SR context dead-letters the export with an error pointing at sr_kind; after the switch to Comprehensive SR and a retry it is delivered."""
     port, received = pynetdicom_scp(0x0000, [SR_SOP_CLASSES["comprehensive"]])
     destination = f"PACS@127.0.0.1:{port}"
     s = screened(_settings(make_settings, db_url, destination), 1)
     assert Exporter(s.db, s.settings).deliver_due() == 0
     (export,) = _exports(s.db)
+    assert (export.state, export.attempts) == ("dead", 1)  # resending cannot help: permanent
     assert export.last_error == (
-        "the destination does not accept Comprehensive 3D SR (try export.sr_kind = comprehensive)"
+        "permanent: the destination does not accept Comprehensive 3D SR"
+        " (try export.sr_kind = comprehensive)"
     )
     assert received == []
 
     comprehensive = _settings(make_settings, db_url, destination, export__sr_kind="comprehensive")
     exporter = Exporter(s.db, comprehensive)
-    wait_for(lambda: exporter.deliver_due() == 1, timeout=5)  # once the 0.1 s backoff is over
+    assert exporter.deliver_due() == 0  # dead until the operator retries
+    assert retry_dead(s.db) == 1
+    assert exporter.deliver_due() == 1
     assert received == [export.sr_sop_instance_uid]
 
 
