@@ -7,12 +7,14 @@ They live here rather than in ``conftest.py`` because every test folder has its 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -229,3 +231,42 @@ def storescu(port: int, files: list[Path] | list[str]) -> None:
         timeout=120,
     )
     assert sent.returncode == 0 and "Failed" not in sent.stderr, sent.stderr
+
+
+def dcmtk_tool(name: str) -> str | None:
+    """dcmtk's ``name`` (``/usr/bin`` first), never pynetdicom's same-named script in the venv."""
+    system = Path("/usr/bin") / name
+    if os.access(system, os.X_OK):
+        return str(system)
+    found = shutil.which(name)
+    if found is None or Path(found).resolve().is_relative_to(Path(sys.prefix).resolve()):
+        return None
+    return found
+
+
+def sr_source_uids(sr: Any) -> list[str]:
+    """SOP Instance UIDs of the images an SR data set cites as evidence (PS3.3 C.17.2)."""
+    return [
+        str(ref.ReferencedSOPInstanceUID)
+        for evidence in sr.get("CurrentRequestedProcedureEvidenceSequence", [])
+        for series in evidence.get("ReferencedSeriesSequence", [])
+        for ref in series.get("ReferencedSOPSequence", [])
+    ]
+
+
+def sr_deliveries(files: Iterable[Path]) -> tuple[Counter[str], Counter[str]]:
+    """Received SR files counted per SR SOP Instance UID and per referenced source image.
+
+    Only meaningful when the receiver keeps every copy (dcmtk ``storescp +uf``); other
+    instances (e.g. a Secondary Capture) in the folder are not counted.
+    """
+    from pydicom import dcmread
+
+    per_sr: Counter[str] = Counter()
+    per_source: Counter[str] = Counter()
+    for path in files:
+        ds = dcmread(path, stop_before_pixels=True)
+        if str(ds.SOPClassUID).startswith("1.2.840.10008.5.1.4.1.1.88."):
+            per_sr[str(ds.SOPInstanceUID)] += 1
+            per_source.update(sr_source_uids(ds))
+    return per_sr, per_source

@@ -4,7 +4,6 @@ stand-in, the result in `screener worklist`; and a PACS that is down, then comes
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,20 +11,33 @@ from typing import Any
 
 import pytest
 from pydicom import dcmread
-from support import free_port, run_screener, serve_env, storescu, wait_for
+from support import (
+    dcmtk_tool,
+    free_port,
+    run_screener,
+    serve_env,
+    sr_deliveries,
+    storescu,
+    wait_for,
+)
+
+STORESCP = dcmtk_tool("storescp")  # dcmtk's, not pynetdicom's storescp in .venv/bin
+DSRDUMP = dcmtk_tool("dsrdump")
 
 pytestmark = pytest.mark.skipif(
-    shutil.which("storescp") is None or shutil.which("dsrdump") is None,
-    reason="dcmtk not installed",
+    STORESCP is None or DSRDUMP is None, reason="dcmtk (storescp, dsrdump) not installed"
 )
 
 
 class Storescp:
+    """dcmtk's storescp as the PACS; +uf keeps every received copy, so a resent SR is a second file."""
+
     def __init__(self, out: Path, port: int) -> None:
+        assert STORESCP is not None
         out.mkdir(parents=True, exist_ok=True)
         self.out, self.port = out, port
         self.proc = subprocess.Popen(
-            ["storescp", "-od", str(out), "-aet", "PACS", "+xa", str(port)],
+            [STORESCP, "-od", str(out), "-aet", "PACS", "+xa", "+uf", str(port)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -74,6 +86,20 @@ def _screener(env: dict[str, str], cwd: Path, *args: str) -> str:
     return out.stdout
 
 
+def _exports(env: dict[str, str], cwd: Path) -> dict[str, int]:
+    """The export counts of `screener status`: pending, delivered, dead."""
+    return dict(json.loads(_screener(env, cwd, "status", "--json"))["exports"])
+
+
+def _assert_each_source_has_one_sr(store: Storescp, films: list[Path]) -> None:
+    """Every received SR has a SOP Instance UID of its own, and each film is referenced by exactly one."""
+    per_sr, per_source = sr_deliveries(store.files())
+    twice = {uid: n for uid, n in per_sr.items() if n != 1}
+    assert not twice, f"SR received more than once: {twice}"
+    sources = {str(dcmread(f, stop_before_pixels=True).SOPInstanceUID): 1 for f in films}
+    assert dict(per_source) == sources, f"SRs per source image: {dict(per_source)}"
+
+
 def test_chest_film_to_sr_and_worklist(
     tmp_path: Path,
     sqlite_url: str,
@@ -91,13 +117,16 @@ def test_chest_film_to_sr_and_worklist(
     )
     films = sorted((dicom_dir / "siim_chest_cr").glob("*.dcm"))[:3]
     storescu(port, films)
-    wait_for(lambda: len(store.files()) == 3, timeout=120, interval=0.2)
+    wait_for(lambda: len(store.files()) >= 3, timeout=120, interval=0.2)
+    wait_for(lambda: _exports(env, tmp_path)["delivered"] == 3, timeout=60, interval=0.2)
+    _assert_each_source_has_one_sr(store, films)
     sources = {str(dcmread(f, stop_before_pixels=True).StudyInstanceUID) for f in films}
+    assert DSRDUMP is not None
     for sr_file in store.files():
         sr = dcmread(sr_file)
         assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
         assert str(sr.StudyInstanceUID) in sources
-        dump = subprocess.run(["dsrdump", str(sr_file)], capture_output=True, text=True, timeout=30)
+        dump = subprocess.run([DSRDUMP, str(sr_file)], capture_output=True, text=True, timeout=30)
         assert dump.returncode == 0 and "Pneumonia" in dump.stdout
     rows = json.loads(_screener(env, tmp_path, "worklist", "--format", "json"))
     assert {r["study_instance_uid"] for r in rows} == sources
@@ -126,7 +155,8 @@ def test_pacs_down_then_up_gets_everything_once(
         SCREENER_EXPORT_BACKOFF_SECONDS="0.5",
         SCREENER_EXPORT_BACKOFF_MAX_SECONDS="1",
     )
-    storescu(port, sorted((dicom_dir / "siim_chest_cr").glob("*.dcm"))[3:6])
+    films = sorted((dicom_dir / "siim_chest_cr").glob("*.dcm"))[3:6]
+    storescu(port, films)
 
     def attempted() -> bool:
         """All three scored, and each SR delivery tried at least once and failed."""
@@ -138,11 +168,10 @@ def test_pacs_down_then_up_gets_everything_once(
 
     wait_for(attempted, timeout=240, interval=0.5)
     store = pacs(pacs_port)
-    wait_for(lambda: len(store.files()) == 3, timeout=60, interval=0.2)
-    status = json.loads(_screener(env, tmp_path, "status", "--json"))
-    assert status["exports"] == {"pending": 0, "delivered": 3, "dead": 0}
-    uids = {str(dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in store.files()}
-    assert len(uids) == 3  # no SR twice
+    # storescp runs with +uf: a resent SR would be a second file, not overwrite the first
+    wait_for(lambda: _exports(env, tmp_path)["delivered"] == 3, timeout=60, interval=0.2)
+    assert _exports(env, tmp_path) == {"pending": 0, "delivered": 3, "dead": 0}
+    _assert_each_source_has_one_sr(store, films)  # no SR twice
     assert daemon.terminate() == 0  # type: ignore[attr-defined]
 
 
@@ -163,6 +192,7 @@ def test_heatmap_capture_goes_with_the_sr(
     film = sorted((dicom_dir / "siim_chest_cr").glob("*.dcm"))[0]
     storescu(port, [film])
     wait_for(lambda: len(store.files()) == 2, timeout=240, interval=0.2)
+    _assert_each_source_has_one_sr(store, [film])
     received = {str(d.SOPClassUID): d for d in (dcmread(f) for f in store.files())}
     assert set(received) == {"1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.7"}
     capture = received["1.2.840.10008.5.1.4.1.1.7"]

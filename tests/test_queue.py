@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
+from datetime import timedelta
 
+from sqlalchemy import select, update
 from support import build_dicom
 
 from screener import queue
 from screener.config import Settings
-from screener.db import Database, Job, JobState
+from screener.db import AuditEvent, Database, Job, JobState, utcnow
 from screener.db.migrate import upgrade
 from screener.ingest.accept import Acceptor
 from screener.ingest.spool import Spool
@@ -65,24 +66,42 @@ def test_complete_and_fail(db_url: str, make_settings: Callable[..., Settings]) 
     db.dispose()
 
 
+def _expire_lease(db: Database, job_id: int) -> None:
+    """Move the job's lease expiry into the past in the database, as if its lease had run out."""
+    with db.transaction() as s:
+        s.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(lease_expires_at=utcnow() - timedelta(seconds=1))
+        )
+
+
 def test_expired_lease_returns_job_then_fails_after_max_attempts(
     db_url: str, make_settings: Callable[..., Settings]
 ) -> None:
     """A job whose lease expires is queued again; after max_attempts expiries it is failed with the reason."""
     db, (job_id,) = _setup(make_settings(db_url), 1)
-    (_first,) = queue.dequeue(db, "dead-worker", 1, lease_seconds=0.2, max_attempts=2)
-    assert queue.dequeue(db, "w2", 1, 60, 2) == []  # still leased
-    time.sleep(0.3)  # let the lease run out
-    (second,) = queue.dequeue(db, "w2", 1, lease_seconds=0.2, max_attempts=2)
+    # leases of an hour: only _expire_lease ends them, so no timing decides the outcome
+    (_first,) = queue.dequeue(db, "dead-worker", 1, lease_seconds=3600, max_attempts=2)
+    assert queue.dequeue(db, "w2", 1, 3600, 2) == []  # still leased
+    _expire_lease(db, job_id)
+    (second,) = queue.dequeue(db, "w2", 1, lease_seconds=3600, max_attempts=2)
     assert second.job_id == job_id and second.attempts == 2
     assert not queue.complete(db, job_id, "dead-worker")  # the old owner lost the lease
-    time.sleep(0.3)
-    assert queue.dequeue(db, "w3", 1, 60, 2) == []
+    assert queue.dequeue(db, "w3", 1, 3600, 2) == []  # w2's lease still holds
+    _expire_lease(db, job_id)
+    assert queue.dequeue(db, "w3", 1, 3600, 2) == []
     with db.transaction() as s:
         job = s.get(Job, job_id)
         assert job is not None
         assert job.state == JobState.FAILED and job.reason == "lease_expired"
         assert "2 time(s)" in (job.last_error or "")
+        events = s.scalars(
+            select(AuditEvent.reason)
+            .where(AuditEvent.job_id == job_id, AuditEvent.event == "lease_expired")
+            .order_by(AuditEvent.id)
+        ).all()
+        assert list(events) == ["requeued", "failed"]
     db.dispose()
 
 
