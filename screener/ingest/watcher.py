@@ -6,14 +6,24 @@ copied in). An accepted file is removed from the watch folder only after it is d
 the spool and the database. A file that cannot be accepted is moved to ``rejected_dir``
 with a ``.reason.txt`` beside it and a ``rejected`` job recording why; it never stops the
 watcher. Files already present at start-up are picked up too.
+
+File names, and the names of folders below the watch folder, often carry a patient's name
+or ID, so they are never recorded: not in the log, the database, the rejected folder or its
+``.reason.txt``. A file is identified by the SHA-256 of its content (``file_sha256``, the
+first 16 hex digits); a rejected file is renamed ``<time>-<digest>.dcm``. Messages of
+errors that may quote the path (an ``OSError``'s) are reduced to their text.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import shutil
 import threading
 import time
+import traceback
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,11 +39,26 @@ from screener.ingest.accept import Acceptor, DoesNotMatchSOPClass, NotUnderstood
 log = structlog.get_logger(__name__)
 
 
+#: How many hex digits of the content SHA-256 identify a file (log, rejected name, database).
+DIGEST_HEX = 16
+
+
+def file_digest(data: bytes) -> str:
+    """The identifier of a dropped file: the start of its content's SHA-256 (never its name)."""
+    return hashlib.sha256(data).hexdigest()[:DIGEST_HEX]
+
+
+def describe_os_error(exc: OSError) -> str:
+    """An ``OSError`` without the file name(s) that ``str(exc)`` would quote."""
+    return exc.strerror or type(exc).__name__
+
+
 @dataclass
 class _Pending:
     size: int
     mtime_ns: int
     stable_since: float
+    deferred_since: float | None = None  # below the spool's disk floor since then
 
 
 class _Events(FileSystemEventHandler):
@@ -56,6 +81,8 @@ class FolderWatcher:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.rejected_dir.mkdir(parents=True, exist_ok=True)
         self._pending: dict[Path, _Pending] = {}
+        # Any text that quotes a path below the watch folder loses it from there on.
+        self._path_pattern = re.compile(re.escape(str(self.dir)) + r".*")
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._observer: Any = None
@@ -103,8 +130,17 @@ class FolderWatcher:
                 if time.monotonic() - last_scan > 60:  # backstop for lost events
                     self.scan()
                     last_scan = time.monotonic()
-            except Exception:  # stage boundary: the watcher must keep going
-                log.exception("watcher_error")
+            except Exception as exc:  # stage boundary: the watcher must keep going
+                log.error(
+                    "watcher_error",
+                    error_type=type(exc).__name__,
+                    error=self._scrub(str(exc)),
+                    traceback=self._scrub("".join(traceback.format_exception(exc))),
+                )
+
+    def _scrub(self, text: str) -> str:
+        """``text`` without any path below the watch folder (file and folder names are PHI)."""
+        return self._path_pattern.sub("<watched file>", text)
 
     def process_settled(self) -> int:
         """Take every pending file that has stopped growing; returns how many were handled."""
@@ -117,8 +153,13 @@ class FolderWatcher:
                 except FileNotFoundError:
                     del self._pending[path]
                     continue
+                except OSError as exc:  # e.g. no permission on its folder: retried next time
+                    log.warning("watch_file_stat_failed", error=describe_os_error(exc))
+                    continue
                 if (st.st_size, st.st_mtime_ns) != (pending.size, pending.mtime_ns):
-                    self._pending[path] = _Pending(st.st_size, st.st_mtime_ns, now)
+                    self._pending[path] = _Pending(
+                        st.st_size, st.st_mtime_ns, now, pending.deferred_since
+                    )
                 elif now - pending.stable_since >= self.settings.settle_seconds:
                     ready.append(path)
         handled = 0
@@ -136,48 +177,97 @@ class FolderWatcher:
         except FileNotFoundError:
             return True
         except OSError as exc:
-            log.warning("watch_file_unreadable", path=str(path), error=str(exc))
-            self._reject(path, "unreadable_file", f"cannot read the file: {exc}")
-            return True
+            error = describe_os_error(exc)
+            log.warning("watch_file_unreadable", error=error)
+            return self._reject(path, None, "unreadable_file", f"cannot read the file: {error}")
+        digest = file_digest(data)
         try:
             outcome = self.acceptor.accept(data, source="folder")
         except OutOfResources as exc:
-            log.warning("watch_file_deferred", path=str(path), error=str(exc))
+            self._deferred(path, digest, str(exc))
             return False  # stays in the folder; retried when space returns
         except (NotUnderstood, DoesNotMatchSOPClass) as exc:
-            self._reject(path, exc.reason, str(exc))
-            return True
+            self._resumed(path, digest)
+            return self._reject(path, digest, exc.reason, self._scrub(str(exc)))
         except IngestError as exc:
-            self._reject(path, "ingest_error", str(exc))
-            return True
-        except Exception:  # e.g. the database is down: keep the file, try again later
-            log.exception("watch_file_failed", path=str(path))
+            self._resumed(path, digest)
+            return self._reject(path, digest, "ingest_error", self._scrub(str(exc)))
+        except Exception as exc:  # e.g. the database is down: keep the file, try again later
+            log.error(
+                "watch_file_failed",
+                file_sha256=digest,
+                error_type=type(exc).__name__,
+                error=self._scrub(str(exc)),
+                traceback=self._scrub("".join(traceback.format_exception(exc))),
+            )
             return False
-        path.unlink(missing_ok=True)
+        self._resumed(path, digest)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:  # accepted all the same; a second take is a duplicate
+            log.warning("watch_file_not_removed", file_sha256=digest, error=describe_os_error(exc))
         log.info(
             "watch_file_taken",
-            path=path.name,
+            file_sha256=digest,
             outcome=outcome.outcome,
             sop_instance_uid=outcome.sop_instance_uid,
         )
         return True
 
-    def _reject(self, path: Path, reason: str, message: str) -> None:
+    def _deferred(self, path: Path, digest: str, error: str) -> None:
+        """Below the spool's disk floor: logged once when a file's deferral starts."""
+        with self._lock:
+            pending = self._pending.get(path)
+            if pending is None or pending.deferred_since is not None:
+                return
+            pending.deferred_since = time.monotonic()
+        log.warning("watch_file_deferred", file_sha256=digest, error=self._scrub(error))
+
+    def _resumed(self, path: Path, digest: str) -> None:
+        """A file that was deferred is finally handled."""
+        with self._lock:
+            pending = self._pending.get(path)
+            since = pending.deferred_since if pending is not None else None
+            if pending is not None:
+                pending.deferred_since = None
+        if since is not None:
+            log.info(
+                "watch_file_resumed",
+                file_sha256=digest,
+                deferred_seconds=round(time.monotonic() - since, 1),
+            )
+
+    def _reject(self, path: Path, digest: str | None, reason: str, message: str) -> bool:
+        """Move ``path`` to the rejected folder under a name that says nothing of the original.
+
+        False if it could not be moved (it stays, and is tried again later)."""
         stamp = time.strftime("%Y%m%dT%H%M%S")
-        target = self.rejected_dir / f"{stamp}-{path.name}"
+        ident = digest or f"unreadable-{uuid.uuid4().hex[:DIGEST_HEX]}"
+        target = self.rejected_dir / f"{stamp}-{ident}.dcm"
         n = 1
         while target.exists():
-            target = self.rejected_dir / f"{stamp}-{n}-{path.name}"
+            target = self.rejected_dir / f"{stamp}-{ident}-{n}.dcm"
             n += 1
-        shutil.move(str(path), str(target))
+        try:
+            shutil.move(str(path), str(target))
+        except OSError as exc:
+            log.error(
+                "watch_file_reject_failed",
+                file_sha256=digest,
+                reason=reason,
+                error=describe_os_error(exc),
+            )
+            return False
         target.with_name(target.name + ".reason.txt").write_text(
-            f"reason: {reason}\nmessage: {message}\noriginal: {path}\n", encoding="utf-8"
+            f"reason: {reason}\nmessage: {message}\nfile_sha256: {digest or '-'}\n",
+            encoding="utf-8",
         )
-        job_id = self.acceptor.record_rejected_file(path, target, reason, message)
+        job_id = self.acceptor.record_rejected_file(target, reason, message)
         log.warning(
             "watch_file_rejected",
-            path=path.name,
+            file_sha256=digest,
             moved_to=str(target),
             reason=reason,
             job_id=job_id,
         )
+        return True

@@ -36,7 +36,7 @@ def test_rescan_takes_files_left_in_the_watch_folder(store: Callable[..., Store]
     with st.db.transaction() as s:
         assert s.scalars(select(Instance.source)).one() == "folder"
     rejected = Path(st.settings.watch.rejected_dir)
-    reason = next(rejected.glob("*notes.txt.reason.txt"))
+    reason = next(rejected.glob("*.reason.txt"))
     assert "reason: not_dicom" in reason.read_text()
 
 
