@@ -121,6 +121,32 @@ class WorkerSettings:
         min=0,
         max=64,
     )
+    decode_memory_mb: int = _opt(
+        2048,
+        "address-space limit of each decode process in MB (a file needing more fails as"
+        " decode_memory_limit); 0 = none",
+        min=0,
+    )
+    decode_max_pixels: int = _opt(
+        50_000_000,
+        "most pixels (Rows x Columns x frames x samples) a film may have; more fails as"
+        " image_too_large before decoding",
+        min=1,
+    )
+    max_restarts: int = _opt(
+        5,
+        "a worker process that dies is restarted; this many restarts within"
+        " restart_window_seconds ends `serve` with exit status 3 (a crash loop)",
+        min=1,
+    )
+    restart_window_seconds: float = _opt(
+        600.0, "the window in which worker restarts are counted", min=1
+    )
+    restart_backoff_seconds: float = _opt(
+        1.0,
+        "delay before the first restart of a dead worker; doubles each time, at most 60 s",
+        min=0,
+    )
     inference_threads: int = _opt(
         0,
         "CPU threads TensorFlow may use per worker; 0 = its default (every core). On a CPU-only"

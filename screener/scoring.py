@@ -12,7 +12,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,9 +25,11 @@ import numpy.typing as npt
 import structlog
 from sqlalchemy.orm import Session
 
-from screener.config import Settings, WorkerSettings
+from screener.config import LoggingSettings, Settings, WorkerSettings
 from screener.db import Result, utcnow
 from screener.errors import ImageError
+from screener.imaging import limits
+from screener.lifecycle import die_with_parent
 from screener.logs import configure_logging
 from screener.queue import LeasedJob
 from screener.worker import JobDone, JobFailure, Outcome
@@ -39,8 +41,9 @@ log = structlog.get_logger(__name__)
 
 Frames = list[npt.NDArray[np.uint8]]
 
-#: Decode failures worth another attempt; an ImageError's reasons describe the file itself.
-RETRYABLE_DECODE = frozenset({"decode_error", "decoder_crashed"})
+#: Decode failures worth another attempt; an ImageError's reasons describe the file itself,
+#: and ``decoder_crashed`` is given only to a file that killed the decoder twice.
+RETRYABLE_DECODE = frozenset({"decode_error"})
 
 
 @dataclass(frozen=True)
@@ -59,13 +62,43 @@ def decode_spooled(path: str) -> Frames | DecodeFailure:
         return DecodeFailure(exc.reason, str(exc))
     except FileNotFoundError:
         return DecodeFailure("spool_file_missing", f"spooled file {path} is missing")
+    except MemoryError:
+        cap = limits.current().address_space_mb
+        return DecodeFailure(
+            "decode_memory_limit",
+            f"decoding needs more memory than the decode process may use ({cap} MB, "
+            "worker.decode_memory_mb)",
+        )
     except Exception as exc:  # process boundary: report, never raise across it
         return DecodeFailure("decode_error", f"{type(exc).__name__}: {exc}")
 
 
-def _warm_up() -> None:
-    """Runs in each new pool process: import the decoders before the first study arrives."""
+#: What a worker calls to decode one spooled file (a module-level function: it is pickled
+#: by reference into the decode processes).
+DecodeFn = Callable[[str], Frames | DecodeFailure]
+
+
+def decode_limits(settings: WorkerSettings, *, memory_cap: bool) -> limits.DecodeLimits:
+    """The worker settings as decode limits; ``memory_cap`` only in a decode process."""
+    return limits.DecodeLimits(
+        max_pixels=settings.decode_max_pixels,
+        address_space_mb=settings.decode_memory_mb if memory_cap else 0,
+    )
+
+
+def init_decode_process(
+    logging_settings: LoggingSettings, decode: limits.DecodeLimits, parent_pid: int
+) -> None:
+    """Runs first in each decode process: die with the worker, log JSON, decode under limits,
+    and import the decoders before the first study arrives."""
+    die_with_parent(parent_pid)
+    configure_logging(logging_settings)
+    limits.apply(decode)
     import screener.imaging  # noqa: F401
+
+
+def _ready() -> None:
+    """A no-op task: returns once a decode process has started and initialised."""
 
 
 ResultHook = Callable[[Session, Result], None]
@@ -75,13 +108,20 @@ class ModelProcessor:
     """Decode ahead in a process pool; score a whole batch with one model call."""
 
     def __init__(
-        self, settings: Settings, bundle: Bundle | None = None, on_result: ResultHook | None = None
+        self,
+        settings: Settings,
+        bundle: Bundle | None = None,
+        on_result: ResultHook | None = None,
+        decode: DecodeFn = decode_spooled,
     ) -> None:
         from screener.model import load_bundle
 
         self.settings = settings
         self.bundle = bundle or load_bundle(settings.model.bundle)
         self.on_result = on_result
+        self.decode = decode
+        # inline decoding (no pool) keeps the pixel budget; the memory cap is for the pool
+        limits.apply(decode_limits(settings.worker, memory_cap=False))
         self.pool: ProcessPoolExecutor | None = None
         self._pool_size = settings.worker.decode_processes
         self._new_pool()
@@ -101,40 +141,65 @@ class ModelProcessor:
             ProcessPoolExecutor(
                 self._pool_size,
                 mp_context=multiprocessing.get_context("spawn"),
-                initializer=configure_logging,
-                initargs=(self.settings.logging,),
+                initializer=init_decode_process,
+                initargs=(
+                    self.settings.logging,
+                    decode_limits(self.settings.worker, memory_cap=True),
+                    os.getpid(),
+                ),
             )
             if self._pool_size > 0
             else None
         )
         if self.pool is not None:  # start the processes now, not on the first study
-            for future in [self.pool.submit(_warm_up) for _ in range(self._pool_size)]:
+            for future in [self.pool.submit(_ready) for _ in range(self._pool_size)]:
                 future.result()
 
     def prepare(self, jobs: list[LeasedJob]) -> list[Future[Frames | DecodeFailure]] | None:
         if self.pool is None:
             return None
-        return [self.pool.submit(decode_spooled, job.spool_path) for job in jobs]
+        return [self.pool.submit(self.decode, job.spool_path) for job in jobs]
 
     def _gather(
         self, jobs: list[LeasedJob], prepared: list[Future[Frames | DecodeFailure]] | None
     ) -> list[Frames | DecodeFailure]:
+        """The decoded frames of each job.
+
+        When a decode process dies (a codec crash, the OOM killer), every decode it had not
+        returned is lost, this batch's and the next's. The pool is replaced and each of those
+        jobs is decoded again *alone*: the innocent ones succeed, in this same attempt, and
+        the one that kills the decoder a second time is the culprit, failed as
+        ``decoder_crashed`` (not retried).
+        """
         if prepared is None:
-            return [decode_spooled(job.spool_path) for job in jobs]
-        decoded: list[Frames | DecodeFailure] = []
-        broken = False
-        for future in prepared:
+            return [self.decode(job.spool_path) for job in jobs]
+        decoded: list[Frames | DecodeFailure | None] = []
+        lost: list[int] = []
+        for i, future in enumerate(prepared):
             try:
                 decoded.append(future.result())
-            except BrokenProcessPool:
-                broken = True
-                decoded.append(
-                    DecodeFailure("decoder_crashed", "the decoding process died on this batch")
-                )
-        if broken:
-            log.error("decode_pool_broken", jobs=len(jobs))
+            except (BrokenProcessPool, CancelledError):
+                decoded.append(None)
+                lost.append(i)
+        if lost:
+            log.error("decode_pool_broken", jobs_to_isolate=len(lost))
             self._new_pool()
-        return decoded
+            for i in lost:
+                decoded[i] = self._decode_alone(jobs[i])
+        return [item for item in decoded if item is not None]
+
+    def _decode_alone(self, job: LeasedJob) -> Frames | DecodeFailure:
+        assert self.pool is not None
+        try:
+            return self.pool.submit(self.decode, job.spool_path).result()
+        except (BrokenProcessPool, CancelledError):
+            log.error("decoder_crashed", job_id=job.job_id, sop_instance_uid=job.sop_instance_uid)
+            self._new_pool()
+            return DecodeFailure(
+                "decoder_crashed",
+                f"the decoding process died twice on SOP Instance {job.sop_instance_uid}, "
+                "the second time decoding it alone",
+            )
 
     def finish(
         self, jobs: list[LeasedJob], prepared: list[Future[Frames | DecodeFailure]] | None

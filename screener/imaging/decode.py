@@ -19,12 +19,14 @@ pipeline (Modality LUT, VOI LUT) is the same for both paths.
 from __future__ import annotations
 
 import io
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import simplejpeg
 import structlog
 from PIL import Image
 from PIL.Jpeg2KImagePlugin import Jpeg2KImageFile
@@ -35,6 +37,14 @@ from pydicom.pixels.utils import as_pixel_options, get_j2k_parameters
 from pydicom.uid import JPEG2000TransferSyntaxes, JPEGBaseline8Bit, JPEGExtended12Bit
 
 from screener.errors import ImageError
+from screener.imaging.codestream import (
+    NATIVE_SYNTAXES,
+    SOF55,
+    check_encapsulated_items,
+    check_frame,
+    check_native_length,
+    corrupt,
+)
 from screener.imaging.dicom import PixelHeader, describe_syntax
 
 log = structlog.get_logger(__name__)
@@ -172,18 +182,23 @@ def decode_j2k(codestream: bytes, reduce: int, header: PixelHeader) -> Pixels | 
     return values.astype(stored_dtype(header))
 
 
-def decode_jpeg(jpeg: bytes, scale: int, header: PixelHeader) -> Pixels | None:
-    """Decode an 8-bit grey JPEG with the IDCT scaled down ``scale`` times (1, 2, 4, 8).
+def decode_jpeg(jpeg: bytes, scale: int, header: PixelHeader, *, colour: bool = False) -> Pixels:
+    """Decode an 8-bit JPEG with libjpeg-turbo's IDCT scaled down ``scale`` times (1, 2, 4, 8).
 
-    ``None`` when the JPEG is not 8-bit grey of Rows x Columns (Pillow reads no 12-bit JPEG).
+    Strict: a stream libjpeg finds damaged ("Corrupt JPEG data", "Premature end of JPEG
+    file") raises ``corrupt_pixel_data`` instead of giving a patched-up image.
     """
-    with Image.open(io.BytesIO(jpeg)) as im:
-        if im.format != "JPEG" or im.mode != "L" or im.size != (header.columns, header.rows):
-            return None
-        if scale > 1:
-            im.draft("L", (im.width // scale, im.height // scale))
-        im.load()
-        return np.asarray(im)
+    try:
+        pixels = simplejpeg.decode_jpeg(
+            jpeg,
+            colorspace="RGB" if colour else "GRAY",
+            min_height=-(-header.rows // scale),
+            min_width=-(-header.columns // scale),
+            strict=True,
+        )
+    except ValueError as exc:
+        raise corrupt(f"the JPEG stream is damaged: {exc}") from exc
+    return np.asarray(pixels if colour else pixels[..., 0])
 
 
 def _reduced(encoded: bytes, header: PixelHeader, target: int) -> Frame | None:
@@ -195,9 +210,7 @@ def _reduced(encoded: bytes, header: PixelHeader, target: int) -> Frame | None:
         pixels = decode_j2k(encoded, r, header) if r else None
     else:
         r = reduction_log2(header.min_side, target, MAX_JPEG_LOG2)
-        pixels = decode_jpeg(encoded, 1 << r, header) if r else None
-        if pixels is not None:
-            pixels = pixels.astype(stored_dtype(header), copy=False)
+        pixels = decode_jpeg(encoded, 1 << r, header).astype(stored_dtype(header), copy=False)
     expected = (-(-header.rows >> r), -(-header.columns >> r))
     if pixels is None or pixels.shape != expected:
         return None
@@ -217,16 +230,82 @@ def _reducible(header: PixelHeader) -> bool:
     )
 
 
-def _encoded_frames(ds: Dataset, header: PixelHeader) -> Iterator[bytes]:
+def _encoded_frames(ds: Dataset, header: PixelHeader) -> list[bytes]:
     # PS3.5 A.4: a frame is one or more fragments; the offset tables say where each starts.
+    check_encapsulated_items(ds.PixelData)
     extended: tuple[bytes, bytes] | None = None
     if "ExtendedOffsetTable" in ds and "ExtendedOffsetTableLengths" in ds:
         extended = (ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths)
-    return generate_frames(ds.PixelData, number_of_frames=header.frames, extended_offsets=extended)
+    try:
+        frames = list(
+            generate_frames(ds.PixelData, number_of_frames=header.frames, extended_offsets=extended)
+        )
+    except Exception as exc:  # pydicom's parser of the item sequence: damaged structure
+        raise corrupt(f"the encapsulated Pixel Data cannot be split into frames: {exc}") from exc
+    if len(frames) != header.frames:
+        raise corrupt(
+            f"the encapsulated Pixel Data holds {len(frames)} frame(s); (0028,0008) Number "
+            f"of Frames says {header.frames}"
+        )
+    return frames
+
+
+def check_pixel_data(
+    ds: Dataset, header: PixelHeader, *, strict_jpeg: bool = True
+) -> list[bytes] | None:
+    """Every frame's codec header against the Image Pixel Module, before any decoding.
+
+    With ``strict_jpeg`` an 8-bit JPEG frame is also run through libjpeg-turbo's strict
+    decoder at 1/8 scale (every coded bit is read): leave it off only when the frame is
+    decoded that way anyway (:func:`decode_jpeg`).
+
+    Returns the encoded frames (``None`` for native pixel data); raises ``ImageError``
+    ``corrupt_pixel_data`` when the data disagree with the module or their transfer syntax.
+    """
+    element = ds["PixelData"]
+    if header.transfer_syntax in NATIVE_SYNTAXES:
+        if element.is_undefined_length:
+            raise corrupt(
+                f"the Pixel Data are encapsulated (compressed) but the transfer syntax is "
+                f"{describe_syntax(header.transfer_syntax)}, which is not compressed"
+            )
+        check_native_length(
+            len(ds.PixelData),
+            rows=header.rows,
+            columns=header.columns,
+            frames=header.frames,
+            samples=header.samples_per_pixel,
+            bits_allocated=header.bits_allocated,
+        )
+        return None
+    if not element.is_undefined_length:
+        raise corrupt(
+            f"transfer syntax {describe_syntax(header.transfer_syntax)} needs encapsulated "
+            "Pixel Data, but the element has a defined length (native data)"
+        )
+    frames = _encoded_frames(ds, header)
+    for index, frame in enumerate(frames):
+        stream = check_frame(
+            frame,
+            header.transfer_syntax,
+            rows=header.rows,
+            columns=header.columns,
+            samples=header.samples_per_pixel,
+            bits_allocated=header.bits_allocated,
+            index=index,
+        )
+        jpeg_dct = stream is not None and stream.kind not in (0, SOF55)
+        if strict_jpeg and jpeg_dct and stream is not None and stream.precision == 8:
+            # 8-bit JPEG: libjpeg-turbo, strict, finds damaged coded data the marker walk cannot
+            decode_jpeg(frame, 8, header, colour=not header.is_grey)
+    return frames
 
 
 def _full(ds: Dataset, header: PixelHeader, index: int) -> Frame:
-    """Decode frame ``index`` at full size with pydicom; wrap any decoder failure."""
+    """Decode frame ``index`` at full size with pydicom; wrap any decoder failure.
+
+    A warning from a decoder plug-in (damaged data it decoded anyway) is a failure.
+    """
     options = as_pixel_options(
         ds,
         number_of_frames=header.frames,
@@ -237,7 +316,13 @@ def _full(ds: Dataset, header: PixelHeader, index: int) -> Frame:
     )
     try:
         decoder = get_decoder(header.transfer_syntax)
-        pixels, properties = decoder.as_array(ds, index=index, validate=True, **options)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)
+            warnings.simplefilter("error", RuntimeWarning)
+            pixels, properties = decoder.as_array(ds, index=index, validate=True, **options)
+    except (UserWarning, RuntimeWarning) as exc:
+        detail = " ".join(str(exc).split())
+        raise corrupt(f"the decoder reports damaged data in frame {index + 1}: {detail}") from exc
     except Exception as exc:  # any decoder plug-in failure: the boundary to the codecs
         detail = " ".join(str(exc).split())
         raise ImageError(
@@ -254,16 +339,20 @@ def iter_frames(
 ) -> Iterator[Frame]:
     """Yield every frame of ``ds``; with ``fast``, as small as ``KEEP_FACTOR * size`` allows.
 
-    A reduced decode that fails falls back to pydicom's full decode, whose failure raises
-    :class:`ImageError` ``undecodable_pixel_data``.
+    Every frame's codec header is checked first (:func:`check_pixel_data`), so nothing is
+    decoded from a stream that disagrees with the module. A damaged 8-bit JPEG raises
+    ``corrupt_pixel_data``; a reduced JPEG 2000 decode that fails falls back to pydicom's
+    full decode, whose failure raises :class:`ImageError` ``undecodable_pixel_data``.
     """
-    encoded: Iterator[bytes] | None = None
-    if fast and _reducible(header):
-        encoded = _encoded_frames(ds, header)
+    reducible = fast and _reducible(header)
+    strict_jpeg = not (reducible and header.transfer_syntax in JPEG_DCT_SYNTAXES)
+    encoded = check_pixel_data(ds, header, strict_jpeg=strict_jpeg)
     for index in range(header.frames):
-        if encoded is not None:
+        if reducible and encoded is not None:
             try:
-                frame = _reduced(next(encoded), header, KEEP_FACTOR * size)
+                frame = _reduced(encoded[index], header, KEEP_FACTOR * size)
+            except ImageError:
+                raise
             except Exception as exc:  # a failed shortcut is not an error: decode in full
                 log.warning(
                     "reduced_decode_failed",
@@ -271,7 +360,7 @@ def iter_frames(
                     frame=index,
                     error=str(exc),
                 )
-                encoded, frame = None, None
+                reducible, frame = False, None
             if frame is not None:
                 yield frame
                 continue

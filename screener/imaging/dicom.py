@@ -22,13 +22,12 @@ from pydicom.uid import (
 )
 
 from screener.errors import ImageError
+from screener.imaging import limits
 from screener.imaging.raster import MIN_SIDE
 
 #: Largest Rows or Columns accepted; no radiograph detector comes near it.
 MAX_SIDE = 16384
 
-#: Largest decoded size of all frames together; more would need gigabytes of memory.
-MAX_DECODED_BYTES = 1 << 30
 
 #: Offset and value of the DICOM prefix after the 128-byte preamble (PS3.10 7.1).
 DICM_OFFSET = 128
@@ -210,13 +209,14 @@ def _check_size(rows: int, columns: int, frames: int, samples: int, bits: int) -
             f"The image is {columns} x {rows} px (Columns x Rows); at most {MAX_SIDE} px a "
             "side is accepted.",
         )
-    decoded = rows * columns * frames * samples * (bits // 8)
-    if decoded > MAX_DECODED_BYTES:
+    pixels = rows * columns * frames * samples
+    budget = limits.current().max_pixels
+    if pixels > budget:
         raise ImageError(
             "image_too_large",
-            f"{frames} frame(s) of {columns} x {rows} px at {bits} bits would need "
-            f"{decoded / (1 << 30):.1f} GiB when decoded; at most "
-            f"{MAX_DECODED_BYTES / (1 << 30):.0f} GiB is accepted.",
+            f"{frames} frame(s) of {columns} x {rows} px with {samples} sample(s) are "
+            f"{pixels:,} pixels, over the budget of {budget:,} (worker.decode_max_pixels); "
+            f"decoded at {bits} bits they would need {pixels * (bits // 8) / (1 << 30):.1f} GiB.",
         )
 
 
