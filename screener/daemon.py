@@ -15,8 +15,11 @@ interrupted mid-batch returns to the queue when its lease expires.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import signal
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from multiprocessing.process import BaseProcess
@@ -27,18 +30,62 @@ import structlog
 from sqlalchemy.orm import Session
 
 from screener.config import Settings
-from screener.db import Database, Result
+from screener.db import AuditEvent, Database, Result, utcnow
 from screener.db.migrate import upgrade
+from screener.errors import ScreenerError
 from screener.ingest.accept import Acceptor
 from screener.ingest.listener import Listener
 from screener.ingest.spool import Spool
 from screener.ingest.watcher import FolderWatcher
+from screener.lifecycle import die_with_parent
 from screener.report.export import Exporter
 from screener.rescan import RescanScheduler
-from screener.scoring import load_heatmap
+from screener.scoring import ResultHook, load_heatmap
+from screener.wakeup import Wakeable
 from screener.worker import Processor, Worker
 
 log = structlog.get_logger(__name__)
+
+
+def compose_worker(
+    settings: Settings,
+    *,
+    processor: Processor | None = None,
+    db: Database | None = None,
+    index: int = 0,
+    wake: Wakeable | None = None,
+    on_completed: Callable[[], None] | None = None,
+) -> Worker:
+    """The one place a worker is built: serve's worker processes, ``screener worker`` and
+    ``screener worker --once``, and the in-process worker of tests.
+
+    Without ``processor`` the model bundle scores (``worker.device`` and
+    ``worker.inference_threads`` applied first), and each result plans its SR deliveries
+    when ``export.destinations`` is set.
+    """
+    if processor is None:
+        from screener.scoring import ModelProcessor, configure_inference
+
+        configure_inference(settings.worker, index, settings.worker.processes)
+        processor = ModelProcessor(settings, on_result=_export_planner(settings))
+    return Worker(
+        db or Database(settings.database.url),
+        settings,
+        processor,
+        wake=wake,
+        on_completed=on_completed,
+    )
+
+
+def _export_planner(settings: Settings) -> ResultHook | None:
+    if not settings.export.destinations:
+        return None
+    from screener.report.export import plan_exports
+
+    def on_result(session: Session, result: Result) -> None:
+        plan_exports(session, result, settings.export)
+
+    return on_result
 
 
 def worker_process_main(
@@ -48,31 +95,24 @@ def worker_process_main(
     standalone: bool = False,
     wake: ProcessEvent | None = None,
     exports_planned: ProcessEvent | None = None,
+    parent_pid: int | None = None,
 ) -> None:
     """Entry point of one worker process: model loaded once, then drain the queue.
 
     Under ``screener serve`` the parent decides when a worker stops (Ctrl-C reaches the whole
-    process group, so it is ignored here); ``standalone`` (``screener worker``) stops on it.
+    process group, so it is ignored here) and the worker dies with it (``parent_pid``);
+    ``standalone`` (``screener worker``) stops on Ctrl-C.
     """
     from screener.logs import configure_logging
-    from screener.scoring import ModelProcessor, configure_inference
 
+    if parent_pid is not None:
+        die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, (lambda *_: stop.set()) if standalone else signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     configure_logging(settings.logging)
-    configure_inference(settings.worker, index, settings.worker.processes)
-    db = Database(settings.database.url)
-    on_result = None
-    if settings.export.destinations:
-        from screener.report.export import plan_exports
-
-        def on_result(session: Session, result: Result) -> None:
-            plan_exports(session, result, settings.export)
-
-    worker = Worker(
-        db,
+    worker = compose_worker(
         settings,
-        ModelProcessor(settings, on_result=on_result),
+        index=index,
         wake=wake,
         on_completed=exports_planned.set if exports_planned is not None else None,
     )
@@ -83,16 +123,32 @@ def worker_process_main(
 
     threading.Thread(target=_stop_when_told, daemon=True).start()
     worker.run()
-    db.dispose()
+    worker.db.dispose()
+
+
+class CrashLoop(ScreenerError):
+    """A child process keeps dying: ``serve`` ends non-zero so that systemd restarts it."""
+
+
+@dataclass
+class _Child:
+    """One supervised worker process and its restart history."""
+
+    index: int
+    process: BaseProcess | None = None
+    restarts: list[float] = field(default_factory=list)  # monotonic times
+    restart_at: float | None = None  # when a dead one is due to start again
 
 
 @dataclass
 class WorkerProcesses:
-    """``worker.processes`` worker processes sharing the queue (one per GPU where there are GPUs)."""
+    """``worker.processes`` worker processes sharing the queue (one per GPU where there are
+    GPUs), supervised: one that dies unasked is restarted with backoff and recorded."""
 
     settings: Settings
+    on_restart: Callable[[str, str], None] | None = None  # (what, why): recorded by the daemon
     stop_event: ProcessEvent = field(init=False)
-    processes: list[BaseProcess] = field(default_factory=list)
+    children: list[_Child] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._ctx = multiprocessing.get_context("spawn")
@@ -100,23 +156,73 @@ class WorkerProcesses:
         self.wake = self._ctx.Event()  # set when a job is queued here
         self.exports_planned = self._ctx.Event()  # set by a worker: results to send
 
+    @property
+    def processes(self) -> list[BaseProcess]:
+        return [c.process for c in self.children if c.process is not None]
+
+    def _spawn(self, child: _Child) -> None:
+        proc = self._ctx.Process(
+            target=worker_process_main,
+            args=(
+                self.settings,
+                child.index,
+                self.stop_event,
+                False,
+                self.wake,
+                self.exports_planned,
+                os.getpid(),
+            ),
+            name=f"screener-worker-{child.index}",
+        )
+        proc.start()
+        child.process, child.restart_at = proc, None
+
     def start(self) -> None:
-        for index in range(self.settings.worker.processes):
-            proc = self._ctx.Process(
-                target=worker_process_main,
-                args=(
-                    self.settings,
-                    index,
-                    self.stop_event,
-                    False,
-                    self.wake,
-                    self.exports_planned,
-                ),
-                name=f"screener-worker-{index}",
-            )
-            proc.start()
-            self.processes.append(proc)
-        log.info("worker_processes_started", processes=len(self.processes))
+        self.children = [_Child(i) for i in range(self.settings.worker.processes)]
+        for child in self.children:
+            self._spawn(child)
+        log.info("worker_processes_started", processes=len(self.children))
+
+    def supervise(self, now: float | None = None) -> None:
+        """Restart worker processes that died; raise :class:`CrashLoop` when they keep dying.
+
+        Called every second by the daemon's main thread (children die with the thread that
+        started them, see :mod:`screener.lifecycle`).
+        """
+        if self.stop_event.is_set():
+            return
+        now = time.monotonic() if now is None else now
+        w = self.settings.worker
+        for child in self.children:
+            proc = child.process
+            if proc is not None and proc.is_alive():
+                continue
+            if proc is not None:  # died unasked: record it and schedule a restart
+                code = proc.exitcode
+                why = (
+                    f"killed by {signal.Signals(-code).name}"
+                    if code is not None and code < 0
+                    else f"exited with code {code}"
+                )
+                child.process = None
+                child.restarts = [t for t in child.restarts if now - t < w.restart_window_seconds]
+                if len(child.restarts) >= w.max_restarts:
+                    log.error("worker_crash_loop", index=child.index, restarts=len(child.restarts))
+                    raise CrashLoop(
+                        f"worker process {child.index} {why} after {len(child.restarts)} "
+                        f"restarts within {w.restart_window_seconds:.0f} s "
+                        "(worker.max_restarts); stopping so that the service manager restarts "
+                        "screener"
+                    )
+                delay = min(w.restart_backoff_seconds * 2 ** len(child.restarts), 60.0)
+                child.restart_at = now + delay
+                log.error("worker_process_died", index=child.index, why=why, restart_in_s=delay)
+                if self.on_restart is not None:
+                    self.on_restart(f"worker-{child.index}", f"worker process {why}")
+            if child.restart_at is not None and now >= child.restart_at:
+                child.restarts.append(now)
+                self._spawn(child)
+                log.warning("worker_process_restarted", index=child.index)
 
     def stop(self, timeout: float = 120.0) -> None:
         self.stop_event.set()
@@ -183,9 +289,35 @@ class Daemon:
         self.db.dispose()
         log.info("daemon_stopped")
 
-    def run(self) -> None:
-        """Start, block until SIGINT or SIGTERM, then stop cleanly."""
+    def record_restart(self, what: str, why: str) -> None:
+        """A child that died unasked: an audit row (``screener status`` counts them)."""
+        try:
+            with self.db.transaction() as session:
+                session.add(
+                    AuditEvent(
+                        at=utcnow(), event="process_restarted", reason=what, message=why[:2000]
+                    )
+                )
+        except Exception:  # the database may be what failed; the log still has it
+            log.exception("audit_write_failed", event="process_restarted")
+
+    def supervise(self) -> None:
+        """Restart what died: worker processes (with backoff) and the exporter's thread."""
+        if self.worker_processes:
+            self.worker_processes.supervise()
+        if self.exporter and not self.exporter.running:
+            log.error("exporter_died")
+            self.record_restart("exporter", "the exporter thread ended")
+            self.exporter.start()
+
+    def run(self) -> int:
+        """Start, block until SIGINT or SIGTERM, then stop cleanly; returns the exit status.
+
+        A child that keeps dying (:class:`CrashLoop`) stops the daemon with status 3, so
+        that systemd (``Restart=on-failure``) starts it afresh.
+        """
         stop = threading.Event()
+        status = 0
 
         def _signal(signum: int, _frame: FrameType | None) -> None:
             log.info("signal_received", signal=signal.Signals(signum).name)
@@ -195,11 +327,15 @@ class Daemon:
         try:
             self.start()
             while not stop.wait(1.0):
-                pass
+                self.supervise()
+        except CrashLoop as exc:
+            log.error("daemon_crash_loop", error=str(exc))
+            status = 3
         finally:
             self.stop()
             for s, handler in previous.items():
                 signal.signal(s, handler)
+        return status
 
 
 def compose(settings: Settings, processor: Processor | None = None) -> Daemon:
@@ -226,15 +362,15 @@ def compose(settings: Settings, processor: Processor | None = None) -> Daemon:
     if settings.worker.enabled:
         if processor is not None:
             wake = threading.Event()
-            daemon.worker = Worker(
-                db, settings, processor, wake=wake, on_completed=exporter.wake.set
+            daemon.worker = compose_worker(
+                settings, processor=processor, db=db, wake=wake, on_completed=exporter.wake.set
             )
             acceptor.on_queued = wake.set
         else:
             from screener.model.bundle import read_metadata
 
             read_metadata(settings.model.bundle)  # raises ModelError naming the path
-            daemon.worker_processes = WorkerProcesses(settings)
+            daemon.worker_processes = WorkerProcesses(settings, on_restart=daemon.record_restart)
             acceptor.on_queued = daemon.worker_processes.wake.set
             exporter.wake = daemon.worker_processes.exports_planned
     return daemon

@@ -26,5 +26,4 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from screener.daemon import compose
 
-    compose(settings).run()
-    return 0
+    return compose(settings).run()

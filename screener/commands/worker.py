@@ -22,19 +22,13 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     import multiprocessing
 
-    from screener.daemon import worker_process_main
+    from screener.daemon import compose_worker, worker_process_main
 
-    stop = multiprocessing.get_context("spawn").Event()
     if args.once:
-        from screener.db import Database
-        from screener.scoring import ModelProcessor, configure_inference
-        from screener.worker import Worker
-
-        configure_inference(settings.worker)
-
-        worker = Worker(Database(settings.database.url), settings, ModelProcessor(settings))
+        worker = compose_worker(settings)
         print(f"processed {worker.run_once()} job(s)")
         worker.processor.close()
         return 0
+    stop = multiprocessing.get_context("spawn").Event()
     worker_process_main(settings, 0, stop, standalone=True)
     return 0

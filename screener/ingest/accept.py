@@ -32,6 +32,7 @@ from screener.errors import IngestError
 from screener.ingest.selection import Skip, apply_selection
 from screener.ingest.sopclasses import IMAGE_STORAGE_SOP_CLASSES
 from screener.ingest.spool import OutOfResources, Spool
+from screener.ingest.uids import uid_problem
 
 log = structlog.get_logger(__name__)
 
@@ -133,6 +134,15 @@ def _expected_native_length(ds: Dataset) -> int | None:
     return (rows * cols * samples * frames * bits + 7) // 8
 
 
+#: The UIDs an instance is filed under and that its SR copies (PS3.3 C.12.1, C.7.2.1, C.7.3.1).
+_UID_ATTRIBUTES = (
+    ("SOPClassUID", "(0008,0016)"),
+    ("SOPInstanceUID", "(0008,0018)"),
+    ("StudyInstanceUID", "(0020,000D)"),
+    ("SeriesInstanceUID", "(0020,000E)"),
+)
+
+
 def validate(ds: Dataset, data: bytes) -> None:
     """The minimum an image must have for us to keep it (PS3.3 C.12.1, C.7.6.3)."""
     missing = [
@@ -144,6 +154,11 @@ def validate(ds: Dataset, data: bytes) -> None:
         raise NotUnderstood(
             "missing_uid", f"required attribute(s) missing or empty: {', '.join(missing)}"
         )
+    for keyword, tag in _UID_ATTRIBUTES:
+        problem = uid_problem(str(ds.get(keyword, "")).strip())
+        if problem:
+            # the value itself is not echoed: it may be any bytes a sender chose
+            raise NotUnderstood("invalid_uid", f"{tag} {keyword} {problem} (PS3.5 9.1)")
     sop_class = UID(str(ds.SOPClassUID))
     if sop_class not in IMAGE_STORAGE_SOP_CLASSES:
         raise UnsupportedSOPClass(
@@ -155,7 +170,22 @@ def validate(ds: Dataset, data: bytes) -> None:
             raise NotUnderstood("truncated", "the Pixel Data element is truncated or malformed")
         raise DoesNotMatchSOPClass("no_pixel_data", f"{sop_class.name} instance has no Pixel Data")
     transfer_syntax = ds.file_meta.get("TransferSyntaxUID")
-    if transfer_syntax is not None and not UID(transfer_syntax).is_compressed:
+    if transfer_syntax is None:
+        return
+    syntax = UID(str(transfer_syntax))
+    if not _is_transfer_syntax(syntax):
+        raise NotUnderstood(
+            "corrupt_pixel_data",
+            f"(0002,0010) Transfer Syntax UID {str(syntax)[:64]!r} is not a DICOM transfer syntax",
+        )
+    if not syntax.is_compressed:
+        if ds["PixelData"].is_undefined_length:
+            # PS3.5 A.4: only a compressed transfer syntax encapsulates its pixel data
+            raise NotUnderstood(
+                "corrupt_pixel_data",
+                f"the Pixel Data are encapsulated (compressed) but transfer syntax {syntax.name} "
+                "is not compressed",
+            )
         expected = _expected_native_length(ds)
         actual = len(ds.PixelData)
         if expected is not None and actual < expected:
@@ -163,6 +193,14 @@ def validate(ds: Dataset, data: bytes) -> None:
                 "truncated",
                 f"Pixel Data has {actual} bytes; Rows/Columns/Bits Allocated need {expected}",
             )
+
+
+def _is_transfer_syntax(uid: UID) -> bool:
+    """True for a UID that PS3.6 lists as a transfer syntax (pydicom's dictionary)."""
+    try:
+        return not uid.is_private and uid.is_transfer_syntax
+    except ValueError:
+        return False
 
 
 class Acceptor:
@@ -298,10 +336,12 @@ class Acceptor:
         session.flush()
         return job, skip
 
-    def record_rejected_file(
-        self, original: Path, moved_to: Path, reason: str, message: str
-    ) -> int:
-        """A watched-folder file that could not be accepted: a ``rejected`` job with its reason."""
+    def record_rejected_file(self, moved_to: Path, reason: str, message: str) -> int:
+        """A watched-folder file that could not be accepted: a ``rejected`` job with its reason.
+
+        ``moved_to`` is its place in the rejected folder, named by its content digest; the
+        name it was dropped with (often a patient's name or ID) is never recorded.
+        """
         with self.db.transaction() as session:
             now = utcnow()
             job = Job(

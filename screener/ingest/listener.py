@@ -38,6 +38,8 @@ from screener.ingest.accept import (
     UnsupportedSOPClass,
 )
 from screener.ingest.sopclasses import IMAGE_STORAGE_SOP_CLASSES, VERIFICATION, transfer_syntaxes
+from screener.ingest.stall import StalledStoreWatch
+from screener.ingest.uids import uid_problem
 
 log = structlog.get_logger(__name__)
 
@@ -50,6 +52,12 @@ STATUS_SOP_CLASS_NOT_SUPPORTED = 0x0122  # PS3.7 C.4.2.1.1: Refused: SOP Class n
 
 def _calling_ae(event: Any) -> str:
     return str(event.assoc.requestor.ae_title).strip()
+
+
+def _request_uid(event: Any) -> str | None:
+    """The C-STORE request's Affected SOP Instance UID, if it is a valid UID (never log junk)."""
+    uid = str(event.request.AffectedSOPInstanceUID or "").strip()
+    return None if uid_problem(uid) else uid
 
 
 class Listener:
@@ -78,6 +86,7 @@ class Listener:
             if syntax is not None and syntax not in IMAGE_STORAGE_SOP_CLASSES:
                 self.ae.add_supported_context(syntax, uncompressed)
         self._server: ThreadedAssociationServer | None = None
+        self._stalls = StalledStoreWatch(self.ae, self._on_stalled)
         self._in_flight = 0
         self._lock = threading.Lock()
 
@@ -97,6 +106,7 @@ class Listener:
         self._server = self.ae.start_server(
             (self.settings.host, self.settings.port), block=False, evt_handlers=handlers
         )
+        self._stalls.start()
         log.info(
             "listener_started",
             ae_title=self.settings.ae_title,
@@ -106,20 +116,34 @@ class Listener:
         )
 
     def stop(self, grace_seconds: float = 30.0) -> None:
-        """Stop accepting, let in-flight stores finish (bounded), then close associations."""
+        """Stop accepting, let in-flight stores finish (bounded), then close associations.
+
+        In flight means a C-STORE handler running, or a message partly received (a data set
+        arriving). An idle association, or a connection that never associated (a port probe),
+        is not waited for: it is closed at once, and its sender, having no answer pending,
+        loses nothing.
+        """
         if self._server is None:
             return
+        self._stalls.stop()
         self._server.shutdown()  # stop accepting new associations
         deadline = time.monotonic() + grace_seconds
         while time.monotonic() < deadline:
             with self._lock:
                 busy = self._in_flight
-            if busy == 0 and not self.ae.active_associations:
+            if busy == 0 and not self._receiving():
                 break
             time.sleep(0.05)
         self.ae.shutdown()
         self._server = None
         log.info("listener_stopped")
+
+    def _receiving(self) -> bool:
+        """True while some association holds a partly received DIMSE message."""
+        return any(
+            getattr(getattr(assoc, "dimse", None), "message", None) is not None
+            for assoc in list(self.ae.active_associations)
+        )
 
     # -- handlers -------------------------------------------------------------------
 
@@ -151,9 +175,22 @@ class Listener:
             reason, message, event="association_rejected", calling_ae_title=calling
         )
 
+    def _on_stalled(self, calling: str, sop_uid: str | None) -> None:
+        message = "the C-STORE request announced a data set but none followed; answered C000"
+        log.warning(
+            "store_refused",
+            status=f"0x{STATUS_CANNOT_UNDERSTAND:04X}",
+            reason="empty_data_set",
+            sop_instance_uid=sop_uid,
+            calling_ae_title=calling,
+        )
+        self.acceptor.record_refusal(
+            "empty_data_set", message, sop_instance_uid=sop_uid, calling_ae_title=calling
+        )
+
     def _on_c_store(self, event: Any) -> int:
         calling = _calling_ae(event)
-        sop_uid = str(event.request.AffectedSOPInstanceUID)
+        sop_uid = _request_uid(event)
         with self._lock:
             self._in_flight += 1
         try:
@@ -178,7 +215,7 @@ class Listener:
                 self._in_flight -= 1
 
     def _refuse(
-        self, status: int, reason: str, exc: BaseException, sop_uid: str, calling: str
+        self, status: int, reason: str, exc: BaseException, sop_uid: str | None, calling: str
     ) -> int:
         log.warning(
             "store_refused",
