@@ -23,7 +23,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from multiprocessing.process import BaseProcess
-from multiprocessing.synchronize import Event as ProcessEvent
 from types import FrameType
 
 import structlog
@@ -41,7 +40,7 @@ from screener.lifecycle import die_with_parent
 from screener.report.export import Exporter
 from screener.rescan import RescanScheduler
 from screener.scoring import ResultHook, load_heatmap
-from screener.wakeup import Wakeable
+from screener.wakeup import PipeEvent, Wakeable
 from screener.worker import Processor, Worker
 
 log = structlog.get_logger(__name__)
@@ -91,22 +90,23 @@ def _export_planner(settings: Settings) -> ResultHook | None:
 def worker_process_main(
     settings: Settings,
     index: int,
-    stop: ProcessEvent,
     standalone: bool = False,
-    wake: ProcessEvent | None = None,
-    exports_planned: ProcessEvent | None = None,
+    wake: PipeEvent | None = None,
+    exports_planned: PipeEvent | None = None,
     parent_pid: int | None = None,
 ) -> None:
     """Entry point of one worker process: model loaded once, then drain the queue.
 
-    Under ``screener serve`` the parent decides when a worker stops (Ctrl-C reaches the whole
-    process group, so it is ignored here) and the worker dies with it (``parent_pid``);
-    ``standalone`` (``screener worker``) stops on Ctrl-C.
+    SIGTERM asks it to finish the batch in hand and stop. Under ``screener serve`` the
+    parent decides when a worker stops (Ctrl-C reaches the whole process group, so it is
+    ignored here) and the worker dies with it (``parent_pid``); ``standalone``
+    (``screener worker``) also stops on Ctrl-C.
     """
     from screener.logs import configure_logging
 
     if parent_pid is not None:
         die_with_parent(parent_pid)
+    stop = threading.Event()
     signal.signal(signal.SIGINT, (lambda *_: stop.set()) if standalone else signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     configure_logging(settings.logging)
@@ -147,14 +147,13 @@ class WorkerProcesses:
 
     settings: Settings
     on_restart: Callable[[str, str], None] | None = None  # (what, why): recorded by the daemon
-    stop_event: ProcessEvent = field(init=False)
     children: list[_Child] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._ctx = multiprocessing.get_context("spawn")
-        self.stop_event = self._ctx.Event()
-        self.wake = self._ctx.Event()  # set when a job is queued here
-        self.exports_planned = self._ctx.Event()  # set by a worker: results to send
+        self.stopping = False
+        self.wake = PipeEvent(self._ctx)  # set when a job is queued here
+        self.exports_planned = PipeEvent(self._ctx)  # set by a worker: results to send
 
     @property
     def processes(self) -> list[BaseProcess]:
@@ -166,7 +165,6 @@ class WorkerProcesses:
             args=(
                 self.settings,
                 child.index,
-                self.stop_event,
                 False,
                 self.wake,
                 self.exports_planned,
@@ -189,7 +187,7 @@ class WorkerProcesses:
         Called every second by the daemon's main thread (children die with the thread that
         started them, see :mod:`screener.lifecycle`).
         """
-        if self.stop_event.is_set():
+        if self.stopping:
             return
         now = time.monotonic() if now is None else now
         w = self.settings.worker
@@ -225,7 +223,11 @@ class WorkerProcesses:
                 log.warning("worker_process_restarted", index=child.index)
 
     def stop(self, timeout: float = 120.0) -> None:
-        self.stop_event.set()
+        """SIGTERM each worker: it finishes the batch in hand; kill it after ``timeout``."""
+        self.stopping = True
+        for proc in self.processes:
+            if proc.is_alive():
+                proc.terminate()
         self.wake.set()
         for proc in self.processes:
             proc.join(timeout)

@@ -155,13 +155,21 @@ class ModelProcessor:
             for future in [self.pool.submit(_ready) for _ in range(self._pool_size)]:
                 future.result()
 
-    def prepare(self, jobs: list[LeasedJob]) -> list[Future[Frames | DecodeFailure]] | None:
+    def prepare(self, jobs: list[LeasedJob]) -> list[Future[Frames | DecodeFailure] | None] | None:
+        """Submit each job's decode; ``None`` for one the pool could not take (it broke
+        while the previous batch decoded): :meth:`_gather` decodes those alone."""
         if self.pool is None:
             return None
-        return [self.pool.submit(self.decode, job.spool_path) for job in jobs]
+        submitted: list[Future[Frames | DecodeFailure] | None] = []
+        for job in jobs:
+            try:
+                submitted.append(self.pool.submit(self.decode, job.spool_path))
+            except BrokenProcessPool:
+                submitted.append(None)
+        return submitted
 
     def _gather(
-        self, jobs: list[LeasedJob], prepared: list[Future[Frames | DecodeFailure]] | None
+        self, jobs: list[LeasedJob], prepared: list[Future[Frames | DecodeFailure] | None] | None
     ) -> list[Frames | DecodeFailure]:
         """The decoded frames of each job.
 
@@ -177,6 +185,8 @@ class ModelProcessor:
         lost: list[int] = []
         for i, future in enumerate(prepared):
             try:
+                if future is None:
+                    raise BrokenProcessPool("not submitted: the pool was broken")
                 decoded.append(future.result())
             except (BrokenProcessPool, CancelledError):
                 decoded.append(None)
@@ -202,7 +212,7 @@ class ModelProcessor:
             )
 
     def finish(
-        self, jobs: list[LeasedJob], prepared: list[Future[Frames | DecodeFailure]] | None
+        self, jobs: list[LeasedJob], prepared: list[Future[Frames | DecodeFailure] | None] | None
     ) -> list[Outcome]:
         decoded = self._gather(jobs, prepared)
         frames: Frames = []

@@ -4,7 +4,7 @@ skipped, rejected or failed, and the latest refusals. No PHI: UIDs and reasons o
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
@@ -33,6 +33,9 @@ class StatusReport:
     reasons: dict[str, dict[str, int]] = field(default_factory=dict)  # state -> reason -> n
     recent_errors: list[dict[str, Any]] = field(default_factory=list)
     recent_refusals: list[dict[str, Any]] = field(default_factory=list)
+    # processes restarted by the daemon's supervisor: total, last 24 h, the latest ones
+    restarts: dict[str, int] = field(default_factory=dict)
+    recent_restarts: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -80,6 +83,33 @@ def build_report(db: Database, limit: int = 10) -> StatusReport:
                 .group_by(AuditEvent.event)
             ).all()
         )
+        restart_rows = session.scalars(
+            select(AuditEvent)
+            .where(AuditEvent.event == "process_restarted")
+            .order_by(AuditEvent.id.desc())
+            .limit(limit)
+        ).all()
+        restarts = {
+            "total": int(
+                session.scalar(
+                    select(func.count())
+                    .select_from(AuditEvent)
+                    .where(AuditEvent.event == "process_restarted")
+                )
+                or 0
+            ),
+            "last_24h": int(
+                session.scalar(
+                    select(func.count())
+                    .select_from(AuditEvent)
+                    .where(
+                        AuditEvent.event == "process_restarted",
+                        AuditEvent.at >= utcnow() - timedelta(hours=24),
+                    )
+                )
+                or 0
+            ),
+        }
         received = {
             "instances": int(session.scalar(select(func.count()).select_from(Instance)) or 0)
         }
@@ -121,6 +151,11 @@ def build_report(db: Database, limit: int = 10) -> StatusReport:
                 }
                 for a in refusals
             ],
+            restarts=restarts,
+            recent_restarts=[
+                {"at": as_utc(a.at).isoformat(), "process": a.reason, "why": a.message}
+                for a in restart_rows
+            ],
         )
     return report
 
@@ -154,6 +189,13 @@ def render_text(report: StatusReport) -> str:
             lines.append(
                 f"  {e['at'][:19]}  job {e['job_id']} {e['state']} {e['reason']}: {e['error']}  [{what}]"
             )
+    if report.restarts.get("total"):
+        lines.append(
+            f"process restarts: {report.restarts['total']} "
+            f"({report.restarts.get('last_24h', 0)} in the last 24 h)"
+        )
+        for r in report.recent_restarts:
+            lines.append(f"  {r['at'][:19]}  {r['process']}: {r['why']}")
     if report.recent_refusals:
         lines.append("last refusals:")
         for r in report.recent_refusals:

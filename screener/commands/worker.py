@@ -20,8 +20,6 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    import multiprocessing
-
     from screener.daemon import compose_worker, worker_process_main
 
     if args.once:
@@ -29,6 +27,5 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"processed {worker.run_once()} job(s)")
         worker.processor.close()
         return 0
-    stop = multiprocessing.get_context("spawn").Event()
-    worker_process_main(settings, 0, stop, standalone=True)
+    worker_process_main(settings, 0, standalone=True)
     return 0

@@ -221,7 +221,8 @@ class Exporter:
     # -- the background loop ----------------------------------------------------------
 
     def start(self) -> None:
-        if self._thread is not None:
+        """Start the loop; again after its thread has ended (the daemon's supervisor does)."""
+        if self.running:
             return
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="exporter", daemon=True)
