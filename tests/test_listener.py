@@ -157,6 +157,48 @@ def test_disk_below_free_space_floor_is_out_of_resources(
     assert _jobs(daemon) == {}
 
 
+def test_more_senders_than_max_associations(
+    running_daemon: Callable[..., Any], dicom_file: Callable[..., Path]
+) -> None:
+    """15 senders at once against max_associations = 10: at most 10 associate, each of their
+    stores succeeds, the others are rejected and recorded, and nothing is half-stored."""
+    import threading
+
+    from pynetdicom import AE
+
+    daemon = running_daemon(listener__max_associations=10)
+    port = daemon.listener.port
+    files = [dicom_file() for _ in range(15)]
+    attempted = threading.Barrier(15, timeout=60)
+    outcomes: dict[int, int | str] = {}
+
+    def sender(i: int) -> None:
+        ae = AE(ae_title=f"SENDER{i}")
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+        ae.add_requested_context("1.2.840.10008.5.1.4.1.1.1", "1.2.840.10008.1.2.1")
+        assoc = ae.associate("127.0.0.1", port, ae_title="SCREENER")
+        attempted.wait()  # every sender holds its association (or its rejection) at once
+        if not assoc.is_established:
+            outcomes[i] = "rejected"
+            return
+        rsp = assoc.send_c_store(files[i])
+        outcomes[i] = int(rsp.Status) if "Status" in rsp else -1
+        assoc.release()
+
+    threads = [threading.Thread(target=sender, args=(i,)) for i in range(15)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    stored = [i for i, o in outcomes.items() if o == 0]
+    rejected = [i for i, o in outcomes.items() if o == "rejected"]
+    assert len(outcomes) == 15 and len(stored) + len(rejected) == 15, outcomes
+    assert 1 <= len(stored) <= 10 and len(rejected) >= 5
+    assert _jobs(daemon) == {"queued": len(stored)}
+    assert len(_audit(daemon, "association_rejected")) == len(rejected)
+    assert c_store(port, [dicom_file()]) == [0]  # every slot is free again
+
+
 @pytest.mark.parametrize("policy", ["keep_first", "replace"])
 def test_duplicates(
     policy: str, running_daemon: Callable[..., Any], dicom_file: Callable[..., Path]
