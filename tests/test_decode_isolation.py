@@ -90,3 +90,40 @@ def test_decoder_crash_fails_only_its_culprit(
     for uid, (state, reason, attempts, _error) in by_uid.items():
         assert (state, reason, attempts) == (JobState.DONE, None, 1), uid
     assert scored == set(by_uid)
+
+
+@pytest.mark.parametrize(("cap_mb", "expected"), [(400, "decode_memory_limit"), (2048, None)])
+def test_decode_over_the_memory_cap_fails_with_its_reason(
+    tmp_path: Path, cap_mb: int, expected: str | None
+) -> None:
+    """A film whose decoding needs more than worker.decode_memory_mb fails as
+    decode_memory_limit in its decode process, which lives on; under the default cap it decodes."""
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    import numpy as np
+    from support import build_dicom
+
+    from screener.config import LoggingSettings
+    from screener.imaging.limits import DecodeLimits
+    from screener.scoring import DecodeFailure, decode_spooled, init_decode_process
+
+    film = tmp_path / "large.dcm"
+    film.write_bytes(build_dicom(rows=6000, columns=6000))  # 36 Mpx of 16 bits: 72 MB
+    small = tmp_path / "small.dcm"
+    small.write_bytes(build_dicom(rows=256, columns=256))
+    with ProcessPoolExecutor(
+        1,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=init_decode_process,
+        initargs=(LoggingSettings(), DecodeLimits(10**9, cap_mb), os.getpid()),
+    ) as pool:
+        result = pool.submit(decode_spooled, str(film)).result()
+        after = pool.submit(decode_spooled, str(small)).result()  # the same process lives on
+    if expected is None:
+        assert isinstance(result, list) and result[0].shape == (224, 224)
+    else:
+        assert isinstance(result, DecodeFailure) and result.reason == expected
+        assert f"{cap_mb} MB" in result.message
+    assert isinstance(after, list) and after[0].dtype == np.uint8

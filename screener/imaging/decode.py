@@ -323,6 +323,8 @@ def _full(ds: Dataset, header: PixelHeader, index: int) -> Frame:
     except (UserWarning, RuntimeWarning) as exc:
         detail = " ".join(str(exc).split())
         raise corrupt(f"the decoder reports damaged data in frame {index + 1}: {detail}") from exc
+    except MemoryError:
+        raise
     except Exception as exc:  # any decoder plug-in failure: the boundary to the codecs
         detail = " ".join(str(exc).split())
         raise ImageError(
@@ -351,7 +353,7 @@ def iter_frames(
         if reducible and encoded is not None:
             try:
                 frame = _reduced(encoded[index], header, KEEP_FACTOR * size)
-            except ImageError:
+            except (ImageError, MemoryError):
                 raise
             except Exception as exc:  # a failed shortcut is not an error: decode in full
                 log.warning(

@@ -89,6 +89,8 @@ def read_dataset(source: str | Path | bytes | Dataset) -> Dataset:
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise ImageError("unreadable_image", f"The file cannot be read: {reason}.") from exc
+    except MemoryError:
+        raise
     except Exception as exc:  # the boundary to pydicom's parser: any failure means unreadable
         raise ImageError(
             "unreadable_image", f"The data are not a readable DICOM data set: {exc}."

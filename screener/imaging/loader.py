@@ -49,7 +49,7 @@ def load_dicom(
             scale = max(scale, frame.scale)
             grey = frame_to_uint8(frame, header, ds, index)
             images.append(resize_canonical(grey, size, box=frame.box))
-    except ImageError:
+    except (ImageError, MemoryError):  # MemoryError: the decode process's cap, its own reason
         raise
     except Exception as exc:  # the stage boundary: nothing but ImageError leaves it
         raise ImageError(
