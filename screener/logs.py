@@ -15,11 +15,14 @@ included (as a string field). A warning or error identical to one emitted within
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Hashable, MutableMapping
+from collections.abc import Hashable, Iterator, MutableMapping
 from typing import Any
 
 import structlog
@@ -264,3 +267,41 @@ def configure_logging(
     for name in _QUIET_LOGGERS:
         logging.getLogger(name).setLevel(max(level, logging.WARNING))
     logging.captureWarnings(True)
+
+
+@contextlib.contextmanager
+def native_output_as_event(event: str, *, level: str = "debug") -> Iterator[None]:
+    """What C and C++ libraries write straight to file descriptor 2 while the block runs
+    (TensorFlow's absl start-up notices, written before Python logging can see them)
+    becomes one log event with the lines, instead of raw text between the JSON lines.
+
+    Our own log lines keep going to the real stderr meanwhile. If the block raises, the
+    captured lines are written back verbatim: they may explain the failure.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    real = open(saved, "w", buffering=1, closefd=False)  # noqa: SIM115 (closed below)
+    previous = sys.stderr
+    failed = False
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        sys.stderr = real
+        try:
+            yield
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            real.flush()
+            os.dup2(saved, 2)
+            sys.stderr = previous
+            real.close()
+            os.close(saved)
+            sink.seek(0)
+            text = sink.read().decode(errors="replace")
+            lines = [line for line in text.splitlines() if line.strip()]
+            if lines and failed:
+                sys.stderr.write(text)
+                sys.stderr.flush()
+            elif lines:
+                getattr(structlog.get_logger(__name__), level)(event, lines=lines[:100])

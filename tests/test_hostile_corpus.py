@@ -288,8 +288,10 @@ def test_hostile_corpus_through_a_running_daemon(
     assert refusals.get(uids[EMPTY]) is None or refusals[uids[EMPTY]] == "empty_data_set"
     assert "empty_data_set" in serve.log()
 
-    # -- the daemon's processes: alive, and none above its limit --------------------------
+    # -- the daemon's processes: alive, logging JSON lines, none above its limit ----------
     assert serve.proc.poll() is None, "screener serve died"
+    raw = [line for line in serve.log().splitlines() if line.strip() and not line.startswith("{")]
+    assert not raw, "lines that are not JSON in the log:\n" + "\n".join(raw[:20])
     family = [serve.proc.pid, *_descendants(serve.proc.pid)]
     for pid in family:
         rss = _peak_rss(pid)
