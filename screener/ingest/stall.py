@@ -6,7 +6,8 @@ set from a broken or hostile SCU) leaves pynetdicom waiting for fragments that n
 and the sender waiting for our response: both sit until ``network_timeout`` holding one of
 ``max_associations``. No real sender leaves a gap between the command and the first
 data-set fragment (they travel back to back), so a request still without a single data-set
-byte after :data:`GRACE_SECONDS` is answered 0xC000 (Error: Cannot understand, PS3.4 B.2.3),
+byte after :data:`GRACE_SECONDS`, with nothing more in the socket or in pynetdicom's queues
+(a busy host is not a stalled sender), is answered 0xC000 (Error: Cannot understand, PS3.4 B.2.3),
 and the association goes on (the sender may release it or send the next instance).
 
 This looks at pynetdicom's DIMSE provider (``assoc.dimse.message``, the message being
@@ -15,6 +16,7 @@ decoded): pynetdicom offers no event before a message is complete. A test pins i
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -54,6 +56,28 @@ def _waiting_for_data_set(message: Any) -> bool:
     return data_set is not None and data_set.tell() == 0
 
 
+def _data_in_transit(assoc: Any) -> bool:
+    """True when the peer has sent more than pynetdicom has decoded: PDUs queued between its
+    network thread and the DIMSE provider, or unread bytes in the socket (a busy host, not a
+    stalled sender)."""
+    dul = getattr(assoc, "dul", None)
+    if dul is None:
+        return False
+    for name in ("event_queue", "to_user_queue"):
+        pending = getattr(dul, name, None)
+        if pending is not None and not pending.empty():
+            return True
+    sock = getattr(getattr(dul, "socket", None), "socket", None)
+    if sock is None:
+        return False
+    try:
+        return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:  # closed or reset: nothing more will come
+        return False
+
+
 class StalledStoreWatch:
     """A thread that answers stalled C-STORE requests of ``ae``'s associations."""
 
@@ -89,6 +113,9 @@ class StalledStoreWatch:
         for assoc in list(self.ae.active_associations):
             message = getattr(getattr(assoc, "dimse", None), "message", None)
             if not _waiting_for_data_set(message):
+                continue
+            if _data_in_transit(assoc):  # bytes arrived, not yet decoded: not a stall
+                self._seen.pop(id(message), None)
                 continue
             since = self._seen.get(id(message), now)
             waiting[id(message)] = since
