@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from pydicom import dcmread
 from sqlalchemy import func, select
-from support import REPO, c_store
+from support import REPO, c_store, wait_for
 
 from screener.db import AuditEvent, Instance, Job, JobState
 from screener.status import build_report
@@ -119,7 +119,8 @@ def test_unknown_calling_ae_is_rejected_and_recorded(
     daemon = running_daemon(listener__allowed_calling_aets="PACS1,MODALITY")
     with pytest.raises(AssertionError, match="not established"):
         c_store(daemon.listener.port, [dicom_file()], calling_aet="INTRUDER")
-    (event,) = _audit(daemon, "association_rejected")
+    # the rejection is recorded by the association's thread after the A-ASSOCIATE-RJ is sent
+    (event,) = wait_for(lambda: _audit(daemon, "association_rejected"), 10)
     assert event.reason == "calling_ae_not_recognised" and event.calling_ae_title == "INTRUDER"
     assert c_store(daemon.listener.port, [dicom_file()], calling_aet="PACS1") == [0]
 
@@ -195,7 +196,7 @@ def test_more_senders_than_max_associations(
     assert len(outcomes) == 15 and len(stored) + len(rejected) == 15, outcomes
     assert 1 <= len(stored) <= 10 and len(rejected) >= 5
     assert _jobs(daemon) == {"queued": len(stored)}
-    assert len(_audit(daemon, "association_rejected")) == len(rejected)
+    wait_for(lambda: len(_audit(daemon, "association_rejected")) == len(rejected), 10)
     assert c_store(port, [dicom_file()]) == [0]  # every slot is free again
 
 
