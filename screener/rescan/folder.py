@@ -17,7 +17,7 @@ from pathlib import Path
 
 from screener.config import WatchSettings
 from screener.ingest.accept import Acceptor
-from screener.ingest.watcher import FolderWatcher
+from screener.ingest.watcher import FolderWatcher, file_digest
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,9 @@ class FolderOutcome:
     taken: int = 0
     rejected: int = 0
     left: int = 0
-    names: tuple[str, ...] = ()  # file names relative to the watch folder (dry run)
+    # dry run: each file's content digest (file_sha256) and size; never its name, which
+    # may carry a patient's name or ID
+    files: tuple[tuple[str, int], ...] = ()
 
 
 def pending_files(settings: WatchSettings) -> list[Path]:
@@ -52,10 +54,14 @@ def _reasons(rejected_dir: Path) -> int:
 def list_folder(settings: WatchSettings) -> FolderOutcome:
     """What a rescan would take from the watch folder (a dry run); touches nothing."""
     files = pending_files(settings)
-    root = Path(settings.dir).resolve()
-    return FolderOutcome(
-        found=len(files), left=len(files), names=tuple(str(p.relative_to(root)) for p in files)
-    )
+    listed: list[tuple[str, int]] = []
+    for path in files:
+        try:
+            data = path.read_bytes()
+        except OSError:
+            continue  # gone or unreadable: the watcher will say so when it takes it
+        listed.append((file_digest(data), len(data)))
+    return FolderOutcome(found=len(files), left=len(files), files=tuple(listed))
 
 
 def take_folder(settings: WatchSettings, acceptor: Acceptor) -> FolderOutcome:

@@ -199,8 +199,8 @@ def _folder_step(settings: Settings, db: Database, summary: RescanSummary, say: 
     summary.folder_left = outcome.left
     if summary.dry_run:
         say(f"watch folder {settings.watch.dir}: {outcome.found} file(s) would be taken")
-        for name in outcome.names:
-            say(f"  would take {name}")
+        for digest, size in outcome.files:
+            say(f"  would take file_sha256 {digest} ({size} bytes)")
     else:
         say(
             f"watch folder {settings.watch.dir}: {outcome.found} file(s), {outcome.taken} taken "

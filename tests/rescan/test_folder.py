@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from rescan_support import Store, build_dicom
 from sqlalchemy import select
 
@@ -40,16 +41,25 @@ def test_rescan_takes_files_left_in_the_watch_folder(store: Callable[..., Store]
     assert "reason: not_dicom" in reason.read_text()
 
 
-def test_dry_run_lists_folder_files_and_leaves_them(store: Callable[..., Store]) -> None:
-    """--dry-run counts and names the files in watch.dir, takes none and records nothing."""
+def test_dry_run_lists_folder_files_and_leaves_them(
+    store: Callable[..., Store], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--dry-run counts the files in watch.dir and lists them by content digest, never by
+    name (names carry PHI); it takes none and records nothing."""
+    import hashlib
+
     st = store()
     incoming = Path(st.settings.watch.dir)
     incoming.mkdir(parents=True)
-    (incoming / "a.dcm").write_bytes(build_dicom())
-    summary = run_rescan(st.settings, query_pacs=False, progress=False, dry_run=True)
+    data = build_dicom()
+    (incoming / "DOE^JOHN_12345678.dcm").write_bytes(data)
+    summary = run_rescan(st.settings, query_pacs=False, progress=True, dry_run=True)
     assert (summary.folder_files, summary.folder_taken, summary.folder_left) == (1, 0, 1)
-    assert (incoming / "a.dcm").exists()
+    assert (incoming / "DOE^JOHN_12345678.dcm").exists()
     assert _jobs(st) == []
+    said = capsys.readouterr().err
+    assert f"would take file_sha256 {hashlib.sha256(data).hexdigest()[:16]}" in said
+    assert "DOE" not in said and "12345678" not in said
 
 
 def test_a_missing_watch_folder_is_not_an_error(store: Callable[..., Store]) -> None:
