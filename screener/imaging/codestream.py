@@ -14,8 +14,9 @@ syntax is corrupt, not "another format"). Each check reads a few bytes; nothing 
 * JPEG 2000 (ISO/IEC 15444-1 A.5.1 SIZ): image size, components, precision; ends with EOC.
 * RLE (PS3.5 G.5): the 64-byte header's segment count must be Samples per Pixel x Bits
   Allocated / 8, its offsets increasing and inside the frame.
-* Native (PS3.5 8.1.1): the value length must be exactly what the module needs (plus one
-  byte of padding to an even length), and the data may not be encapsulated.
+* Native, i.e. any transfer syntax pydicom does not call compressed (PS3.5 8.1.1): the value
+  length must be exactly what the module needs (plus one byte of padding to an even
+  length), and the data may not be encapsulated.
 * Encapsulated (PS3.5 A.4): every item of the Pixel Data sequence lies inside the value.
 """
 
@@ -27,10 +28,6 @@ from dataclasses import dataclass
 import numpy as np
 from pydicom.uid import (
     UID,
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
     JPEG2000TransferSyntaxes,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
@@ -42,15 +39,6 @@ from pydicom.uid import (
 )
 
 from screener.errors import ImageError
-
-NATIVE_SYNTAXES = frozenset(
-    {
-        ImplicitVRLittleEndian,
-        ExplicitVRLittleEndian,
-        ExplicitVRBigEndian,
-        DeflatedExplicitVRLittleEndian,
-    }
-)
 
 #: The frame header markers each JPEG transfer syntax may carry (PS3.5 A.4.1, A.4.3).
 #: Baseline (process 1) streams are also valid Extended (process 2 and 4) streams; some

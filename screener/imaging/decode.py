@@ -34,11 +34,11 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.utils import as_pixel_options, get_j2k_parameters
-from pydicom.uid import JPEG2000TransferSyntaxes, JPEGBaseline8Bit, JPEGExtended12Bit
+from pydicom.uid import JPEGBaseline8Bit, JPEGExtended12Bit
 
 from screener.errors import ImageError
 from screener.imaging.codestream import (
-    NATIVE_SYNTAXES,
+    J2K_SYNTAXES,
     SOF55,
     check_encapsulated_items,
     check_frame,
@@ -56,7 +56,6 @@ KEEP_FACTOR = 2
 MAX_JPEG_LOG2 = 3
 
 JPEG_DCT_SYNTAXES = frozenset({JPEGBaseline8Bit, JPEGExtended12Bit})
-JPEG2000_SYNTAXES = frozenset(JPEG2000TransferSyntaxes)
 
 #: JPEG 2000 codestream markers (ISO/IEC 15444-1 A.2): SOC, COD, SOT, SOD.
 _SOC, _COD, _SOT, _SOD = 0xFF4F, 0xFF52, 0xFF90, 0xFF93
@@ -204,7 +203,7 @@ def decode_jpeg(jpeg: bytes, scale: int, header: PixelHeader, *, colour: bool = 
 def _reduced(encoded: bytes, header: PixelHeader, target: int) -> Frame | None:
     """Decode ``encoded`` at the smallest size that keeps ``target`` px, or ``None``."""
     syntax = header.transfer_syntax
-    if syntax in JPEG2000_SYNTAXES:
+    if syntax in J2K_SYNTAXES:
         levels = j2k_decomposition_levels(encoded)
         r = reduction_log2(header.min_side, target, levels or 0)
         pixels = decode_j2k(encoded, r, header) if r else None
@@ -214,14 +213,14 @@ def _reduced(encoded: bytes, header: PixelHeader, target: int) -> Frame | None:
     expected = (-(-header.rows >> r), -(-header.columns >> r))
     if pixels is None or pixels.shape != expected:
         return None
-    box = reduced_box(header, r, low_pass_at_start=syntax in JPEG2000_SYNTAXES)
+    box = reduced_box(header, r, low_pass_at_start=syntax in J2K_SYNTAXES)
     return Frame(pixels, header.photometric_interpretation, 1 << r, box)
 
 
 def _reducible(header: PixelHeader) -> bool:
     if not header.is_grey:
         return False
-    if header.transfer_syntax in JPEG2000_SYNTAXES:
+    if header.transfer_syntax in J2K_SYNTAXES:
         return True
     return (
         header.transfer_syntax in JPEG_DCT_SYNTAXES
@@ -263,7 +262,7 @@ def check_pixel_data(
     ``corrupt_pixel_data`` when the data disagree with the module or their transfer syntax.
     """
     element = ds["PixelData"]
-    if header.transfer_syntax in NATIVE_SYNTAXES:
+    if not header.transfer_syntax.is_compressed:  # PS3.5 8.1.1 native pixel data
         if element.is_undefined_length:
             raise corrupt(
                 f"the Pixel Data are encapsulated (compressed) but the transfer syntax is "
