@@ -89,27 +89,13 @@ def build_report(db: Database, limit: int = 10) -> StatusReport:
             .order_by(AuditEvent.id.desc())
             .limit(limit)
         ).all()
-        restarts = {
-            "total": int(
-                session.scalar(
-                    select(func.count())
-                    .select_from(AuditEvent)
-                    .where(AuditEvent.event == "process_restarted")
-                )
-                or 0
-            ),
-            "last_24h": int(
-                session.scalar(
-                    select(func.count())
-                    .select_from(AuditEvent)
-                    .where(
-                        AuditEvent.event == "process_restarted",
-                        AuditEvent.at >= utcnow() - timedelta(hours=24),
-                    )
-                )
-                or 0
-            ),
-        }
+        total, last_24h = session.execute(
+            select(
+                func.count(),
+                func.count().filter(AuditEvent.at >= utcnow() - timedelta(hours=24)),
+            ).where(AuditEvent.event == "process_restarted")
+        ).one()
+        restarts = {"total": int(total), "last_24h": int(last_24h)}
         received = {
             "instances": int(session.scalar(select(func.count()).select_from(Instance)) or 0)
         }

@@ -256,11 +256,16 @@ def check_frame(
     return header
 
 
+def native_length(rows: int, columns: int, frames: int, samples: int, bits_allocated: int) -> int:
+    """Bytes of native Pixel Data the Image Pixel Module calls for, before padding (PS3.5 8.1.1)."""
+    return (rows * columns * frames * samples * bits_allocated + 7) // 8
+
+
 def check_native_length(
     length: int, *, rows: int, columns: int, frames: int, samples: int, bits_allocated: int
 ) -> None:
     """PS3.5 8.1.1 and 8.4: native Pixel Data holds exactly the pixels, padded to even."""
-    expected = rows * columns * frames * samples * bits_allocated // 8
+    expected = native_length(rows, columns, frames, samples, bits_allocated)
     if not expected <= length <= expected + 1:
         raise corrupt(
             f"the native Pixel Data holds {length} bytes; {frames} frame(s) of {columns} x "

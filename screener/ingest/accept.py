@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 from screener.config import Settings
 from screener.db import AuditEvent, Database, Instance, Job, JobState, Study, utcnow
 from screener.errors import IngestError
+from screener.imaging.codestream import native_length
 from screener.ingest.selection import Skip, apply_selection
 from screener.ingest.sopclasses import IMAGE_STORAGE_SOP_CLASSES
 from screener.ingest.spool import OutOfResources, Spool
@@ -131,7 +132,7 @@ def _expected_native_length(ds: Dataset) -> int | None:
         return None
     samples = _int(ds, "SamplesPerPixel") or 1
     frames = _int(ds, "NumberOfFrames") or 1
-    return (rows * cols * samples * frames * bits + 7) // 8
+    return native_length(rows, cols, frames, samples, bits)
 
 
 #: The UIDs an instance is filed under and that its SR copies (PS3.3 C.12.1, C.7.2.1, C.7.3.1).
