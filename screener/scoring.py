@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable
 from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 from pathlib import Path
@@ -101,6 +101,14 @@ def _ready() -> None:
     """A no-op task: returns once a decode process has started and initialised."""
 
 
+@dataclass
+class Submitted:
+    """A batch's decodes and the pool they went to (``None``: it could not take one)."""
+
+    pool: ProcessPoolExecutor
+    futures: list[Future[Frames | DecodeFailure] | None] = field(default_factory=list)
+
+
 ResultHook = Callable[[Session, Result], None]
 
 
@@ -155,21 +163,21 @@ class ModelProcessor:
             for future in [self.pool.submit(_ready) for _ in range(self._pool_size)]:
                 future.result()
 
-    def prepare(self, jobs: list[LeasedJob]) -> list[Future[Frames | DecodeFailure] | None] | None:
+    def prepare(self, jobs: list[LeasedJob]) -> Submitted | None:
         """Submit each job's decode; ``None`` for one the pool could not take (it broke
         while the previous batch decoded): :meth:`_gather` decodes those alone."""
         if self.pool is None:
             return None
-        submitted: list[Future[Frames | DecodeFailure] | None] = []
+        submitted = Submitted(self.pool)
         for job in jobs:
             try:
-                submitted.append(self.pool.submit(self.decode, job.spool_path))
+                submitted.futures.append(self.pool.submit(self.decode, job.spool_path))
             except BrokenProcessPool:
-                submitted.append(None)
+                submitted.futures.append(None)
         return submitted
 
     def _gather(
-        self, jobs: list[LeasedJob], prepared: list[Future[Frames | DecodeFailure] | None] | None
+        self, jobs: list[LeasedJob], prepared: Submitted | None
     ) -> list[Frames | DecodeFailure]:
         """The decoded frames of each job.
 
@@ -183,7 +191,7 @@ class ModelProcessor:
             return [self.decode(job.spool_path) for job in jobs]
         decoded: list[Frames | DecodeFailure | None] = []
         lost: list[int] = []
-        for i, future in enumerate(prepared):
+        for i, future in enumerate(prepared.futures):
             try:
                 if future is None:
                     raise BrokenProcessPool("not submitted: the pool was broken")
@@ -193,7 +201,8 @@ class ModelProcessor:
                 lost.append(i)
         if lost:
             log.error("decode_pool_broken", jobs_to_isolate=len(lost))
-            self._new_pool()
+            if prepared.pool is self.pool:  # not yet replaced by the previous batch's gather
+                self._new_pool()
             for i in lost:
                 decoded[i] = self._decode_alone(jobs[i])
         return [item for item in decoded if item is not None]
@@ -211,9 +220,7 @@ class ModelProcessor:
                 "the second time decoding it alone",
             )
 
-    def finish(
-        self, jobs: list[LeasedJob], prepared: list[Future[Frames | DecodeFailure] | None] | None
-    ) -> list[Outcome]:
+    def finish(self, jobs: list[LeasedJob], prepared: Submitted | None) -> list[Outcome]:
         decoded = self._gather(jobs, prepared)
         frames: Frames = []
         owner: list[tuple[int, int]] = []  # (job index, frame number)

@@ -176,16 +176,12 @@ class Listener:
         )
 
     def _on_stalled(self, calling: str, sop_uid: str | None) -> None:
-        message = "the C-STORE request announced a data set but none followed; answered C000"
-        log.warning(
-            "store_refused",
-            status=f"0x{STATUS_CANNOT_UNDERSTAND:04X}",
-            reason="empty_data_set",
-            sop_instance_uid=sop_uid,
-            calling_ae_title=calling,
-        )
-        self.acceptor.record_refusal(
-            "empty_data_set", message, sop_instance_uid=sop_uid, calling_ae_title=calling
+        self._refuse(
+            STATUS_CANNOT_UNDERSTAND,
+            "empty_data_set",
+            "the C-STORE request announced a data set but none followed",
+            sop_uid,
+            calling,
         )
 
     def _on_c_store(self, event: Any) -> int:
@@ -215,8 +211,9 @@ class Listener:
                 self._in_flight -= 1
 
     def _refuse(
-        self, status: int, reason: str, exc: BaseException, sop_uid: str | None, calling: str
+        self, status: int, reason: str, exc: BaseException | str, sop_uid: str | None, calling: str
     ) -> int:
+        """Log and record a refused C-STORE; returns the status to answer."""
         log.warning(
             "store_refused",
             status=f"0x{status:04X}",
