@@ -30,6 +30,8 @@ COMMANDS = (
     "echo",
     "train",
     "evaluate",
+    "guard",
+    "calibrate",
     "predict",
 )
 

@@ -96,6 +96,22 @@ class SelectionSettings:
 
 
 @dataclass(frozen=True)
+class PopulationSettings:
+    min_age_years: int = _opt(
+        -1, "youngest screened age, completed years; -1 = the model bundle's population", min=-1
+    )
+    max_age_years: int = _opt(
+        -1, "oldest screened age, completed years; -1 = the model bundle's population", min=-1
+    )
+    allow_unknown_age: bool = _opt(
+        True, "screen a film whose age is in neither Patient's Age nor Birth Date + Study Date"
+    )
+    domain_guard: bool = _opt(
+        True, "a film beyond the bundle's domain threshold is recorded outside_domain, unflagged"
+    )
+
+
+@dataclass(frozen=True)
 class QueueSettings:
     lease_seconds: float = _opt(
         300.0, "a dequeued job returns to the queue if not finished in this time", min=1
@@ -227,6 +243,7 @@ class Settings:
     storage: StorageSettings = field(default_factory=StorageSettings)
     watch: WatchSettings = field(default_factory=WatchSettings)
     selection: SelectionSettings = field(default_factory=SelectionSettings)
+    population: PopulationSettings = field(default_factory=PopulationSettings)
     queue: QueueSettings = field(default_factory=QueueSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     model: ModelSettings = field(default_factory=ModelSettings)

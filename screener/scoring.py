@@ -26,7 +26,7 @@ import structlog
 from sqlalchemy.orm import Session
 
 from screener.config import LoggingSettings, Settings, WorkerSettings
-from screener.db import Result, utcnow
+from screener.db import OUTSIDE_DOMAIN, Result, utcnow
 from screener.errors import ImageError
 from screener.imaging import limits
 from screener.lifecycle import die_with_parent
@@ -101,6 +101,17 @@ def _ready() -> None:
     """A no-op task: returns once a decode process has started and initialised."""
 
 
+@dataclass(frozen=True)
+class FrameScore:
+    """One frame's scores; ``in_domain`` False: the domain guard found it unlike the
+    training films, so it is recorded as not assessed and never flagged."""
+
+    frame_number: int
+    probability: float
+    domain_score: float | None
+    in_domain: bool
+
+
 @dataclass
 class Submitted:
     """A batch's decodes and the pool they went to (``None``: it could not take one)."""
@@ -140,7 +151,7 @@ class ModelProcessor:
         pay for TensorFlow's one-time set-up of its kernels."""
         size = self.bundle.input_size
         for n in {self.settings.worker.max_batch, 1}:
-            self.bundle.predict(np.zeros((n, size, size), dtype=np.uint8))
+            self.bundle.assess(np.zeros((n, size, size), dtype=np.uint8))
 
     def _new_pool(self) -> None:
         if self.pool is not None:
@@ -234,14 +245,23 @@ class ModelProcessor:
             for number, image in enumerate(item, start=1):
                 frames.append(image)
                 owner.append((i, number))
-        scores: dict[int, list[tuple[int, float]]] = {}
+        scores: dict[int, list[FrameScore]] = {}
         images: dict[int, Frames] = {}
         for (i, _number), image in zip(owner, frames, strict=True):
             images.setdefault(i, []).append(image)
         if frames:
-            probabilities = self.bundle.predict(np.stack(frames))
-            for (i, number), p in zip(owner, probabilities, strict=True):
-                scores.setdefault(i, []).append((number, float(p)))
+            assessed = self.bundle.assess(np.stack(frames))
+            for k, (i, number) in enumerate(owner):
+                scores.setdefault(i, []).append(
+                    FrameScore(
+                        number,
+                        float(assessed.probabilities[k]),
+                        None
+                        if assessed.domain_scores is None
+                        else float(assessed.domain_scores[k]),
+                        assessed.in_domain(k) or not self.settings.population.domain_guard,
+                    )
+                )
         scored_at = utcnow()
         for i in range(len(jobs)):
             if outcomes[i] is None:
@@ -260,19 +280,20 @@ class ModelProcessor:
         session: Session,
         job: LeasedJob,
         *,
-        scores: list[tuple[int, float]],
+        scores: list[FrameScore],
         images: Frames,
         scored_at: datetime,
     ) -> None:
         b = self.bundle
-        for (frame_number, probability), image in zip(scores, images, strict=True):
+        for score, image in zip(scores, images, strict=True):
             result = Result(
                 job_id=job.job_id,
                 instance_id=job.instance_id,
-                frame_number=frame_number,
-                probability=probability,
-                label=b.label(probability),
+                frame_number=score.frame_number,
+                probability=score.probability,
+                label=b.label(score.probability) if score.in_domain else OUTSIDE_DOMAIN,
                 threshold=b.threshold,
+                domain_score=score.domain_score,
                 model_name=b.name,
                 model_version=b.version,
                 model_uid=b.uid,
@@ -290,8 +311,9 @@ class ModelProcessor:
                 "instance_scored",
                 job_id=job.job_id,
                 sop_instance_uid=job.sop_instance_uid,
-                frame=frame_number,
-                probability=round(probability, 4),
+                frame=score.frame_number,
+                probability=round(score.probability, 4),
+                domain_score=None if score.domain_score is None else round(score.domain_score, 2),
                 label=result.label,
                 model_uid=b.uid,
             )

@@ -19,7 +19,17 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from screener.db import Database, Export, Instance, Job, Result, Review, Study, utcnow
+from screener.db import (
+    OUTSIDE_DOMAIN,
+    Database,
+    Export,
+    Instance,
+    Job,
+    Result,
+    Review,
+    Study,
+    utcnow,
+)
 from screener.db.engine import as_utc
 from screener.errors import ScreenerError
 
@@ -46,6 +56,9 @@ class StudyScore:
     priority: float
     reviewed: bool
     verdict: str | None
+    #: "assessed"; "outside_domain" when the domain guard found every image unlike the
+    #: model's training films (no score, never flagged); "partly_outside_domain"
+    assessment: str = "assessed"
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -80,8 +93,13 @@ def _score(
     review: Review | None,
     aging_hours: float,
 ) -> StudyScore:
-    top = max(results, key=lambda r: r.probability)
+    assessed = [r for r in results if r.label != OUTSIDE_DOMAIN]
+    top = max(assessed or results, key=lambda r: r.probability)
     age_hours = max(0.0, (utcnow() - received_at).total_seconds() / 3600)
+    if len(assessed) == len(results):
+        assessment = "assessed"
+    else:
+        assessment = "partly_outside_domain" if assessed else OUTSIDE_DOMAIN
     return StudyScore(
         study_id=study.id,
         study_instance_uid=study.study_instance_uid,
@@ -89,16 +107,17 @@ def _score(
         study_date=study.study_date,
         modality=study.modality,
         probability=top.probability,
-        flagged=any(r.probability >= r.threshold for r in results),
+        flagged=any(r.probability >= r.threshold for r in assessed),
         threshold=top.threshold,
         model_name=top.model_name,
         model_version=top.model_version,
         model_uid=top.model_uid,
         received_at=received_at,
         age_hours=age_hours,
-        priority=top.probability + age_hours / aging_hours,
+        priority=(top.probability if assessed else 0.0) + age_hours / aging_hours,
         reviewed=review is not None,
         verdict=review.verdict if review else None,
+        assessment=assessment,
     )
 
 
@@ -217,6 +236,7 @@ def study_detail(db: Database, key: str, aging_hours: float) -> StudyDetail:
                         "frame": r.frame_number,
                         "probability": r.probability,
                         "label": r.label,
+                        "domain_score": r.domain_score,
                         "threshold": r.threshold,
                         "model": f"{r.model_name} {r.model_version}",
                         "model_uid": r.model_uid,
@@ -338,3 +358,20 @@ def review_stats(db: Database) -> list[ModelStats]:
             )
         )
     return stats
+
+
+def reviewed_reads(db: Database, model_uids: set[str], aging_hours: float) -> list[Review]:
+    """The latest review of each study reviewed under one of ``model_uids`` whose images
+    the model assessed (studies outside its domain had no score to calibrate)."""
+    with db.transaction() as session:
+        latest: dict[int, Review] = {}
+        for review in session.scalars(select(Review).order_by(Review.created_at, Review.id)):
+            latest[review.study_id] = review
+        chosen = {sid: r for sid, r in latest.items() if r.model_uid in model_uids}
+        if not chosen:
+            return []
+        scores = _scores(session, aging_hours, list(chosen))
+        outside = {s.study_id for s in scores if s.assessment == OUTSIDE_DOMAIN}
+        reads = [r for sid, r in chosen.items() if sid not in outside]
+        session.expunge_all()
+        return reads

@@ -117,6 +117,8 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
             "worker.poll_seconds": 0.05,
             "worker.max_wait_ms": 20,
             "logging.format": "json",
+            # adult films stand in for chest films except in the guard tests (see serve_env)
+            "population.max_age_years": 120,
         }
         values.update({k.replace("__", "."): v for k, v in overrides.items()})
         empty = tmp_path / "empty.toml"

@@ -36,31 +36,10 @@ def _validation_items(bundle: Any, data_dir: Path | None) -> tuple[Any, Any, str
     """Labels and images of the bundle's own validation split, recomputed from model.json."""
     import numpy as np
 
-    from screener.errors import ModelError
     from screener.training import data
-    from screener.training.train import TrainConfig, select_samples
+    from screener.training.guard import bundle_split
 
-    t = bundle.metadata.get("training") or {}
-    split = t.get("split") or {}
-    if not split:
-        raise ModelError(f"bundle {bundle.name!r} records no validation split in model.json")
-    root = data_dir or Path(t["data_dir"])
-    cfg = TrainConfig(
-        data_dir=root,
-        out_dir=bundle.path,
-        task=bundle.task,
-        seed=int(split["seed"]),
-        val_fraction=float(split["val_fraction"]),
-        limit=t.get("limit"),
-        exclude_family=t.get("exclude_family"),
-    )
-    samples = select_samples(cfg)
-    if data.fingerprint(samples) != t.get("data_fingerprint"):
-        raise ModelError(
-            f"data in {str(root)!r} does not match the bundle's training fingerprint "
-            f"{str(t.get('data_fingerprint'))[:16]}...: cannot recompute its validation split"
-        )
-    _, val = data.split_by_patient(samples, cfg.val_fraction, cfg.seed)
+    _, val, root = bundle_split(bundle, data_dir)
     labels = np.array([s.label for s in val], dtype=np.int64)
     return labels, data.load_images(root, val), f"validation split of {root}"
 

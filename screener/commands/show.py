@@ -45,16 +45,28 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     print(f"accession  {detail.accession_number or '-'}   date {detail.study_date or '-'}")
     if s:
         flag = "SECOND READ RECOMMENDED" if s.flagged else "not flagged"
-        print(
-            f"score      {s.probability:.3f} (threshold {s.threshold:.3f}) {flag}; waiting {format_age(s.age_hours)}"
-        )
+        if s.assessment == "outside_domain":
+            print(
+                "score      none: NOT ASSESSED, the images are outside the model's domain "
+                f"(unlike its training films); waiting {format_age(s.age_hours)}"
+            )
+        else:
+            note = " (some images outside the model's domain)" if s.assessment != "assessed" else ""
+            print(
+                f"score      {s.probability:.3f} (threshold {s.threshold:.3f}) {flag}{note}; "
+                f"waiting {format_age(s.age_hours)}"
+            )
         print(f"model      {s.model_name} {s.model_version} ({s.model_uid})")
     for image in detail.images:
         print(
             f"image      {image.sop_instance_uid} {image.modality or ''} {image.view_position or ''} job={image.job_state}{' (' + image.job_reason + ')' if image.job_reason else ''}"
         )
         for r in image.results:
-            print(f"  frame {r['frame']}: p={r['probability']:.3f} {r['label']} by {r['model']}")
+            domain = "" if r["domain_score"] is None else f" domain score {r['domain_score']:.1f}"
+            print(
+                f"  frame {r['frame']}: p={r['probability']:.3f} {r['label']}{domain} "
+                f"by {r['model']}"
+            )
             for d in r["deliveries"]:
                 err = f" last error: {d['last_error']}" if d["last_error"] else ""
                 print(

@@ -72,4 +72,34 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     ]
     print(render_table(headers, rows))
     print("Reads are the reference: sensitivity = flagged among studies read as pneumonia.")
+    _site_calibration(settings)
     return 0
+
+
+def _site_calibration(settings: Settings) -> None:
+    """Before / after of the configured bundle's site calibration, if it has one."""
+    from screener.errors import ModelError
+    from screener.model.bundle import read_metadata
+
+    try:
+        meta = read_metadata(settings.model.bundle)
+    except ModelError:
+        return
+    site = meta.get("site_calibration")
+    if not site:
+        return
+    parent = meta["derived_from"]
+    print(
+        f"\nsite calibration of {parent['name']} {parent['version']} on "
+        f"{site['reviewed_studies']} reads ({site['at']}), now {meta['version']}:"
+    )
+    table = [
+        [
+            when,
+            f"{site[f'threshold_{when}']:.4f}",
+            _pct(site[when]["sensitivity"]),
+            _pct(site[when]["specificity"]),
+        ]
+        for when in ("before", "after")
+    ]
+    print(render_table(["", "threshold", "sensitivity", "specificity"], table))

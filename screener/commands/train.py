@@ -50,6 +50,33 @@ def register(subparsers: Any) -> None:
         default=None,
         help="leave out normal films of this file-name family (robustness probe)",
     )
+    p.add_argument(
+        "--members",
+        type=int,
+        default=1,
+        help="train N networks (seeds SEED..SEED+N-1) on one split and average their logits; "
+        "a rerun resumes after the last finished member",
+    )
+    p.add_argument(
+        "--split-seed", type=int, default=None, help="seed of the patient split (default: --seed)"
+    )
+    p.add_argument(
+        "--probe",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="a probe bundle of the same recipe (trained with --exclude-family): its figures go "
+        "into the card and the calibration is fitted on its unseen-family scores",
+    )
+    p.add_argument(
+        "--population-age",
+        type=int,
+        nargs=2,
+        default=(1, 5),
+        metavar=("MIN", "MAX"),
+        help="the training films' age range in years, declared for the population guard "
+        "(default 1 5: the Kermany films)",
+    )
     p.add_argument("--name", default=None, help="bundle name (default: the --out folder name)")
     p.set_defaults(func=run)
 
@@ -77,6 +104,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         limit=args.limit,
         exclude_family=args.exclude_family,
         name=args.name,
+        members=args.members,
+        split_seed=args.split_seed,
+        probe_dir=args.probe,
+        population_age=(args.population_age[0], args.population_age[1]),
         fit=FitParams(
             epochs=args.epochs,
             batch_size=args.batch_size,

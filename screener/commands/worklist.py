@@ -7,10 +7,13 @@ import csv
 import io
 import json
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from screener.commands import format_age, render_table, setting_flag
 from screener.config import Settings
+
+if TYPE_CHECKING:
+    from screener.worklist import StudyScore
 
 COLUMNS = [
     "accession",
@@ -78,8 +81,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             r.accession_number or "",
             r.study_date or "",
             r.modality or "",
-            f"{r.probability:.3f}",
-            "SECOND READ" if r.flagged else "",
+            "-" if r.assessment == "outside_domain" else f"{r.probability:.3f}",
+            flag_text(r),
             format_age(r.age_hours),
             r.verdict or "unread",
             r.study_instance_uid,
@@ -99,3 +102,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     else:
         print(render_table(COLUMNS, cells))
     return 0
+
+
+def flag_text(row: StudyScore) -> str:
+    """The worklist's flag column: a second read, or why the model gave no assessment."""
+    if row.flagged:
+        return "SECOND READ"
+    if row.assessment == "outside_domain":
+        return "NOT ASSESSED (outside model domain)"
+    if row.assessment == "partly_outside_domain":
+        return "partly outside model domain"
+    return ""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from screener.db.engine import Database, utcnow
 from screener.db.models import (
+    OUTSIDE_DOMAIN,
     AuditEvent,
     Base,
     Export,
@@ -16,6 +17,7 @@ from screener.db.models import (
 )
 
 __all__ = [
+    "OUTSIDE_DOMAIN",
     "AuditEvent",
     "Base",
     "Database",

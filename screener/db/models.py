@@ -128,6 +128,10 @@ class Job(Base):
     instance: Mapped[Instance | None] = relationship(back_populates="jobs")
 
 
+#: Result.label of a frame the domain guard found unlike the training films: not assessed.
+OUTSIDE_DOMAIN = "outside_domain"
+
+
 class Result(Base):
     __tablename__ = "results"
 
@@ -136,8 +140,11 @@ class Result(Base):
     instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id"), index=True)
     frame_number: Mapped[int] = mapped_column(Integer, default=1)
     probability: Mapped[float] = mapped_column(Float)
+    #: "pneumonia" (flagged), "normal", or "outside_domain" (not assessed, never flagged)
     label: Mapped[str] = mapped_column(String(32))
     threshold: Mapped[float] = mapped_column(Float)
+    #: the domain guard's distance score (None: the bundle has no guard)
+    domain_score: Mapped[float | None] = mapped_column(Float, nullable=True)
     model_name: Mapped[str] = mapped_column(String(64))
     model_version: Mapped[str] = mapped_column(String(32))
     model_uid: Mapped[str] = mapped_column(UID)

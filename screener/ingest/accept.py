@@ -30,6 +30,7 @@ from screener.config import Settings
 from screener.db import AuditEvent, Database, Instance, Job, JobState, Study, utcnow
 from screener.errors import IngestError
 from screener.imaging.codestream import native_length
+from screener.ingest.population import apply_population, screened_ages
 from screener.ingest.selection import Skip, apply_selection
 from screener.ingest.sopclasses import IMAGE_STORAGE_SOP_CLASSES
 from screener.ingest.spool import OutOfResources, Spool
@@ -218,6 +219,7 @@ class Acceptor:
         self.spool = spool
         self.settings = settings
         self.on_queued = on_queued  # e.g. wake the workers
+        self.ages = screened_ages(settings)
 
     def accept(
         self, data: bytes, *, source: Source, calling_ae_title: str | None = None
@@ -283,7 +285,7 @@ class Acceptor:
                         ds,
                         calling_ae_title,
                         job_id=job.id,
-                        reason=skip.rule if skip else None,
+                        reason=skip.reason if skip else None,
                         message=skip.message if skip else None,
                     )
         except BaseException:
@@ -302,7 +304,7 @@ class Acceptor:
             job_id=job.id,
             source=source,
             calling_ae_title=calling_ae_title,
-            skip_rule=skip.rule if skip else None,
+            skip_reason=skip.reason if skip else None,
         )
         return Accepted(outcome, sop_uid, study_uid, job.id, skip)
 
@@ -320,12 +322,14 @@ class Acceptor:
     def _enqueue(
         self, session: Session, instance: Instance, ds: Dataset
     ) -> tuple[Job, Skip | None]:
-        skip = apply_selection(ds, self.settings.selection)
+        skip = apply_selection(ds, self.settings.selection) or apply_population(
+            ds, self.ages, self.settings.population.allow_unknown_age
+        )
         now = utcnow()
         job = Job(
             instance=instance,
             state=JobState.SKIPPED if skip else JobState.QUEUED,
-            reason=f"selection:{skip.rule}" if skip else None,
+            reason=skip.reason if skip else None,
             last_error=skip.message if skip else None,
             priority=0,
             attempts=0,

@@ -15,8 +15,14 @@ from screener.config import SelectionSettings
 
 @dataclass(frozen=True)
 class Skip:
-    rule: str  # machine-readable: "modality", "body_part_examined", "view_position"
+    rule: str  # machine-readable: "modality", "body_part_examined", "view_position", "age"
     message: str
+    guard: str = "selection"  # or "population"
+
+    @property
+    def reason(self) -> str:
+        """The job's recorded reason, e.g. ``selection:modality`` or ``population:age``."""
+        return f"{self.guard}:{self.rule}"
 
 
 def _value(ds: Dataset, keyword: str) -> str:

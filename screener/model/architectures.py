@@ -157,3 +157,39 @@ def build_model(
 def gradcam_layer(backbone: str) -> str:
     """Name of the layer whose output Grad-CAM weighs: the one feeding the ``pool`` layer."""
     return f"{GRADCAM_LAYER}_relu" if backbone == "small_cnn" else BACKBONE_LAYER
+
+
+#: Name prefix of the ensemble members nested in an ensemble network.
+MEMBER_PREFIX = "member"
+
+
+def build_ensemble(members: list[keras.Model], task: str) -> keras.Model:
+    """One network that averages its members' logits (one member: that member, unchanged).
+
+    Each member becomes a nested model ``member<i>`` from its input to its ``logits``
+    layer; the ensemble's own ``logits`` is their mean and ``probabilities`` its
+    sigmoid / softmax, so the bundle still holds a single ``model.keras``.
+    """
+    import keras
+
+    if len(members) == 1:
+        return members[0]
+    inputs = keras.Input(members[0].input_shape[1:], name="image")
+    logits = [
+        keras.Model(m.input, m.get_layer("logits").output, name=f"{MEMBER_PREFIX}{i}")(inputs)
+        for i, m in enumerate(members)
+    ]
+    mean = keras.layers.Average(name="logits")(logits)
+    activation = "softmax" if task == "type" else "sigmoid"
+    outputs = keras.layers.Activation(activation, name="probabilities", dtype="float32")(mean)
+    return keras.Model(inputs, outputs, name="ensemble")
+
+
+def members_of(model: keras.Model) -> list[keras.Model]:
+    """The networks from input to ``logits`` inside ``model``: its members, or itself."""
+    import keras
+
+    nested = [layer for layer in model.layers if layer.name.startswith(MEMBER_PREFIX)]
+    if nested:
+        return nested
+    return [keras.Model(model.input, model.get_layer("logits").output, name=f"{MEMBER_PREFIX}0")]

@@ -18,7 +18,8 @@ import numpy.typing as npt
 import structlog
 
 from screener.errors import ModelError
-from screener.model.calibration import Platt
+from screener.model.calibration import Platt, sigmoid
+from screener.model.domain import DomainGuard
 from screener.model.preprocess import PreprocessParams, preprocess
 
 if TYPE_CHECKING:
@@ -43,13 +44,30 @@ def raw_pneumonia(outputs: npt.NDArray[Any], task: str) -> npt.NDArray[np.float6
     return out.reshape(len(out), -1)[:, 0]
 
 
+@dataclass(frozen=True)
+class Assessment:
+    """A batch's calibrated P(pneumonia) and, where the bundle has a domain guard, each
+    film's distance score and whether it lies within the training domain."""
+
+    probabilities: npt.NDArray[np.float64]
+    domain_scores: npt.NDArray[np.float64] | None = None
+    domain_threshold: float | None = None
+
+    def in_domain(self, index: int) -> bool:
+        if self.domain_scores is None or self.domain_threshold is None:
+            return True
+        return bool(self.domain_scores[index] <= self.domain_threshold)
+
+
 @dataclass
 class Bundle:
-    """A loaded model bundle. ``predict`` is the only inference entry point."""
+    """A loaded model bundle. ``predict`` and ``assess`` are the inference entry points."""
 
     path: Path
     metadata: dict[str, Any]
     model: keras.Model = field(repr=False)
+    guard: DomainGuard | None = field(default=None, repr=False)
+    _feature_models: list[Any] | None = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
@@ -98,9 +116,65 @@ class Bundle:
             chunks.append(np.asarray(self.model(x, training=False)))
         return raw_pneumonia(np.concatenate(chunks), self.task)
 
+    def member_logits(self, images: npt.NDArray[np.uint8]) -> npt.NDArray[np.float64]:
+        """Each member's pneumonia logit, shape ``(members, N)`` (binary task)."""
+        from screener.model.architectures import members_of
+
+        images = self._check(images)
+        members = members_of(self.model)
+        out = np.zeros((len(members), len(images)), dtype=np.float64)
+        for start in range(0, len(images), PREDICT_BATCH):
+            x = preprocess(images[start : start + PREDICT_BATCH], self.preprocessing)
+            for k, member in enumerate(members):
+                z = np.asarray(member(x, training=False), dtype=np.float64)
+                out[k, start : start + len(x)] = z.reshape(len(x), -1)[:, 0]
+        return out
+
     def predict(self, images: npt.NDArray[np.uint8]) -> npt.NDArray[np.float64]:
         """Calibrated P(pneumonia), shape ``(N,)``, for a ``(N, 224, 224)`` uint8 batch."""
         return self.calibration.apply(self.predict_raw(images))
+
+    def assess(self, images: npt.NDArray[np.uint8]) -> Assessment:
+        """Calibrated P(pneumonia) and the domain guard's scores, in one pass per member.
+
+        Without a guard this is :meth:`predict`. With one, each member runs once with its
+        logit and the guard's feature maps as outputs; the probabilities equal ``predict``'s.
+        """
+        if self.guard is None:
+            return Assessment(self.predict(images))
+        z, features = self.forward(images)
+        raw = raw_pneumonia(_activation(z, self.task), self.task)
+        return Assessment(
+            self.calibration.apply(raw), self.guard.score(features), self.guard.threshold
+        )
+
+    def forward(
+        self, images: npt.NDArray[np.uint8]
+    ) -> tuple[npt.NDArray[np.float64], list[npt.NDArray[np.float64]]]:
+        """The ensemble's mean logits and each (member, stage)'s pooled features."""
+        from screener.model.architectures import members_of
+        from screener.model.domain import SMALL_CNN_LAYERS, feature_model, pooled
+
+        images = self._check(images)
+        if self._feature_models is None:
+            layers = self.guard.layers if self.guard is not None else SMALL_CNN_LAYERS
+            self._feature_models = [feature_model(m, layers) for m in members_of(self.model)]
+        logits: list[npt.NDArray[np.float64]] = []
+        features: list[list[npt.NDArray[np.float64]]] = []
+        for start in range(0, len(images), PREDICT_BATCH):
+            x = preprocess(images[start : start + PREDICT_BATCH], self.preprocessing)
+            member_logits, batch_features = [], []
+            for fm in self._feature_models:
+                out = fm(x, training=False)
+                member_logits.append(np.asarray(out[0], dtype=np.float64))
+                batch_features.extend(pooled(out[1:]))
+            logits.append(np.mean(member_logits, axis=0))
+            features.append(batch_features)
+        if not logits:
+            return np.zeros((0, 1)), []
+        return np.concatenate(logits), [
+            np.concatenate(parts) for parts in zip(*features, strict=True)
+        ]
 
     def label(self, probability: float) -> str:
         return "pneumonia" if probability >= self.threshold else "normal"
@@ -116,6 +190,15 @@ class Bundle:
                 f"got {arr.dtype} {arr.shape}"
             )
         return arr
+
+
+def _activation(z: npt.NDArray[np.float64], task: str) -> npt.NDArray[np.float64]:
+    """The network's final activation on averaged logits (sigmoid, or softmax for type)."""
+    if task == "type":
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        out: npt.NDArray[np.float64] = e / e.sum(axis=1, keepdims=True)
+        return out
+    return sigmoid(z)
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
@@ -160,7 +243,12 @@ def load_bundle(path: str | Path) -> Bundle:
         model = keras.models.load_model(model_path, compile=False)
     except Exception as exc:  # Keras raises many types for a corrupt file: boundary.
         raise ModelError(f"cannot load {str(model_path)!r}: {exc}") from exc
+    guard = DomainGuard.load(folder) if metadata.get("domain_guard") else None
     log.info(
-        "bundle_loaded", name=metadata["name"], version=metadata["version"], uid=metadata["uid"]
+        "bundle_loaded",
+        name=metadata["name"],
+        version=metadata["version"],
+        uid=metadata["uid"],
+        domain_guard=guard is not None,
     )
-    return Bundle(path=folder, metadata=metadata, model=model)
+    return Bundle(path=folder, metadata=metadata, model=model, guard=guard)

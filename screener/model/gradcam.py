@@ -22,33 +22,17 @@ POOL_LAYER = "pool"
 
 
 def gradcam(bundle: Bundle, image: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
-    """Heat map in [0, 1] with the canonical image's shape, for one canonical image."""
-    import keras
+    """Heat map in [0, 1] with the canonical image's shape, for one canonical image.
+
+    For an ensemble, the mean of its members' maps (each normalised to its own peak).
+    """
     import tensorflow as tf
 
-    model = bundle.model
-    try:
-        pool = model.get_layer(POOL_LAYER)
-    except ValueError as exc:
-        raise ModelError(f"model has no {POOL_LAYER!r} layer; Grad-CAM needs one") from exc
-    start = model.layers.index(pool)
-    features_model = keras.Model(model.inputs, pool.input)
+    from screener.model.architectures import members_of
+
     x = tf.convert_to_tensor(bundle.network_input(image[None]))
-    with tf.GradientTape() as tape:
-        features = features_model(x, training=False)
-        tape.watch(features)
-        y = features
-        for layer in model.layers[start:]:
-            if layer.name == "probabilities":
-                break
-            y = layer(y, training=False)
-        if bundle.task == "type":
-            score = tf.reduce_logsumexp(y[:, 1:], axis=1) - y[:, 0]
-        else:
-            score = y[:, 0]
-    grads = tape.gradient(score, features)
-    weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
-    cam = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1))[0].numpy()
+    maps = [_member_cam(member, x, bundle.task) for member in members_of(bundle.model)]
+    cam = np.mean(maps, axis=0)
     peak = float(cam.max())
     cam = cam / peak if peak > 0 else np.zeros_like(cam)
     h, w = image.shape
@@ -57,6 +41,34 @@ def gradcam(bundle: Bundle, image: npt.NDArray[np.uint8]) -> npt.NDArray[np.floa
     )
     out: npt.NDArray[np.float32] = np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
     return out
+
+
+def _member_cam(model: Any, x: Any, task: str) -> npt.NDArray[np.float64]:
+    """One network's Grad-CAM at its feature-map resolution, normalised to its peak."""
+    import keras
+    import tensorflow as tf
+
+    try:
+        pool = model.get_layer(POOL_LAYER)
+    except ValueError as exc:
+        raise ModelError(f"model has no {POOL_LAYER!r} layer; Grad-CAM needs one") from exc
+    start = model.layers.index(pool)
+    features_model = keras.Model(model.inputs, pool.input)
+    with tf.GradientTape() as tape:
+        features = features_model(x, training=False)
+        tape.watch(features)
+        y = features
+        for layer in model.layers[start:]:
+            if layer.name == "probabilities":
+                break
+            y = layer(y, training=False)
+        score = tf.reduce_logsumexp(y[:, 1:], axis=1) - y[:, 0] if task == "type" else y[:, 0]
+    grads = tape.gradient(score, features)
+    weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
+    cam = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1))[0].numpy().astype(np.float64)
+    peak = float(cam.max())
+    result: npt.NDArray[np.float64] = cam / peak if peak > 0 else np.zeros_like(cam)
+    return result
 
 
 def overlay(image: npt.NDArray[np.uint8], heat: npt.NDArray[np.float32], alpha: float = 0.4) -> Any:

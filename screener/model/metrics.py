@@ -122,6 +122,33 @@ def log_loss(labels: Any, probs: Any, eps: float = 1e-7) -> float:
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1.0 - p)))
 
 
+def expected_calibration_error(labels: Any, probs: Any, bins: int = 10) -> float:
+    """ECE: the mean |observed rate - mean probability| over ``bins`` equal-width bins,
+    weighted by the films in each bin (Naeini et al., AAAI 2015)."""
+    y, p = _check(labels, probs)
+    if len(y) == 0:
+        return 0.0
+    index = np.minimum((p * bins).astype(np.int64), bins - 1)
+    total = 0.0
+    for b in range(bins):
+        inside = index == b
+        if inside.any():
+            total += float(inside.sum()) * abs(float(y[inside].mean()) - float(p[inside].mean()))
+    return total / len(y)
+
+
+def specificity_at_sensitivity(labels: Any, scores: Any, target: float) -> float:
+    """The best specificity of any threshold whose observed sensitivity is >= ``target``
+    (a threshold-free view of how well the two classes separate where it matters)."""
+    y, s = _check(labels, scores)
+    pos = np.sort(s[y == 1])[::-1]
+    neg = s[y == 0]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    k = max(1, math.ceil(target * len(pos)))
+    return float(np.mean(neg < pos[k - 1]))
+
+
 def wilson_lower(successes: int, n: int, z: float = 1.645) -> float:
     """One-sided lower Wilson bound of a proportion (z = 1.645: 95 % one-sided)."""
     if n == 0:
@@ -170,5 +197,7 @@ def summary(labels: Any, probs: Any, threshold: float, seed: int = 0) -> dict[st
         "auc_ci_method": "percentile bootstrap, 2000 stratified resamples, seed 0",
         "brier": brier(y, p),
         "log_loss": log_loss(y, p),
+        "ece": expected_calibration_error(y, p),
+        "specificity_at_sensitivity_0_95": specificity_at_sensitivity(y, p, 0.95),
         **at_threshold(y, p, threshold),
     }

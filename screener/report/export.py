@@ -56,7 +56,7 @@ from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS, code_to_category
 from sqlalchemy import select
 
 from screener.config import ExportSettings, Settings
-from screener.db import Database, Export, Instance, Result, utcnow
+from screener.db import OUTSIDE_DOMAIN, Database, Export, Instance, Result, utcnow
 from screener.db.engine import as_utc
 from screener.errors import ScreenerError
 from screener.report.destinations import Destination, parse_destination, parse_destinations
@@ -435,10 +435,11 @@ class Exporter:
         """The SR (and, if configured, the heatmap capture) of one delivery."""
         result = job.result
         header = pydicom.dcmread(job.spool_path, stop_before_pixels=True)
-        positive = result.label == "pneumonia" or result.probability >= result.threshold
+        assessed = result.label != OUTSIDE_DOMAIN
         finding = ScreeningFinding(
             probability=float(result.probability),
-            positive=positive,
+            positive=assessed and result.probability >= result.threshold,
+            assessed=assessed,
             threshold=float(result.threshold),
             model_name=result.model_name,
             model_version=result.model_version,

@@ -12,6 +12,8 @@ source image's study, in a series of its own:
   threshold), the certainty (DCM 111012 Certainty of Finding, in UCUM ``%``), the
   qualitative evaluation Pneumonia = Present (SCT 52101004) / Absent (SCT 2667000) and,
   when positive, Recommendation (DCM 121075) = second read (a private, declared code);
+  for an image the domain guard placed outside the training films: no certainty, Pneumonia =
+  Indeterminate (SCT 82334004) and Algorithm assessment = not assessed (private code);
 * Contributing Equipment naming screener as Processing Equipment.
 
 Everything is derived from the inputs, so a retry that passes the same SOP Instance UID and
@@ -61,6 +63,12 @@ RECOMMENDATION = codes.DCM.Recommendation  # DCM 121075
 #: the Coding Scheme Identification Sequence (PS3.3 C.12.1.1.4) of every SR that uses it.
 PRIVATE_SCHEME = "99SCREENER"
 SECOND_READ = hd.sr.CodedConcept("SECONDREAD", PRIVATE_SCHEME, "Second read recommended")
+#: A film the domain guard found unlike the model's training films: not assessed.
+INDETERMINATE = hd.sr.CodedConcept("82334004", "SCT", "Indeterminate")
+ASSESSMENT = hd.sr.CodedConcept("ASSESSMENT", PRIVATE_SCHEME, "Algorithm assessment")
+NOT_ASSESSED = hd.sr.CodedConcept(
+    "OUTSIDEDOMAIN", PRIVATE_SCHEME, "Not assessed: image outside the model's domain"
+)
 
 #: TID 1501 projection-radiography modalities whose TID 1603 descriptors highdicom writes.
 _PROJECTION = ("CR", "DX", "IO", "MG", "PX", "RF", "RG", "XA")
@@ -77,6 +85,9 @@ class ScreeningFinding:
     model_version: str
     model_uid: str  # a valid DICOM UID
     frame_number: int = 1
+    #: False: the domain guard found the image unlike the training films; the SR says
+    #: "not assessed" (Pneumonia = Indeterminate), gives no certainty and no flag.
+    assessed: bool = True
 
     def __post_init__(self) -> None:
         for name in ("probability", "threshold"):
@@ -93,6 +104,8 @@ class ScreeningFinding:
             )
         if not self.model_name.strip() or not self.model_version.strip():
             raise ReportError("model_name and model_version must not be empty (TID 4019)")
+        if self.positive and not self.assessed:
+            raise ReportError("a finding that was not assessed cannot be positive")
 
 
 def build_sr(
@@ -180,7 +193,22 @@ def _measurement_report(
         parameters=[f"threshold={finding.threshold:.4f}"],
         manufacturer=MANUFACTURER,
     )
-    evaluations = [hd.sr.QualitativeEvaluation(PNEUMONIA, PRESENT if finding.positive else ABSENT)]
+    measurements = [
+        hd.sr.Measurement(  # TID 300, DCM 111012 Certainty of Finding in percent
+            name=CERTAINTY_OF_FINDING,
+            value=round(finding.probability * 100.0, 2),
+            unit=PERCENT,
+        )
+    ]
+    if not finding.assessed:  # no number: the model does not know this kind of image
+        measurements = []
+        evaluations = [
+            hd.sr.QualitativeEvaluation(PNEUMONIA, INDETERMINATE),
+            hd.sr.QualitativeEvaluation(ASSESSMENT, NOT_ASSESSED),
+        ]
+    else:
+        value = PRESENT if finding.positive else ABSENT
+        evaluations = [hd.sr.QualitativeEvaluation(PNEUMONIA, value)]
     if finding.positive:
         evaluations.append(hd.sr.QualitativeEvaluation(RECOMMENDATION, SECOND_READ))
     frames = [finding.frame_number] if int(header.get("NumberOfFrames", 1) or 1) > 1 else None
@@ -190,13 +218,7 @@ def _measurement_report(
         ),
         finding_type=PNEUMONIA,
         algorithm_id=algorithm,
-        measurements=[
-            hd.sr.Measurement(  # TID 300, DCM 111012 Certainty of Finding in percent
-                name=CERTAINTY_OF_FINDING,
-                value=round(finding.probability * 100.0, 2),
-                unit=PERCENT,
-            )
-        ],
+        measurements=measurements or None,
         qualitative_evaluations=evaluations,
         source_images=[
             hd.sr.SourceImageForMeasurementGroup(

@@ -29,9 +29,16 @@ def _reproduce(meta: dict[str, Any]) -> str:
         f"--input-size {meta['input_size']}",
         f"--normalisation {meta['preprocessing']['normalisation']}",
         f"--target-sensitivity {meta['target_sensitivity']}",
-        f"--seed {split['seed']}",
+        f"--seed {t.get('seed', split['seed'])}",
         f"--val-fraction {split['val_fraction']}",
     ]
+    members = t.get("members") or []
+    if len(members) > 1:
+        parts.append(f"--members {len(members)}")
+    if t.get("seed", split["seed"]) != split["seed"]:
+        parts.append(f"--split-seed {split['seed']}")
+    if (meta.get("shift_proxy") or {}).get("probe_bundle"):
+        parts.append("--probe <the probe folder, trained with --exclude-family NORMAL2-IM>")
     if t.get("limit"):
         parts.append(f"--limit {t['limit']}")
     if t.get("exclude_family"):
@@ -44,6 +51,106 @@ def _probe_section(meta: dict[str, Any]) -> str:
     if not probe:
         return ""
     return f"\n## Robustness probe (acquisition shift)\n\n{probe['summary']}\n"
+
+
+def _f(value: Any, digits: int = 3) -> str:
+    return "-" if value is None else f"{float(value):.{digits}f}"
+
+
+def _shift_section(meta: dict[str, Any]) -> str:
+    """The shift proxy: the model-selection criterion, beside the flattering validation."""
+    sp = meta.get("shift_proxy")
+    if not sp:
+        return ""
+    m = meta["validation_metrics"]
+    under = sp.get("under_shift_calibration") or {}
+    rows = [
+        ("AUC", _f(m["auc"], 4), _f(sp["auc"], 4)),
+        ("specificity at the threshold", _f(m["specificity"]), _f(sp["specificity_unseen"])),
+        (
+            "best specificity with sensitivity >= 0.95",
+            _f(m.get("specificity_at_sensitivity_0_95")),
+            _f(sp["specificity_at_sensitivity_0_95"]),
+        ),
+        ("Brier score", _f(m["brier"], 4), _f(under.get("brier", sp["brier"]), 4)),
+        ("ECE (10 bins)", _f(m.get("ece"), 4), _f(under.get("ece", sp["ece"]), 4)),
+    ]
+    table = "\n".join(f"| {a} | {b} | {c} |" for a, b, c in rows)
+    source = (
+        "this bundle"
+        if not sp.get("probe_bundle")
+        else (f"the probe bundle `{sp['probe_bundle']['uid']}`, trained by the same recipe")
+    )
+    text = f"""
+## Acquisition-shift proxy (how models were chosen)
+
+The validation split flatters every candidate (AUC ~0.999). The criterion that chose this
+model is a *probe*: {source} without the {sp["unseen_normals"]} normal films of the
+`{sp["family_left_out"]}` file-name family (a proxy for an acquisition batch), scoring those
+unseen normals together with its validation pneumonias, at its own threshold
+{_f(sp.get("probe_threshold"), 4)}.
+
+| | validation split | unseen batch (probe) |
+|---|---|---|
+{table}
+
+Brier and ECE on the probe are under the shipped calibration, fitted on the probe set
+itself (in-sample), so they show what the calibration can do under this shift, not a
+held-out figure.
+"""
+    selection = meta.get("model_selection")
+    if selection:
+        head = (
+            "| candidate | probe AUC | probe specificity | best spec. at sens. 0.95 | ms per film |"
+        )
+        lines = [head, "|---|---|---|---|---|"]
+        for c in selection["candidates"]:
+            lines.append(
+                f"| {c['name']} | {_f(c['auc'], 4)} | {_f(c['specificity_unseen'])} | "
+                f"{_f(c['specificity_at_sensitivity_0_95'])} | {_f(c.get('ms_per_film'), 1)} |"
+            )
+        text += "\nCandidates, all judged on the probe:\n\n" + "\n".join(lines) + "\n"
+        text += f"\n{selection['choice']}\n"
+    return text
+
+
+def _guards_section(meta: dict[str, Any]) -> str:
+    pop, dg = meta.get("population"), meta.get("domain_guard")
+    if not pop and not dg:
+        return ""
+    text = "\n## Guards: what the model declines to judge\n\n"
+    if pop:
+        lo, hi = pop["age_years"]
+        text += (
+            f"- **Population** ({pop['source']}): {pop['description']}. A film whose Patient's "
+            f"Age (or Birth Date against Study Date) is outside {lo}-{hi} years is `skipped` "
+            "with reason `population:age` and never scored. A site that has validated the "
+            "model on its own patients can widen this with `[population] min_age_years` / "
+            "`max_age_years` in screener.toml.\n"
+        )
+    if dg:
+        text += (
+            f"- **Domain** (no header needed): {dg['method']}; {dg['components']} components "
+            f"(layers {', '.join(dg['layers'])}). Threshold {dg['threshold']:.2f} = "
+            f"{dg['threshold_rule']}: {100 * dg['validation_pass_rate']:.1f}% of validation "
+            "films pass. A film beyond it is recorded `outside_domain` with its score, is never "
+            "flagged, and its SR says *not assessed*.\n"
+        )
+        unseen = (meta.get("shift_proxy") or {}).get("domain_pass_rate_unseen")
+        if unseen is not None:
+            text += (
+                f"  On the probe's unseen batch of normals, {100 * unseen:.1f}% pass (in-population "
+                "films from an acquisition batch the network never saw).\n"
+            )
+        checks = dg.get("checks")
+        if checks:
+            text += "\n| films | n | outside the domain | flagged |\n|---|---|---|---|\n"
+            for c in checks:
+                text += (
+                    f"| {c['what']} | {c['n']} | {100 * c['outside']:.0f}% | "
+                    f"{100 * c['flagged']:.0f}% |\n"
+                )
+    return text
 
 
 def render_card(meta: dict[str, Any]) -> str:
@@ -105,8 +212,8 @@ from the borders), resize to {meta["input_size"]} px, scale to [0, 1].
 (rotation, shift, zoom, gamma, contrast, brightness, blur, noise; no flips), checkpoint and \
 early stopping on validation AUC: best epoch {t["best_epoch"]} of {t["epochs_run"]}, \
 {t["seconds"] / 60:.0f} min on {t["host"]["cpus"]} CPU cores, no GPU.
-- Calibration: Platt scaling fitted on the validation split (a = {cal["a"]:.3f}, \
-b = {cal["b"]:.3f}); validation log-loss {cal["val_log_loss_before"]:.4f} before, \
+{_members_line(t)}- Calibration: Platt scaling fitted on the {cal.get("fitted_on", "validation split")} \
+(a = {cal["a"]:.3f}, b = {cal["b"]:.3f}); validation log-loss {cal["val_log_loss_before"]:.4f} before, \
 {cal["val_log_loss_after"]:.4f} after.
 - **Threshold rule**: {meta["threshold_rule"]} (target {meta["target_sensitivity"]:.2f}). \
 The lower bound builds in a margin for the size of the validation set; the validation \
@@ -139,7 +246,11 @@ threshold were fitted on them. A compact CNN trained on this data set has been s
 validation AUC 0.997 yet 0.939 on the data set's own held-out split, with specificity
 falling to 0.64, because the held-out normal films look different. Expect lower specificity
 (more flags) at any other site, scanner or period, and measure it locally before use.
-{_probe_section(meta)}
+{_shift_section(meta)}{_guards_section(meta)}{_probe_section(meta)}
+**Specificity at a new site will be lower** than any figure above: more normal films will
+be flagged. Measure it on your own reviewed reads (`screener stats`) and refit the operating
+point with `screener calibrate --from-reviews` before relying on the flag.
+
 ## Limits
 
 - Pediatric AP films from one centre only: adults, PA films, lateral views, other sites,
@@ -149,11 +260,26 @@ falling to 0.64, because the held-out normal films look different. Expect lower 
   images were made; rendering differences shift the scores.
 - Labels are the data set's own grading, not a reference standard. It says nothing about
   other findings (effusion, pneumothorax, tubes, masses, ...).
-- Probabilities are calibrated at the validation split's prevalence ({va["pneumonia"]} of
-  {va["images"]} films with pneumonia); where pneumonia is rarer the PPV is lower.
+- Probabilities are calibrated on the {cal.get("fitted_on", "validation split")}, at its
+  prevalence of pneumonia; where pneumonia is rarer the PPV is lower.
 - Grad-CAM heat maps (`screener predict --heatmap`) show coarsely where the network's
   evidence lies; they are not a localisation of disease.
 """
+
+
+def _members_line(t: dict[str, Any]) -> str:
+    members = t.get("members") or []
+    if len(members) <= 1:
+        return ""
+    seeds = ", ".join(str(m["seed"]) for m in members)
+    epochs = ", ".join(f"{m['best_epoch']}/{m['epochs_run']}" for m in members)
+    minutes = sum(m["seconds"] for m in members) / 60
+    return (
+        f"- **Deep ensemble of {len(members)} networks** (seeds {seeds}; best epoch / epochs run "
+        f"{epochs}; {minutes:.0f} min in all), trained alike on one split; the bundle averages "
+        "their logits (Lakshminarayanan et al., NeurIPS 2017). The figures above for epochs "
+        "are the first member's.\n"
+    )
 
 
 def write_card(out_dir: Path, meta: dict[str, Any]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import platform
 import shutil
 import time
@@ -30,6 +31,8 @@ from screener.training.fit import Batches, FitParams, class_weights, fit_model
 log = structlog.get_logger()
 
 CHECKPOINT = "checkpoint.keras"
+#: Finished ensemble members (and their training records), kept so a run can resume.
+MEMBERS_DIR = "members"
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,21 @@ class TrainConfig:
     exclude_family: str | None = None
     name: str | None = None
     fit: FitParams = field(default_factory=FitParams)
+    #: Networks trained with seeds ``seed, seed + 1, ...`` on one split; the bundle averages
+    #: their logits (a deep ensemble, Lakshminarayanan et al. 2017).
+    members: int = 1
+    #: Seed of the patient split (default: ``seed``); members of an ensemble share it.
+    split_seed: int | None = None
+    #: A probe bundle (the same recipe trained with ``exclude_family``): its shift figures go
+    #: into the card, and its scores on the unseen family fit the calibration.
+    probe_dir: Path | None = None
+    #: The training films' age range in completed years, declared in the bundle for the
+    #: population guard (the Kermany films: children one to five years old).
+    population_age: tuple[int, int] = (1, 5)
+
+    @property
+    def data_split_seed(self) -> int:
+        return self.seed if self.split_seed is None else self.split_seed
 
 
 def weights_argument(weights: str) -> str | None:
@@ -84,15 +102,16 @@ def train(cfg: TrainConfig) -> Bundle:
     import tensorflow as tf
 
     started = time.monotonic()
-    keras.utils.set_random_seed(cfg.seed)
     tf.config.experimental.enable_op_determinism()
     weights = weights_argument(cfg.weights)
     pre = PreprocessParams(input_size=cfg.input_size, normalisation=cfg.normalisation)
     aug = AugmentParams()
+    if cfg.members < 1:
+        raise ModelError(f"--members {cfg.members} must be at least 1")
 
     samples = select_samples(cfg)
-    train_s, val_s = data.split_by_patient(samples, cfg.val_fraction, cfg.seed)
-    split = data.split_description(train_s, val_s, cfg.val_fraction, cfg.seed)
+    train_s, val_s = data.split_by_patient(samples, cfg.val_fraction, cfg.data_split_seed)
+    split = data.split_description(train_s, val_s, cfg.val_fraction, cfg.data_split_seed)
     log.info("split_done", **{k: v for k, v in split.items() if k in ("train", "validation")})
     if not val_s or len({s.label for s in val_s}) < 2:
         raise ModelError("the validation split needs both classes; use more data or --val-fraction")
@@ -104,12 +123,72 @@ def train(cfg: TrainConfig) -> Bundle:
     n_classes = architectures.n_outputs(cfg.task) if cfg.task == "type" else 2
     cw = class_weights(targets, n_classes)
 
-    model = architectures.build_model(cfg.backbone, cfg.input_size, cfg.task, weights)
-    log.info("model_built", backbone=cfg.backbone, parameters=int(model.count_params()))
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint = cfg.out_dir / CHECKPOINT
-    batches = Batches(x_train, targets, cw, pre, aug, cfg.fit.batch_size, cfg.seed)
     x_val = preprocess(x_val_raw, pre)
+    results = []
+    for index in range(cfg.members):
+        seed = cfg.seed + index
+        keras.utils.set_random_seed(seed)
+        batches = Batches(x_train, targets, cw, pre, aug, cfg.fit.batch_size, seed)
+        results.append(train_member(cfg, index, seed, weights, batches, x_val, y_val))
+    model = load_members(cfg.out_dir, cfg.members, cfg.task)
+    result = ensemble_result(results)
+    train_seconds = time.monotonic() - started
+    log.info("training_done", seconds=round(train_seconds), members=cfg.members)
+
+    meta = base_metadata(cfg, pre, aug, samples, split, cw, result, train_seconds, model)
+    shift_platt = None
+    if cfg.probe_dir is not None:
+        from screener.training.shift import probe_record, shift_calibration
+
+        shift_platt = shift_calibration(cfg.probe_dir)
+        meta["shift_proxy"] = probe_record(cfg.probe_dir, shift_platt)
+    bundle = finalize(
+        cfg.out_dir, model, meta, x_val_raw, y_val, cfg.target_sensitivity, shift_platt
+    )
+    from screener.training.guard import fit_bundle_guard
+
+    y_train = np.array([s.label for s in train_s], dtype=np.int64)
+    fit_bundle_guard(bundle, x_train, y_train, x_val_raw)
+    write_card(cfg.out_dir, bundle.metadata)
+    if cfg.exclude_family:
+        from screener.training.shift import score_unseen_family
+
+        score_unseen_family(bundle, cfg, x_val_raw, y_val)
+    return bundle
+
+
+def member_path(out_dir: Path, index: int) -> Path:
+    return out_dir / MEMBERS_DIR / f"member{index}.keras"
+
+
+def train_member(
+    cfg: TrainConfig,
+    index: int,
+    seed: int,
+    weights: str | None,
+    batches: Batches,
+    x_val: npt.NDArray[np.float32],
+    y_val: npt.NDArray[np.int64],
+) -> dict[str, Any]:
+    """Train ensemble member ``index`` (or find it done: a rerun resumes after the last
+    finished member) and return its training record."""
+    import keras
+
+    done_model, done_record = (
+        member_path(cfg.out_dir, index),
+        member_path(cfg.out_dir, index).with_suffix(".json"),
+    )
+    if done_model.is_file() and done_record.is_file():
+        record: dict[str, Any] = json.loads(done_record.read_text())
+        if record.get("seed") == seed and record.get("recipe") == recipe(cfg):
+            log.info("member_already_trained", member=index, seed=seed)
+            return record
+    started = time.monotonic()
+    model = architectures.build_model(cfg.backbone, cfg.input_size, cfg.task, weights)
+    log.info("member_start", member=index, seed=seed, parameters=int(model.count_params()))
+    done_model.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint = done_model.with_suffix(".checkpoint.keras")
     transfer = cfg.backbone != "small_cnn" and weights is not None
     result = fit_model(
         model,
@@ -122,11 +201,58 @@ def train(cfg: TrainConfig) -> Bundle:
         transfer,
         architectures.BACKBONE_LAYER,
     )
-    train_seconds = time.monotonic() - started
-    log.info("training_done", seconds=round(train_seconds), best_epoch=result["best_epoch"])
+    best = keras.models.load_model(checkpoint, compile=False)
+    best.save(done_model)  # without optimiser state
+    checkpoint.unlink(missing_ok=True)
+    record = {
+        **result,
+        "seed": seed,
+        "recipe": recipe(cfg),
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    done_record.write_text(json.dumps(record, indent=1) + "\n")
+    log.info(
+        "member_done", member=index, best_epoch=result["best_epoch"], seconds=record["seconds"]
+    )
+    return record
 
-    meta = base_metadata(cfg, pre, aug, samples, split, cw, result, train_seconds, model)
-    return finalize(cfg.out_dir, checkpoint, meta, x_val_raw, y_val, cfg.target_sensitivity)
+
+def recipe(cfg: TrainConfig) -> dict[str, Any]:
+    """What a finished member must share with the run that wants to reuse it."""
+    keep = ("backbone", "weights", "task", "input_size", "normalisation", "val_fraction")
+    return {
+        **{k: getattr(cfg, k) for k in keep},
+        "data_dir": str(cfg.data_dir),
+        "split_seed": cfg.data_split_seed,
+        "limit": cfg.limit,
+        "exclude_family": cfg.exclude_family,
+        "fit": asdict(cfg.fit),
+    }
+
+
+def load_members(out_dir: Path, count: int, task: str) -> Any:
+    """The trained members as one network (a single member is returned as it is)."""
+    import keras
+
+    members = [
+        keras.models.load_model(member_path(out_dir, i), compile=False) for i in range(count)
+    ]
+    return architectures.build_ensemble(members, task)
+
+
+def ensemble_result(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """What model.json records of the members' training (the first member's history)."""
+    first = results[0]
+    return {
+        "history": first["history"],
+        "best_epoch": first["best_epoch"],
+        "best_val_auc": first["best_val_auc"],
+        "epochs_run": first["epochs_run"],
+        "members": [
+            {k: r[k] for k in ("seed", "best_epoch", "best_val_auc", "epochs_run", "seconds")}
+            for r in results
+        ],
+    }
 
 
 def base_metadata(
@@ -163,6 +289,14 @@ def base_metadata(
         },
         "input_size": cfg.input_size,
         "preprocessing": pre.to_json(),
+        "population": {
+            "age_years": list(cfg.population_age),
+            "views": ["AP", "PA"],
+            "description": "chest radiographs of children aged "
+            f"{cfg.population_age[0]}-{cfg.population_age[1]} years (frontal views)",
+            "source": "the training data's own description (Kermany et al., Cell 2018: "
+            "pediatric patients one to five years old, anterior-posterior chest films)",
+        },
         "gradcam_layer": architectures.gradcam_layer(cfg.backbone),
         "target_sensitivity": cfg.target_sensitivity,
         "training": {
@@ -186,6 +320,7 @@ def base_metadata(
             "best_epoch": result["best_epoch"],
             "epochs_run": result["epochs_run"],
             "best_val_auc_uncalibrated": result["best_val_auc"],
+            "members": result["members"],
             "history": result["history"],
             "seconds": round(seconds, 1),
             "host": {"cpus": _cpus(), "machine": platform.machine(), "accelerator": "none"},
@@ -215,29 +350,33 @@ def _init_note(weights: str) -> str:
 
 def finalize(
     out_dir: Path,
-    checkpoint: Path,
+    model: Any,
     meta: dict[str, Any],
     x_val_raw: npt.NDArray[np.uint8],
     y_val: npt.NDArray[np.int64],
     target: float,
+    calibration: Platt | None = None,
 ) -> Bundle:
     """Calibrate and pick the threshold on validation, write the bundle, card and figures.
 
     The reported metrics come from the bundle as written and reloaded, through the same
     ``Bundle.predict`` that `screener evaluate` and the daemon use.
     """
-    import keras
-
-    model = keras.models.load_model(checkpoint, compile=False)
     model.save(out_dir / MODEL_FILE)  # without optimiser state: serving needs none
     provisional = Bundle(path=out_dir, metadata={**meta, "threshold": 0.5}, model=model)
     raw = provisional.predict_raw(x_val_raw)
-    platt = fit_platt(y_val, raw)
+    platt = calibration or fit_platt(y_val, raw)
+    fitted_on = (
+        "probe set (unseen family normals + validation pneumonias)"
+        if calibration
+        else "validation split"
+    )
     calibrated = platt.apply(raw)
     threshold, rule = threshold_for_sensitivity(y_val, calibrated, target)
     meta.update(
         calibration={
             **platt.to_json(),
+            "fitted_on": fitted_on,
             "val_log_loss_before": log_loss(y_val, raw),
             "val_log_loss_after": log_loss(y_val, calibrated),
         },
@@ -258,7 +397,6 @@ def finalize(
     bundle.metadata = meta
     write_figures(out_dir, y_val, probs, metrics, "validation split")
     write_card(out_dir, meta)
-    checkpoint.unlink(missing_ok=True)
     log.info(
         "bundle_written",
         uid=meta["uid"],

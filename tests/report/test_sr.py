@@ -119,6 +119,46 @@ def test_negative_sr_has_no_recommendation(real_sources: list[Path], model_uid: 
     assert _named(sr, "121075") == []
 
 
+@pytest.mark.parametrize("kind", ["3d", "comprehensive"])
+def test_not_assessed_sr_says_so_and_passes_dciodvfy(
+    kind: str,
+    real_sources: list[Path],
+    model_uid: str,
+    dciodvfy: Callable[[Path], list[str]],
+    dsrdump: Callable[[Path], str],
+    tmp_path: Path,
+) -> None:
+    """An image outside the model's domain gets a valid SR with Pneumonia: Indeterminate,
+    'not assessed', no certainty and no recommendation, even when its number was high."""
+    source = pydicom.dcmread(real_sources[0], stop_before_pixels=True)
+    finding = ScreeningFinding(
+        probability=0.99,
+        positive=False,
+        threshold=0.5,
+        model_name="screener-default",
+        model_version="1.0.0",
+        model_uid=model_uid,
+        assessed=False,
+    )
+    sr = build_sr(source, finding, kind=kind)
+    path = tmp_path / "sr.dcm"
+    sr.save_as(path, enforce_file_format=True)
+    assert dciodvfy(path) == []
+    text = dsrdump(path)
+    assert '(82334004,SCT,"Indeterminate")' in text
+    assert "Not assessed: image outside the model's domain" in text
+    assert _named(sr, "111012") == []  # no Certainty of Finding
+    assert _named(sr, "121075") == []  # no recommendation
+    (evaluation,) = _named(sr, "233604007")
+    assert evaluation.ConceptCodeSequence[0].CodeValue == "82334004"
+
+
+def test_a_finding_not_assessed_cannot_be_positive(model_uid: str) -> None:
+    """A flag on an image the model did not assess is refused."""
+    with pytest.raises(ReportError, match="not assessed"):
+        ScreeningFinding(0.99, True, 0.5, "m", "1", model_uid, assessed=False)
+
+
 def test_rebuild_with_the_same_uid_is_the_same_document(
     real_sources: list[Path], model_uid: str
 ) -> None:

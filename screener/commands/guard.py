@@ -1,0 +1,49 @@
+"""``screener guard``: fit (or refit) a model bundle's domain guard."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from screener.config import Settings
+
+
+def register(subparsers: Any) -> None:
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "guard",
+        help="fit a model bundle's domain guard on its training films",
+        description="Fit the domain guard (Mahalanobis distance on the network's features) "
+        "on the bundle's own training split and set its threshold so that 99%% of its "
+        "validation films pass; the split is recomputed from model.json. `screener train` "
+        "does this itself; use this for a bundle trained without it.",
+    )
+    p.add_argument("--model", default=None, help="bundle folder (default: setting model.bundle)")
+    p.add_argument("--data", type=Path, default=None, help="its training folder, if moved")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    from screener.scoring import configure_inference
+
+    configure_inference(settings.worker)  # before TensorFlow is imported
+
+    import numpy as np
+
+    from screener.model import load_bundle
+    from screener.training import data
+    from screener.training.card import write_card
+    from screener.training.guard import bundle_split, fit_bundle_guard
+
+    bundle = load_bundle(args.model or settings.model.bundle)
+    train, val, root = bundle_split(bundle, args.data)
+    labels = np.array([s.label for s in train], dtype=np.int64)
+    record = fit_bundle_guard(
+        bundle, data.load_images(root, train), labels, data.load_images(root, val)
+    )
+    write_card(bundle.path, bundle.metadata)
+    print(
+        f"domain guard  {record['components']} components, threshold {record['threshold']:.3f}, "
+        f"{record['validation_pass_rate']:.1%} of {len(val)} validation films pass"
+    )
+    return 0

@@ -1,0 +1,181 @@
+"""The shift proxy: how a recipe does on films of an acquisition batch it has never seen.
+
+The patient-level validation split shares centre, batches and curation with training and
+says AUC 0.999 for every candidate, so it cannot choose between them. A *probe* run trains
+the recipe without the normal films of one file-name family (``--exclude-family``, in
+practice ``NORMAL2-IM``, a proxy for an acquisition batch) and scores that unseen family's
+normals together with its own validation pneumonias. Its figures are the model-selection
+criterion; the per-member logits are kept (``shift_scores.npz``) so ensembles of any subset
+of members, and the calibration of the shipped bundle, can be computed from them later.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+import structlog
+
+from screener.model.bundle import Bundle, write_metadata
+from screener.model.calibration import Platt, fit_platt, sigmoid
+from screener.model.metrics import (
+    brier,
+    expected_calibration_error,
+    roc_auc,
+    specificity_at_sensitivity,
+)
+from screener.training import data
+from screener.training.card import write_card
+
+if TYPE_CHECKING:
+    from screener.training.train import TrainConfig
+
+log = structlog.get_logger()
+
+SCORES_FILE = "shift_scores.npz"
+
+
+def unseen_family(cfg: TrainConfig) -> list[data.Sample]:
+    """The normal films a probe run left out: its unseen acquisition batch."""
+    family = cfg.exclude_family
+    return [
+        s
+        for s in data.list_samples(cfg.data_dir, cfg.task)
+        if s.label == 0 and data.family_of(Path(s.path).name) == family
+    ]
+
+
+def score_unseen_family(
+    bundle: Bundle,
+    cfg: TrainConfig,
+    x_val_raw: npt.NDArray[np.uint8],
+    y_val: npt.NDArray[np.int64],
+) -> dict[str, Any]:
+    """Score the unseen family, record ``shift_proxy`` in model.json and the card, and keep
+    every member's logits on the unseen films and on the validation split."""
+    unseen = unseen_family(cfg)
+    x_unseen = data.load_images(cfg.data_dir, unseen)
+    val_logits = bundle.member_logits(x_val_raw)
+    unseen_logits = bundle.member_logits(x_unseen)
+    np.savez_compressed(
+        bundle.path / SCORES_FILE,
+        val_logits=val_logits,
+        val_labels=y_val,
+        unseen_logits=unseen_logits,
+        unseen_files=np.array([Path(s.path).name for s in unseen]),
+    )
+    figures = proxy_figures(val_logits, y_val, unseen_logits, bundle.calibration, bundle.threshold)
+    if bundle.guard is not None:  # the share of the unseen batch the domain guard lets in
+        scores = bundle.assess(x_unseen).domain_scores
+        assert scores is not None
+        figures["domain_pass_rate_unseen"] = float(np.mean(scores <= bundle.guard.threshold))
+    meta = dict(bundle.metadata)
+    meta["shift_proxy"] = {
+        "family_left_out": cfg.exclude_family,
+        "unseen_normals": len(unseen),
+        **figures,
+        "method": (
+            "the unseen family's normals and this run's validation pneumonias, scored by "
+            "this bundle at its own calibration and threshold"
+        ),
+    }
+    write_metadata(bundle.path, meta)
+    write_card(bundle.path, meta)
+    bundle.metadata = meta
+    log.info(
+        "shift_proxy",
+        unseen_normals=len(unseen),
+        specificity=round(figures["specificity_unseen"], 4),
+        auc=round(figures["auc"], 4),
+    )
+    return figures
+
+
+def probe_set(
+    val_logits: npt.NDArray[np.float64],
+    y_val: npt.NDArray[np.int64],
+    unseen_logits: npt.NDArray[np.float64],
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+    """Labels and ensemble logits of the probe set: unseen normals + validation pneumonias."""
+    pneumonia = val_logits[:, y_val == 1]
+    logits = np.concatenate([unseen_logits, pneumonia], axis=1).mean(axis=0)
+    labels = np.concatenate([np.zeros(unseen_logits.shape[1]), np.ones(pneumonia.shape[1])])
+    return labels.astype(np.int64), logits
+
+
+def proxy_figures(
+    val_logits: npt.NDArray[np.float64],
+    y_val: npt.NDArray[np.int64],
+    unseen_logits: npt.NDArray[np.float64],
+    calibration: Platt,
+    threshold: float,
+) -> dict[str, float]:
+    """The proxy's figures for the ensemble of the given members' logits."""
+    labels, logits = probe_set(val_logits, y_val, unseen_logits)
+    probs = calibration.apply(sigmoid(logits))
+    unseen_probs = probs[labels == 0]
+    val_probs = calibration.apply(sigmoid(val_logits.mean(axis=0)))
+    return {
+        "auc": roc_auc(labels, probs),
+        "specificity_unseen": float(np.mean(unseen_probs < threshold)),
+        "flagged_unseen": float(np.sum(unseen_probs >= threshold)),
+        "specificity_at_sensitivity_0_95": specificity_at_sensitivity(labels, probs, 0.95),
+        "brier": brier(labels, probs),
+        "ece": expected_calibration_error(labels, probs),
+        "validation_auc": roc_auc(y_val, val_probs),
+        "validation_brier": brier(y_val, val_probs),
+        "validation_ece": expected_calibration_error(y_val, val_probs),
+    }
+
+
+def load_scores(probe_dir: Path) -> dict[str, Any]:
+    with np.load(probe_dir / SCORES_FILE) as npz:
+        return {key: npz[key] for key in npz.files}
+
+
+def shift_calibration(probe_dir: Path) -> Platt:
+    """Platt scaling fitted on the probe set (unseen normals + validation pneumonias): the
+    scores that best mimic a new site's, so the certainty survives a change of batch."""
+    scores = load_scores(probe_dir)
+    labels, logits = probe_set(scores["val_logits"], scores["val_labels"], scores["unseen_logits"])
+    return fit_platt(labels, sigmoid(logits))
+
+
+__all__ = [
+    "load_scores",
+    "probe_record",
+    "proxy_figures",
+    "score_unseen_family",
+    "shift_calibration",
+]
+
+
+def probe_record(probe_dir: Path, calibration: Platt) -> dict[str, Any]:
+    """What the shipped bundle records of its probe: the probe's own figures, and those of
+    the probe's scores under the shipped calibration (fitted on them: in-sample)."""
+    from screener.model.bundle import read_metadata
+
+    probe_meta = read_metadata(probe_dir)
+    own = probe_meta.get("shift_proxy")
+    if not own:
+        raise ValueError(f"{probe_dir} is not a probe bundle (no shift_proxy in model.json)")
+    scores = load_scores(probe_dir)
+    under_shipped = proxy_figures(
+        scores["val_logits"],
+        scores["val_labels"],
+        scores["unseen_logits"],
+        calibration,
+        float(probe_meta["threshold"]),
+    )
+    return {
+        **own,
+        "probe_bundle": {"name": probe_meta["name"], "uid": probe_meta["uid"]},
+        "probe_threshold": float(probe_meta["threshold"]),
+        "under_shift_calibration": {
+            "brier": under_shipped["brier"],
+            "ece": under_shipped["ece"],
+            "note": "the probe's scores under the calibration fitted on them (in-sample)",
+        },
+    }

@@ -1,0 +1,179 @@
+"""Site calibration: `screener calibrate --from-reviews` fits a new operating point on the
+site's reviewed reads, writes it as a new bundle with a new UID, refuses with too few
+positives; `screener stats` shows before and after; studies outside the domain don't count."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from sqlalchemy import select
+from support import build_dicom
+
+from screener.cli import main
+from screener.db import OUTSIDE_DOMAIN, Database, Instance, Job, Result, utcnow
+from screener.db.migrate import upgrade
+from screener.ingest.accept import Acceptor
+from screener.ingest.spool import Spool
+from screener.model.bundle import read_metadata
+from screener.model.metrics import wilson_lower
+from screener.worklist import record_review
+
+
+def _site(
+    tmp_path: Path,
+    db_url: str,
+    make_settings: Callable[..., Any],
+    model_bundle: Path,
+    positives: int,
+    negatives: int,
+) -> tuple[Any, Path, list[float], list[int]]:
+    """A copy of the shipped bundle, and reviewed studies it scored: the first ``positives``
+    read as pneumonia (scores spread around the threshold, as a new site's are), then
+    ``negatives`` read as normal, then one outside the domain read as pneumonia."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(model_bundle, bundle)
+    meta = read_metadata(bundle)
+    settings = make_settings(db_url, model__bundle=str(bundle))
+    db = Database(db_url)
+    upgrade(db)
+    acceptor = Acceptor(db, Spool(settings.storage.spool_dir, 0), settings)
+    rng = np.random.default_rng(7)
+    probs = list(np.clip(rng.beta(6, 1.5, positives), 0.01, 0.999)) + list(
+        np.clip(rng.beta(1.5, 3, negatives), 0.001, 0.99)
+    )
+    reads = [1] * positives + [0] * negatives
+    threshold = float(meta["threshold"])
+    cases = [(p, r, "scored") for p, r in zip(probs, reads, strict=True)] + [(0.999, 1, "outside")]
+    for i, (p, read, kind) in enumerate(cases):
+        accepted = acceptor.accept(build_dicom(seed=i), source="dicom")
+        with db.transaction() as s:
+            inst = s.scalars(
+                select(Instance).where(Instance.sop_instance_uid == accepted.sop_instance_uid)
+            ).one()
+            job = s.scalars(select(Job).where(Job.instance_id == inst.id)).one()
+            job.state = "done"
+            now = utcnow()
+            label = "pneumonia" if p >= threshold else "normal"
+            s.add(
+                Result(
+                    job_id=job.id,
+                    instance_id=inst.id,
+                    frame_number=1,
+                    probability=float(p),
+                    label=OUTSIDE_DOMAIN if kind == "outside" else label,
+                    threshold=threshold,
+                    domain_score=50.0 if kind == "outside" else 1.0,
+                    model_name=meta["name"],
+                    model_version=meta["version"],
+                    model_uid=meta["uid"],
+                    queued_at=now,
+                    started_at=now,
+                    scored_at=now,
+                )
+            )
+        flagged = kind == "scored" and p >= threshold
+        record_review(db, accepted.study_instance_uid, bool(read) == flagged, None, 12.0)
+    db.dispose()
+    return settings, bundle, [float(p) for p in probs], reads
+
+
+def test_calibrate_from_reviews_writes_a_new_operating_point(
+    tmp_path: Path,
+    db_url: str,
+    make_settings: Callable[..., Any],
+    model_bundle: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """80 reads (60 pneumonia): the new threshold is the highest whose Wilson lower bound of
+    site sensitivity reaches 0.95, the bundle gets a new UID that names its parent, and
+    `screener stats` shows the operating point before and after."""
+    settings, bundle, probs, reads = _site(tmp_path, db_url, make_settings, model_bundle, 60, 20)
+    out = tmp_path / "site-bundle"
+    db_flag = ["--set", f"database.url={settings.database.url}"]
+    code = main(
+        [*db_flag, "calibrate", "--from-reviews", "--model", str(bundle), "--out", str(out)]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    old, new = read_metadata(bundle), read_metadata(out)
+    assert new["uid"] != old["uid"] and new["derived_from"]["uid"] == old["uid"]
+    assert (out / "model.keras").is_file() and "Site calibration" in (
+        out / "MODEL_CARD.md"
+    ).read_text()
+    site = new["site_calibration"]
+    assert site["reviewed_studies"] == 80  # the study outside the domain is not a read to fit on
+    assert (site["read_as_pneumonia"], site["read_as_normal"]) == (60, 20)
+    pos = np.sort(np.array([p for p, r in zip(probs, reads, strict=True) if r]))[::-1]
+    caught = int(np.sum(pos >= new["threshold"]))
+    assert wilson_lower(caught, 60) >= 0.95 > wilson_lower(caught - 1, 60)
+    assert site["after"]["sensitivity"] == pytest.approx(caught / 60)
+    assert f"threshold {new['threshold']:.4f}" in printed
+    # the site's stats, with the new bundle configured, show before and after
+    main([*db_flag, "--set", f"model.bundle={out}", "stats"])
+    stats = capsys.readouterr().out
+    assert "site calibration of" in stats
+    assert f"{old['threshold']:.4f}" in stats and f"{new['threshold']:.4f}" in stats
+
+
+def test_calibrate_refuses_with_too_few_positives(
+    tmp_path: Path,
+    sqlite_url: str,
+    make_settings: Callable[..., Any],
+    model_bundle: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """20 reads as pneumonia cannot show a 0.95 sensitivity: refused, nothing written."""
+    settings, bundle, _, _ = _site(tmp_path, sqlite_url, make_settings, model_bundle, 20, 20)
+    out = tmp_path / "site-bundle"
+    code = main(
+        [
+            "--set",
+            f"database.url={settings.database.url}",
+            "calibrate",
+            "--from-reviews",
+            "--model",
+            str(bundle),
+            "--out",
+            str(out),
+        ]
+    )
+    assert code != 0
+    err = capsys.readouterr().err
+    assert "only 20 reviewed studies were read as pneumonia" in err and "at least 52" in err
+    assert not out.exists()
+
+
+def test_refit_calibration_composes_with_the_shipped_one(
+    tmp_path: Path,
+    sqlite_url: str,
+    make_settings: Callable[..., Any],
+    model_bundle: Path,
+) -> None:
+    """With --refit-calibration the new Platt map is the site's fit applied after the shipped one."""
+    settings, bundle, _, _ = _site(tmp_path, sqlite_url, make_settings, model_bundle, 60, 40)
+    out = tmp_path / "site-bundle"
+    assert (
+        main(
+            [
+                "--set",
+                f"database.url={settings.database.url}",
+                "calibrate",
+                "--from-reviews",
+                "--model",
+                str(bundle),
+                "--out",
+                str(out),
+                "--refit-calibration",
+            ]
+        )
+        == 0
+    )
+    new = json.loads((out / "model.json").read_text())
+    assert new["site_calibration"]["calibration_refitted"] is True
+    assert new["calibration"]["a"] != read_metadata(bundle)["calibration"]["a"]
