@@ -273,3 +273,49 @@ def sr_deliveries(files: Iterable[Path]) -> tuple[Counter[str], Counter[str]]:
             per_sr[str(ds.SOPInstanceUID)] += 1
             per_source.update(sr_source_uids(ds))
     return per_sr, per_source
+
+
+def film_dicom(
+    pixels: Any,
+    *,
+    patient_age: str | None = None,
+    body_part: str = "CHEST",
+    view_position: str = "AP",
+    accession: str = "PED1",
+) -> bytes:
+    """An 8-bit MONOCHROME2 CR film (Explicit VR Little Endian) around a grey ``uint8`` array."""
+    import io
+
+    import numpy as np
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    array = np.ascontiguousarray(pixels, dtype=np.uint8)
+    ds = Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1"  # CR Image Storage
+    ds.SOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Modality = "CR"
+    ds.PatientName = "Doe^Child"
+    ds.PatientID = "PHI-67890"
+    ds.AccessionNumber = accession
+    ds.StudyDate = "20261128"
+    ds.BodyPartExamined = body_part
+    ds.ViewPosition = view_position
+    if patient_age is not None:
+        ds.PatientAge = patient_age
+    ds.Rows, ds.Columns = array.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    ds.PixelRepresentation = 0
+    ds.PixelData = array.tobytes()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta = meta
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from screener.training.card import write_card
     from screener.training.guard import bundle_split, fit_bundle_guard
 
-    bundle = load_bundle(args.model or settings.model.bundle)
+    bundle = load_bundle(args.model or settings.model.bundle, with_guard=False)
     train, val, root = bundle_split(bundle, args.data)
     labels = np.array([s.label for s in train], dtype=np.int64)
     record = fit_bundle_guard(

@@ -62,14 +62,17 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             reason = getattr(exc, "reason", type(exc).__name__)
             results.append({"file": str(path), "error": str(exc), "reason": reason})
             continue
-        probs = bundle.predict(np.stack(frames))
-        for i, (frame, p) in enumerate(zip(frames, probs, strict=True)):
+        assessed = bundle.assess(np.stack(frames))
+        for i, (frame, p) in enumerate(zip(frames, assessed.probabilities, strict=True)):
+            inside = assessed.in_domain(i) or not settings.population.domain_guard
             entry: dict[str, Any] = {
                 "file": str(path),
                 "frame": i,
                 "probability": round(float(p), 6),
-                "label": bundle.label(float(p)),
+                "label": bundle.label(float(p)) if inside else "outside_domain",
             }
+            if assessed.domain_scores is not None:
+                entry["domain_score"] = round(float(assessed.domain_scores[i]), 3)
             if args.heatmap is not None:
                 from screener.model.gradcam import write_heatmap
 
@@ -88,5 +91,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 continue
             which = f" [frame {r['frame']}]" if r["frame"] else ""
             extra = f"  heatmap {r['heatmap']}" if "heatmap" in r else ""
+            if r["label"] == "outside_domain":
+                print(
+                    f"{r['file']}{which}: NOT ASSESSED, outside the model's domain (score "
+                    f"{r['domain_score']:.1f}, threshold {bundle.guard.threshold:.1f}){extra}"  # type: ignore[union-attr]
+                )
+                continue
             print(f"{r['file']}{which}: P(pneumonia) = {r['probability']:.4f}  {r['label']}{extra}")
     return 1 if failures else 0

@@ -228,8 +228,11 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def load_bundle(path: str | Path) -> Bundle:
-    """Load a bundle folder; raises :class:`ModelError` if it is missing or malformed."""
+def load_bundle(path: str | Path, *, with_guard: bool = True) -> Bundle:
+    """Load a bundle folder; raises :class:`ModelError` if it is missing or malformed.
+
+    ``with_guard=False`` leaves the domain guard out (``screener guard`` refits it).
+    """
     folder = Path(path)
     if not folder.is_dir():
         raise ModelError(f"model bundle folder {str(folder)!r} does not exist")
@@ -243,7 +246,7 @@ def load_bundle(path: str | Path) -> Bundle:
         model = keras.models.load_model(model_path, compile=False)
     except Exception as exc:  # Keras raises many types for a corrupt file: boundary.
         raise ModelError(f"cannot load {str(model_path)!r}: {exc}") from exc
-    guard = DomainGuard.load(folder) if metadata.get("domain_guard") else None
+    guard = DomainGuard.load(folder) if with_guard and metadata.get("domain_guard") else None
     log.info(
         "bundle_loaded",
         name=metadata["name"],

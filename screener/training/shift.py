@@ -179,3 +179,34 @@ def probe_record(probe_dir: Path, calibration: Platt) -> dict[str, Any]:
             "note": "the probe's scores under the calibration fitted on them (in-sample)",
         },
     }
+
+
+def candidate_figures(
+    val_logits: npt.NDArray[np.float64],
+    y_val: npt.NDArray[np.int64],
+    unseen_logits: npt.NDArray[np.float64],
+    target: float,
+) -> dict[str, float]:
+    """The proxy's figures for one candidate (a subset of members), calibrated and
+    thresholded on the probe's validation split exactly as training does for a bundle."""
+    from screener.model.metrics import threshold_for_sensitivity
+
+    raw = sigmoid(val_logits.mean(axis=0))
+    platt = fit_platt(y_val, raw)
+    threshold, _ = threshold_for_sensitivity(y_val, platt.apply(raw), target)
+    return {
+        **proxy_figures(val_logits, y_val, unseen_logits, platt, threshold),
+        "threshold": threshold,
+    }
+
+
+def member_candidates(probe_dir: Path, target: float) -> list[dict[str, Any]]:
+    """Each probe member alone, then the ensembles of the first 2, 3, ... members."""
+    scores = load_scores(probe_dir)
+    val, y, unseen = scores["val_logits"], scores["val_labels"], scores["unseen_logits"]
+    subsets = [([k], f"single network (member {k})") for k in range(len(val))]
+    subsets += [(list(range(n)), f"ensemble of {n}") for n in range(2, len(val) + 1)]
+    return [
+        {"name": name, "members": index, **candidate_figures(val[index], y, unseen[index], target)}
+        for index, name in subsets
+    ]
