@@ -210,3 +210,27 @@ def member_candidates(probe_dir: Path, target: float) -> list[dict[str, Any]]:
         {"name": name, "members": index, **candidate_figures(val[index], y, unseen[index], target)}
         for index, name in subsets
     ]
+
+
+def model_selection(probe_dir: Path, members: int, target: float) -> dict[str, Any]:
+    """The candidates the probe can judge (each member, the ensembles of its first members)
+    and which of them this bundle is, ranked by specificity on the unseen batch at
+    sensitivity >= 0.95 on the probe set (the threshold-free figure that matters here)."""
+    candidates = member_candidates(probe_dir, target)
+    key = "specificity_at_sensitivity_0_95"
+    ranked = sorted(candidates, key=lambda c: -c[key])
+    shipped = (
+        next(c for c in candidates if c["members"] == list(range(members)))
+        if members <= len(load_scores(probe_dir)["val_logits"])
+        else None
+    )
+    if shipped is None:
+        choice = f"This bundle has {members} members; the probe judged fewer."
+    else:
+        rank = ranked.index(shipped) + 1
+        choice = (
+            f"This bundle is the recipe of the candidate '{shipped['name']}', ranked {rank} of "
+            f"{len(candidates)} on the probe's best specificity at sensitivity >= 0.95 "
+            f"({shipped[key]:.3f}; best {ranked[0][key]:.3f}, '{ranked[0]['name']}')."
+        )
+    return {"criterion": key, "candidates": candidates, "choice": choice}

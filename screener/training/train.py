@@ -139,10 +139,13 @@ def train(cfg: TrainConfig) -> Bundle:
     meta = base_metadata(cfg, pre, aug, samples, split, cw, result, train_seconds, model)
     shift_platt = None
     if cfg.probe_dir is not None:
-        from screener.training.shift import probe_record, shift_calibration
+        from screener.training.shift import model_selection, probe_record, shift_calibration
 
         shift_platt = shift_calibration(cfg.probe_dir)
         meta["shift_proxy"] = probe_record(cfg.probe_dir, shift_platt)
+        meta["model_selection"] = model_selection(
+            cfg.probe_dir, cfg.members, cfg.target_sensitivity
+        )
     bundle = finalize(
         cfg.out_dir, model, meta, x_val_raw, y_val, cfg.target_sensitivity, shift_platt
     )
