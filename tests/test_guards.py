@@ -60,7 +60,9 @@ def test_assess_gives_predicts_probabilities(shipped: Bundle, validation: tuple[
     assert assessed.domain_scores is not None and np.isfinite(assessed.domain_scores).all()
 
 
-def test_validation_films_pass_the_domain_guard(shipped: Bundle, validation: tuple[Any, Any]) -> None:
+def test_validation_films_pass_the_domain_guard(
+    shipped: Bundle, validation: tuple[Any, Any]
+) -> None:
     """At least 99 % of the pediatric validation films pass, as recorded when the guard was fitted."""
     images, _ = validation
     scores = shipped.assess(images).domain_scores
@@ -174,6 +176,7 @@ def test_serve_applies_both_guards(
     assert "NOT ASSESSED" in worklist
 
     hip_uid = str(dcmread(hip, stop_before_pixels=True).SOPInstanceUID)
+
     def received() -> list[Path]:
         return [f for f in pacs.iterdir() if not f.name.startswith(".")]
 

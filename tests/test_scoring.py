@@ -65,7 +65,10 @@ def test_worker_scores_batches_and_records_results(scoring_setup: Any, model_bun
         for r in results:
             assert jobs[r.job_id].state == JobState.DONE
             assert 0.0 <= r.probability <= 1.0
-            assert r.label == ("pneumonia" if r.probability >= meta["threshold"] else "normal")
+            assert r.domain_score is not None  # the shipped bundle has a domain guard
+            guard = meta["domain_guard"]["threshold"]
+            expected = "pneumonia" if r.probability >= meta["threshold"] else "normal"
+            assert r.label == (expected if r.domain_score <= guard else "outside_domain")
             assert (r.model_uid, r.model_version, r.threshold) == (
                 meta["uid"],
                 meta["version"],

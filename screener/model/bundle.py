@@ -68,6 +68,7 @@ class Bundle:
     model: keras.Model = field(repr=False)
     guard: DomainGuard | None = field(default=None, repr=False)
     _feature_models: list[Any] | None = field(default=None, repr=False)
+    _feature_layers: tuple[str, ...] = field(default=(), repr=False)
 
     @property
     def name(self) -> str:
@@ -149,16 +150,19 @@ class Bundle:
         )
 
     def forward(
-        self, images: npt.NDArray[np.uint8]
+        self, images: npt.NDArray[np.uint8], layers: tuple[str, ...] | None = None
     ) -> tuple[npt.NDArray[np.float64], list[npt.NDArray[np.float64]]]:
-        """The ensemble's mean logits and each (member, stage)'s pooled features."""
+        """The ensemble's mean logits and each (member, stage)'s pooled features (the
+        guard's layers, or ``layers`` when fitting one)."""
         from screener.model.architectures import members_of
         from screener.model.domain import SMALL_CNN_LAYERS, feature_model, pooled
 
         images = self._check(images)
-        if self._feature_models is None:
+        if layers is None:
             layers = self.guard.layers if self.guard is not None else SMALL_CNN_LAYERS
+        if self._feature_models is None or self._feature_layers != layers:
             self._feature_models = [feature_model(m, layers) for m in members_of(self.model)]
+            self._feature_layers = layers
         logits: list[npt.NDArray[np.float64]] = []
         features: list[list[npt.NDArray[np.float64]]] = []
         for start in range(0, len(images), PREDICT_BATCH):

@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 DOMAIN_FILE = "domain.npz"
 #: Pooled feature maps the guard reads in each small_cnn member: the last three stages.
 SMALL_CNN_LAYERS = ("s4_conv2_relu", "s5_conv1_relu", "features_relu")
+#: What the guard reads in a Keras application: the input of the head's pooling layer (the
+#: backbone's last feature map, as the outer graph sees it).
+APPLICATION_LAYERS = ("pool",)
 #: Weight of the identity in the covariance (shrinkage towards a scaled identity).
 SHRINKAGE = 0.1
 #: Share of validation films that must pass.
@@ -36,12 +39,20 @@ VALIDATION_PASS = 0.99
 Floats = npt.NDArray[np.float64]
 
 
+def guard_layers(backbone: str) -> tuple[str, ...]:
+    """The feature maps the guard reads for a backbone."""
+    return SMALL_CNN_LAYERS if backbone == "small_cnn" else APPLICATION_LAYERS
+
+
 def feature_model(member: keras.Model, layers: tuple[str, ...] = SMALL_CNN_LAYERS) -> keras.Model:
     """``member`` with its logit and the feature maps of ``layers`` as outputs."""
     import keras
 
     try:
-        maps = [member.get_layer(name).output for name in layers]
+        maps = [
+            member.get_layer(name).input if name == "pool" else member.get_layer(name).output
+            for name in layers
+        ]
     except ValueError as exc:
         raise ModelError(f"the domain guard needs a small_cnn member: {exc}") from exc
     return keras.Model(member.input, [member.output, *maps])

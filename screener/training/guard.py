@@ -14,19 +14,21 @@ import numpy.typing as npt
 import structlog
 
 from screener.model.bundle import Bundle, write_metadata
-from screener.model.domain import SHRINKAGE, SMALL_CNN_LAYERS, VALIDATION_PASS, fit_guard
+from screener.model.domain import SHRINKAGE, VALIDATION_PASS, fit_guard, guard_layers
 
 log = structlog.get_logger()
 
 
-def domain_features(bundle: Bundle, images: npt.NDArray[np.uint8]) -> list[Any]:
-    """Pooled features of every (member, stage), with a progress bar."""
+def domain_features(
+    bundle: Bundle, images: npt.NDArray[np.uint8], layers: tuple[str, ...]
+) -> list[Any]:
+    """Pooled features of ``layers`` in every member, with a progress bar."""
     from tqdm import tqdm
 
     parts: list[list[Any]] = []
     step = 256
     for start in tqdm(range(0, len(images), step), desc="domain features", unit="batch"):
-        parts.append(bundle.forward(images[start : start + step])[1])
+        parts.append(bundle.forward(images[start : start + step], layers)[1])
     return [np.concatenate(chunks) for chunks in zip(*parts, strict=True)]
 
 
@@ -37,8 +39,12 @@ def fit_bundle_guard(
     x_val: npt.NDArray[np.uint8],
 ) -> dict[str, Any]:
     """Fit, save ``domain.npz`` and record ``domain_guard`` in model.json; returns it."""
+    layers = guard_layers(str(bundle.metadata.get("backbone", "small_cnn")))
     guard, val_scores = fit_guard(
-        domain_features(bundle, x_train), y_train, domain_features(bundle, x_val)
+        domain_features(bundle, x_train, layers),
+        y_train,
+        domain_features(bundle, x_val, layers),
+        layers,
     )
     guard.save(bundle.path)
     pass_rate = float(np.mean(val_scores <= guard.threshold))
@@ -48,7 +54,7 @@ def fit_bundle_guard(
             "covariance, shrunk towards a scaled identity), per member and stage, z-normalised "
             "on the training films and summed (Lee et al. 2018)"
         ),
-        "layers": list(SMALL_CNN_LAYERS),
+        "layers": list(layers),
         "components": len(guard.means),
         "shrinkage": SHRINKAGE,
         "threshold": guard.threshold,
@@ -97,3 +103,58 @@ def bundle_split(bundle: Bundle, data_dir: Path | None) -> tuple[list[Any], list
         )
     train, val = data.split_by_patient(samples, cfg.val_fraction, cfg.seed)
     return train, val, root
+
+
+def foreign_checks(bundle: Bundle, data_root: Path, val_images: Any) -> list[dict[str, Any]]:
+    """What the guard does with films the model is not for, from the development data:
+    the share outside the domain and the share flagged (of all, by the score alone)."""
+    import matplotlib
+
+    from screener.errors import ScreenerError
+    from screener.imaging import load_raster
+    from screener.model.inputs import load_frames
+
+    dicom = data_root / "dicom"
+
+    def frames(folder: str, names: list[str] | None = None) -> list[Any]:
+        out: list[Any] = []
+        for path in sorted((dicom / folder).glob("*.dcm")):
+            if names is None or path.name in names:
+                try:
+                    out.extend(load_frames(path))
+                except (ScreenerError, OSError):  # the two JPLY files do not decode
+                    continue
+        return out
+
+    rng = np.random.default_rng(0)
+    sample = val_images[:100]
+    hopper = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+    sets = {
+        "pediatric validation films (in population)": list(val_images),
+        "adult chest CR, SIIM (ages ignored)": frames("siim_chest_cr"),
+        "adult chest DX, NIH (ages ignored)": frames(
+            "nih_dx_header_variants", ["test1.dcm", "test2.dcm", "test3.dcm"]
+        ),
+        "hip and tibia CR, WG04": frames("wg04_nonchest"),
+        "validation films inverted": [255 - x for x in sample],
+        "validation films rotated 90 degrees": [np.rot90(x).copy() for x in sample],
+        "constant images": [np.full((224, 224), v, np.uint8) for v in (0, 40, 128, 200, 255)],
+        "uniform noise": [rng.integers(0, 256, (224, 224)).astype(np.uint8) for _ in range(10)],
+        "a natural photograph": [load_raster(hopper)],
+    }
+    checks = []
+    for what, images in sets.items():
+        if not images:
+            continue
+        assessed = bundle.assess(np.stack(images))
+        outside = np.array([not assessed.in_domain(i) for i in range(len(images))])
+        flagged = (assessed.probabilities >= bundle.threshold) & ~outside
+        checks.append(
+            {
+                "what": what,
+                "n": len(images),
+                "outside": float(outside.mean()),
+                "flagged": float(flagged.mean()),
+            }
+        )
+    return checks

@@ -24,7 +24,8 @@ def test_shipped_bundle_scores_a_siim_dicom(
     assert main(["predict", str(siim_dicoms[0]), "--model", str(SHIPPED), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)["results"][0]
     assert 0.0 <= result["probability"] <= 1.0
-    assert result["label"] in ("normal", "pneumonia")
+    assert result["label"] in ("normal", "pneumonia", "outside_domain")
+    assert result["domain_score"] >= 0 or result["domain_score"] < 0  # a number, not NaN
 
 
 def test_shipped_bundle_is_small_and_complete() -> None:
@@ -33,4 +34,5 @@ def test_shipped_bundle_is_small_and_complete() -> None:
         pytest.skip(f"no shipped bundle at {SHIPPED}")
     names = {p.name for p in SHIPPED.iterdir()}
     assert {"model.keras", "model.json", "MODEL_CARD.md", "roc.png", "confusion.png"} <= names
+    assert "domain.npz" in names
     assert sum(p.stat().st_size for p in SHIPPED.iterdir()) < 20 * 1024 * 1024
