@@ -111,6 +111,23 @@ def serve_env(tmp_path: Path, db_url: str, port: int, **extra: str) -> dict[str,
     return env
 
 
+def part10(ds: Any) -> bytes:
+    """``ds`` as a DICOM Part 10 file in Explicit VR Little Endian."""
+    import io
+
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta = meta
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
 def build_dicom(
     *,
     sop_instance_uid: str | None = None,
@@ -125,11 +142,10 @@ def build_dicom(
     seed: int = 0,
 ) -> bytes:
     """A small, valid DICOM Part 10 file (Explicit VR Little Endian) as bytes."""
-    import io
 
     import numpy as np
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.dataset import Dataset
+    from pydicom.uid import generate_uid
 
     ds = Dataset()
     ds.SOPClassUID = sop_class_uid
@@ -157,14 +173,7 @@ def build_dicom(
             .integers(0, 4096, (rows, columns), dtype=np.uint16)
             .tobytes()
         )
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta = meta
-    out = io.BytesIO()
-    ds.save_as(out, enforce_file_format=True)
-    return out.getvalue()
+    return part10(ds)
 
 
 def c_store(
@@ -284,11 +293,10 @@ def film_dicom(
     accession: str = "PED1",
 ) -> bytes:
     """An 8-bit MONOCHROME2 CR film (Explicit VR Little Endian) around a grey ``uint8`` array."""
-    import io
 
     import numpy as np
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.dataset import Dataset
+    from pydicom.uid import generate_uid
 
     array = np.ascontiguousarray(pixels, dtype=np.uint8)
     ds = Dataset()
@@ -311,11 +319,4 @@ def film_dicom(
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
     ds.PixelRepresentation = 0
     ds.PixelData = array.tobytes()
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta = meta
-    out = io.BytesIO()
-    ds.save_as(out, enforce_file_format=True)
-    return out.getvalue()
+    return part10(ds)

@@ -83,6 +83,14 @@ def _site(
     return settings, bundle, [float(p) for p in probs], reads
 
 
+def _calibrate(settings: Any, bundle: Path, out: Path, *extra: str) -> int:
+    """`screener calibrate --from-reviews` on the settings' database."""
+    db = ["--set", f"database.url={settings.database.url}"]
+    return main(
+        [*db, "calibrate", "--from-reviews", "--model", str(bundle), "--out", str(out), *extra]
+    )
+
+
 def test_calibrate_from_reviews_writes_a_new_operating_point(
     tmp_path: Path,
     db_url: str,
@@ -96,10 +104,7 @@ def test_calibrate_from_reviews_writes_a_new_operating_point(
     settings, bundle, probs, reads = _site(tmp_path, db_url, make_settings, model_bundle, 60, 20)
     out = tmp_path / "site-bundle"
     db_flag = ["--set", f"database.url={settings.database.url}"]
-    code = main(
-        [*db_flag, "calibrate", "--from-reviews", "--model", str(bundle), "--out", str(out)]
-    )
-    assert code == 0
+    assert _calibrate(settings, bundle, out) == 0
     printed = capsys.readouterr().out
     old, new = read_metadata(bundle), read_metadata(out)
     assert new["uid"] != old["uid"] and new["derived_from"]["uid"] == old["uid"]
@@ -131,18 +136,7 @@ def test_calibrate_refuses_with_too_few_positives(
     """20 reads as pneumonia cannot show a 0.95 sensitivity: refused, nothing written."""
     settings, bundle, _, _ = _site(tmp_path, sqlite_url, make_settings, model_bundle, 20, 20)
     out = tmp_path / "site-bundle"
-    code = main(
-        [
-            "--set",
-            f"database.url={settings.database.url}",
-            "calibrate",
-            "--from-reviews",
-            "--model",
-            str(bundle),
-            "--out",
-            str(out),
-        ]
-    )
+    code = _calibrate(settings, bundle, out)
     assert code != 0
     err = capsys.readouterr().err
     assert "only 20 reviewed studies were read as pneumonia" in err and "at least 52" in err
@@ -158,22 +152,7 @@ def test_refit_calibration_composes_with_the_shipped_one(
     """With --refit-calibration the new Platt map is the site's fit applied after the shipped one."""
     settings, bundle, _, _ = _site(tmp_path, sqlite_url, make_settings, model_bundle, 60, 40)
     out = tmp_path / "site-bundle"
-    assert (
-        main(
-            [
-                "--set",
-                f"database.url={settings.database.url}",
-                "calibrate",
-                "--from-reviews",
-                "--model",
-                str(bundle),
-                "--out",
-                str(out),
-                "--refit-calibration",
-            ]
-        )
-        == 0
-    )
+    assert _calibrate(settings, bundle, out, "--refit-calibration") == 0
     new = json.loads((out / "model.json").read_text())
     assert new["site_calibration"]["calibration_refitted"] is True
     assert new["calibration"]["a"] != read_metadata(bundle)["calibration"]["a"]

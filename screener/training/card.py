@@ -212,7 +212,7 @@ from the borders), resize to {meta["input_size"]} px, scale to [0, 1].
 (rotation, shift, zoom, gamma, contrast, brightness, blur, noise; no flips), checkpoint and \
 early stopping on validation AUC: best epoch {t["best_epoch"]} of {t["epochs_run"]}, \
 {t["seconds"] / 60:.0f} min on {t["host"]["cpus"]} CPU cores, no GPU.
-{_members_line(t)}- Calibration: Platt scaling fitted on the {cal.get("fitted_on", "validation split")} \
+{_members_line(t)}{_cost_line(meta)}- Calibration: Platt scaling fitted on the {cal.get("fitted_on", "validation split")} \
 (a = {cal["a"]:.3f}, b = {cal["b"]:.3f}); validation log-loss {cal["val_log_loss_before"]:.4f} before, \
 {cal["val_log_loss_after"]:.4f} after.
 - **Threshold rule**: {meta["threshold_rule"]} (target {meta["target_sensitivity"]:.2f}). \
@@ -265,6 +265,17 @@ point with `screener calibrate --from-reviews` before relying on the flag.
 - Grad-CAM heat maps (`screener predict --heatmap`) show coarsely where the network's
   evidence lies; they are not a localisation of disease.
 """
+
+
+def _cost_line(meta: dict[str, Any]) -> str:
+    cost = meta.get("serving_cost")
+    if not cost:
+        return ""
+    return (
+        f"- **Serving cost**: {cost['ms_per_film']:.1f} ms per film (score and domain guard, "
+        f"batches of 32) against {cost['previous_ms_per_film']:.1f} ms for the bundle it "
+        f"replaces ({cost['previous']}), {cost['how']}.\n"
+    )
 
 
 def _members_line(t: dict[str, Any]) -> str:
