@@ -6,7 +6,7 @@ Anthony & Kamnitsas (arXiv 2309.01488), each member's feature maps at the last s
 average-pooled; for each (member, stage) a Mahalanobis distance to the nearest class mean
 is taken under a shared, shrunk covariance fitted on the training films; each distance is
 z-normalised by its training distribution and the z's are summed. The threshold is the
-99th percentile of the validation films' scores, so at least 99 % of in-domain films pass.
+99.5th percentile of the validation films' scores (see VALIDATION_PASS).
 
 Stored in the bundle as ``domain.npz`` and described in ``model.json`` (``domain_guard``).
 """
@@ -33,8 +33,10 @@ SMALL_CNN_LAYERS = ("s4_conv2_relu", "s5_conv1_relu", "features_relu")
 APPLICATION_LAYERS = ("pool",)
 #: Weight of the identity in the covariance (shrinkage towards a scaled identity).
 SHRINKAGE = 0.1
-#: Share of validation films that must pass.
-VALIDATION_PASS = 0.99
+#: Share of validation films that pass: the issue asks for at least 99 %. At the 99th
+#: percentile the probe's unseen batch of in-population normals passed 97.6 %; at the 99.5th,
+#: 98.7 % (and every rotated, inverted and non-chest check film still failed), so 99.5.
+VALIDATION_PASS = 0.995
 
 Floats = npt.NDArray[np.float64]
 

@@ -58,7 +58,7 @@ def fit_bundle_guard(
         "components": len(guard.means),
         "shrinkage": SHRINKAGE,
         "threshold": guard.threshold,
-        "threshold_rule": f"the {VALIDATION_PASS:.0%} quantile of the validation films' scores",
+        "threshold_rule": f"the {VALIDATION_PASS:.1%} quantile of the validation films' scores",
         "fitted_on": {"train_images": len(x_train), "validation_images": len(x_val)},
         "validation_pass_rate": pass_rate,
     }
