@@ -100,14 +100,12 @@ held-out figure.
 """
     selection = meta.get("model_selection")
     if selection:
-        head = (
-            "| candidate | probe AUC | probe specificity | best spec. at sens. 0.95 | ms per film |"
-        )
+        head = "| candidate | probe AUC | probe specificity | best spec. at sens. 0.95 | note |"
         lines = [head, "|---|---|---|---|---|"]
         for c in selection["candidates"]:
             lines.append(
                 f"| {c['name']} | {_f(c['auc'], 4)} | {_f(c['specificity_unseen'])} | "
-                f"{_f(c['specificity_at_sensitivity_0_95'])} | {_f(c.get('ms_per_film'), 1)} |"
+                f"{_f(c.get('specificity_at_sensitivity_0_95'))} | {c.get('note', '')} |"
             )
         text += "\nCandidates, all judged on the probe:\n\n" + "\n".join(lines) + "\n"
         text += f"\n{selection['choice']}\n"
