@@ -177,7 +177,24 @@ def probe_record(probe_dir: Path, calibration: Platt) -> dict[str, Any]:
             "brier": under_shipped["brier"],
             "ece": under_shipped["ece"],
             "note": "the probe's scores under the calibration fitted on them (in-sample)",
+            **cross_fitted(scores),
         },
+    }
+
+
+def cross_fitted(scores: dict[str, Any]) -> dict[str, float]:
+    """Brier and ECE of the shift calibration out of sample: fitted on one half of the probe
+    set (alternate films) and measured on the other, both ways, pooled."""
+    labels, logits = probe_set(scores["val_logits"], scores["val_labels"], scores["unseen_logits"])
+    raw = sigmoid(logits)
+    probs = np.empty_like(raw)
+    halves = np.arange(len(raw)) % 2
+    for half in (0, 1):
+        fit, out = halves != half, halves == half
+        probs[out] = fit_platt(labels[fit], raw[fit]).apply(raw[out])
+    return {
+        "cross_fitted_brier": brier(labels, probs),
+        "cross_fitted_ece": expected_calibration_error(labels, probs),
     }
 
 
