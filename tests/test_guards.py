@@ -128,7 +128,9 @@ def test_serve_applies_both_guards(
     dicom_dir: Path,
     validation: tuple[Any, Any],
 ) -> None:
-    """Pushed to `screener serve`: adult films are skipped (population:age), a hip film forced
+    """Pushed to `screener serve`: the 13 chest films of patients aged 10 to 81 (SIIM CR, NIH DX)
+    are all skipped
+    (population:age), none scored or flagged, a hip film forced
     through selection is outside the domain with a not-assessed SR and NOT ASSESSED on the
     worklist, and a pediatric validation film passes both guards and is scored."""
     port = free_port()
@@ -144,7 +146,8 @@ def test_serve_applies_both_guards(
     daemon = serve_process(env).start()
     child = tmp_path / "child.dcm"
     child.write_bytes(film_dicom(validation[0][0], patient_age="003Y", accession="CHILD"))
-    adults = sorted((dicom_dir / "siim_chest_cr").glob("*.dcm"))[:3]
+    adults = sorted((dicom_dir / "siim_chest_cr").glob("*.dcm"))  # ages 10 to 69
+    adults += [dicom_dir / "nih_dx_header_variants" / f"test{i}.dcm" for i in (1, 2, 3)]
     hip = dicom_dir / "wg04_nonchest" / "RG2_RLE.dcm"
     storescu(port, [child, hip, *adults])
 
