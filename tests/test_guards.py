@@ -128,9 +128,10 @@ def test_serve_applies_both_guards(
     dicom_dir: Path,
     validation: tuple[Any, Any],
 ) -> None:
-    """Pushed to `screener serve`: the 13 chest films of patients aged 10 to 81 (SIIM CR, NIH DX)
-    are all skipped (population:age), none scored or flagged; a hip film forced through selection is outside the domain with a not-assessed SR and NOT ASSESSED on the
-    worklist, and a pediatric validation film passes both guards and is scored."""
+    """Pushed to `screener serve`: the 13 chest films of patients aged 10 to 81 (SIIM CR,
+    NIH DX) are all skipped (population:age), none scored or flagged; a hip film forced
+    through selection is outside the domain, with a not-assessed SR and NOT ASSESSED on the
+    worklist; a pediatric validation film passes both guards and is scored."""
     port = free_port()
     pacs_port = (pacs / ".port").read_text()
     env = serve_env(
