@@ -142,8 +142,9 @@ def fit_guard(
     for x in train_features:
         mu = np.stack([x[train_labels == k].mean(axis=0) for k in classes])
         centred = x - mu[np.searchsorted(classes, train_labels)]
-        means.append(mu)
-        precisions.append(shrunk_precision(centred))
+        # kept as saved (float32), so the threshold is exact for the guard that is loaded
+        means.append(mu.astype(np.float32).astype(np.float64))
+        precisions.append(shrunk_precision(centred).astype(np.float32).astype(np.float64))
     guard = DomainGuard(layers, means, precisions, np.zeros(len(means)), np.ones(len(means)), 0.0)
     train_d = guard.distances(train_features)
     guard.z_mean = train_d.mean(axis=0)

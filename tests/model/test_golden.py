@@ -26,11 +26,15 @@ SIIM = "dicom/siim_chest_cr"
 #: (file under the shared data folder, calibrated P(pneumonia)). Chosen with probabilities away
 #: from 0 and 1, where the calibrated sigmoid is not saturated and a changed input shows.
 GOLDEN_PROBABILITIES = [
-    (f"{SIIM}/1.2.276.0.7230010.3.1.4.8323329.1000.1517875165.878027.dcm", 0.042101),
-    (f"{SIIM}/1.2.276.0.7230010.3.1.4.8323329.1314.1517875167.222290.dcm", 0.094247),
-    ("chest_xray/train/NORMAL/IM-0164-0001.jpeg", 0.141162),
-    ("chest_xray/train/PNEUMONIA/person1006_bacteria_2937.jpeg", 0.909508),
+    (f"{SIIM}/1.2.276.0.7230010.3.1.4.8323329.1000.1517875165.878027.dcm", 0.071098),
+    (f"{SIIM}/1.2.276.0.7230010.3.1.4.8323329.1314.1517875167.222290.dcm", 0.108012),
+    ("chest_xray/train/NORMAL/IM-0164-0001.jpeg", 0.064571),
+    ("chest_xray/train/PNEUMONIA/person1006_bacteria_2937.jpeg", 0.846155),
 ]
+
+#: The domain guard's score of the same films (an adult SIIM film beyond the threshold, the
+#: training films inside it), recorded with the bundle of 2026-11-28.
+GOLDEN_DOMAIN_SCORES = [25.730, 14.617, 8.784, 10.655]
 
 #: float32 CPU kernels (oneDNN / Eigen, chosen by CPU features and thread count) may differ
 #: in the last bits across machines; 1e-3 on a probability absorbs that and still catches
@@ -56,7 +60,7 @@ GOLDEN_CANONICAL = [
 ]
 
 #: Mean and std of the network input (the bundle's "equalize" preprocessing) of the SIIM film.
-GOLDEN_NETWORK_INPUT = (GOLDEN_CANONICAL[0][0], 0.51469, 0.30310)
+GOLDEN_NETWORK_INPUT = (GOLDEN_CANONICAL[0][0], 0.51449, 0.30177)
 
 
 def _file(relative: str) -> Path:
@@ -82,7 +86,8 @@ def shipped(model_bundle: Path) -> Bundle:
 
 
 def test_shipped_bundle_golden_probabilities(shipped: Bundle) -> None:
-    """The shipped bundle gives the recorded P(pneumonia) for four fixed real films, to 1e-3."""
+    """The shipped bundle gives the recorded P(pneumonia) for four fixed real films, to 1e-3,
+    and the recorded domain-guard scores, to 0.05."""
     images = np.stack([_canonical(name) for name, _ in GOLDEN_PROBABILITIES])
     probabilities = shipped.predict(images)
     got = {
@@ -91,6 +96,9 @@ def test_shipped_bundle_golden_probabilities(shipped: Bundle) -> None:
     }
     for name, expected in GOLDEN_PROBABILITIES:
         assert got[name] == pytest.approx(expected, abs=PROBABILITY_TOLERANCE), got
+    scores = shipped.assess(images).domain_scores
+    assert scores is not None
+    assert np.round(scores, 3).tolist() == pytest.approx(GOLDEN_DOMAIN_SCORES, abs=0.05)
 
 
 @pytest.mark.parametrize(
@@ -114,6 +122,6 @@ def test_network_input_golden(shipped: Bundle) -> None:
     """The bundle's preprocessing of the fixed SIIM film has the recorded mean and std."""
     relative, mean, std = GOLDEN_NETWORK_INPUT
     x = shipped.network_input(_canonical(relative)[None])
-    assert x.shape == (1, 224, 224, 1)
+    assert x.shape == (1, shipped.input_size, shipped.input_size, 1)
     assert float(x.mean()) == pytest.approx(mean, abs=1e-3)
     assert float(x.std()) == pytest.approx(std, abs=1e-3)
