@@ -120,7 +120,7 @@ def _guards_section(meta: dict[str, Any]) -> str:
     if pop:
         lo, hi = pop["age_years"]
         text += (
-            f"- **Population** ({pop['source']}): {pop['description']}. A film whose Patient's "
+            f"- **Population**: {pop['description']}; source: {pop['source']}. A film whose Patient's "
             f"Age (or Birth Date against Study Date) is outside {lo}-{hi} years is `skipped` "
             "with reason `population:age` and never scored. A site that has validated the "
             "model on its own patients can widen this with `[population] min_age_years` / "
@@ -145,9 +145,15 @@ def _guards_section(meta: dict[str, Any]) -> str:
             text += "\n| films | n | outside the domain | flagged |\n|---|---|---|---|\n"
             for c in checks:
                 text += (
-                    f"| {c['what']} | {c['n']} | {100 * c['outside']:.0f}% | "
-                    f"{100 * c['flagged']:.0f}% |\n"
+                    f"| {c['what']} | {c['n']} | {100 * c['outside']:.1f}% | "
+                    f"{100 * c['flagged']:.1f}% |\n"
                 )
+            text += (
+                "\nThe domain guard is not an age detector: adult chest films whose header "
+                "gives no age mostly pass it (the rows with ages ignored), and the network "
+                "flags many of them. The population guard, reading the age, is what keeps "
+                "adults out; every one of these adult films carries an age and is skipped.\n"
+            )
     return text
 
 
