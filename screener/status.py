@@ -1,5 +1,6 @@
-"""What `screener status` reports: queue depth by state, the oldest waiting job, why jobs were
-skipped, rejected or failed, and the latest refusals. No PHI: UIDs and reasons only."""
+"""What `screener status` reports: queue depth by state, the oldest waiting job, results by
+label (flagged, not flagged, not assessed), why jobs were skipped (``population:age``
+among them), rejected or failed, and the latest refusals. No PHI: UIDs and reasons only."""
 
 from __future__ import annotations
 
@@ -10,7 +11,16 @@ from typing import Any
 from sqlalchemy import func, select
 
 from screener import queue
-from screener.db import AuditEvent, Database, Instance, Job, JobState, utcnow
+from screener.db import (
+    OUTSIDE_DOMAIN,
+    AuditEvent,
+    Database,
+    Instance,
+    Job,
+    JobState,
+    Result,
+    utcnow,
+)
 from screener.db.engine import as_utc
 from screener.report.ledger import export_counts
 
@@ -35,6 +45,8 @@ class StatusReport:
     recent_refusals: list[dict[str, Any]] = field(default_factory=list)
     # processes restarted by the daemon's supervisor: total, last 24 h, the latest ones
     restarts: dict[str, int] = field(default_factory=dict)
+    # scored frames by label: pneumonia (flagged), normal, outside_domain (not assessed)
+    results: dict[str, int] = field(default_factory=dict)
     recent_restarts: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -102,6 +114,12 @@ def build_report(db: Database, limit: int = 10) -> StatusReport:
         received.update(
             {label: int(received_events.get(ev, 0)) for ev, label in RECEIVED_EVENTS.items()}
         )
+        results = {
+            str(label): int(n)
+            for label, n in session.execute(
+                select(Result.label, func.count()).group_by(Result.label)
+            ).all()
+        }
         reasons: dict[str, dict[str, int]] = {}
         for state, reason, n in reason_rows:
             reasons.setdefault(str(state), {})[reason or "(none)"] = int(n)
@@ -138,6 +156,7 @@ def build_report(db: Database, limit: int = 10) -> StatusReport:
                 for a in refusals
             ],
             restarts=restarts,
+            results=results,
             recent_restarts=[
                 {"at": as_utc(a.at).isoformat(), "process": a.reason, "why": a.message}
                 for a in restart_rows
@@ -158,6 +177,12 @@ def render_text(report: StatusReport) -> str:
         )
     else:
         lines.append("oldest queued job: none waiting")
+    if report.results:
+        by_label = report.results
+        lines.append(
+            f"results: {by_label.get('pneumonia', 0)} flagged, {by_label.get('normal', 0)} not "
+            f"flagged, {by_label.get(OUTSIDE_DOMAIN, 0)} not assessed (outside the model's domain)"
+        )
     for state in ("skipped", "rejected", "failed"):
         by_reason = report.reasons.get(state)
         if by_reason:

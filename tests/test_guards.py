@@ -23,6 +23,7 @@ from support import (
     wait_for,
 )
 
+from screener.db import OUTSIDE_DOMAIN
 from screener.model import Bundle, load_bundle
 from screener.model.inputs import load_frames
 
@@ -176,6 +177,13 @@ def test_serve_applies_both_guards(
     assert hip_study["score"]["assessment"] == "outside_domain"
     worklist = run_screener(env, tmp_path, "worklist").stdout
     assert "NOT ASSESSED" in worklist
+    status = json.loads(run_screener(env, tmp_path, "status", "--json").stdout)
+    assert status["reasons"]["skipped"] == {"population:age": len(adults)}
+    assert status["results"][OUTSIDE_DOMAIN] == 1
+    assert (
+        "1 not assessed (outside the model's domain)"
+        in run_screener(env, tmp_path, "status").stdout
+    )
 
     hip_uid = str(dcmread(hip, stop_before_pixels=True).SOPInstanceUID)
 
