@@ -40,6 +40,14 @@ def register(subparsers: Any) -> None:
     p.add_argument("--patience", type=int, default=8, help="early-stopping patience (epochs)")
     p.add_argument("--input-size", type=int, default=224, metavar="PX")
     p.add_argument("--normalisation", default="equalize", choices=("equalize", "minmax", "none"))
+    p.add_argument(
+        "--crop",
+        type=float,
+        default=1.0,
+        metavar="FRACTION",
+        help="keep the centred square of this fraction of each side before normalisation "
+        "(0.5-1.0; 1.0 keeps the whole film)",
+    )
     p.add_argument("--target-sensitivity", type=float, default=0.95)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--val-fraction", type=float, default=0.2)
@@ -98,6 +106,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         task=args.task,
         input_size=args.input_size,
         normalisation=args.normalisation,
+        crop=args.crop,
         target_sensitivity=args.target_sensitivity,
         seed=args.seed,
         val_fraction=args.val_fraction,

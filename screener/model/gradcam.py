@@ -17,6 +17,7 @@ from PIL import Image
 
 from screener.errors import ModelError
 from screener.model.bundle import Bundle
+from screener.model.preprocess import crop_box
 
 POOL_LAYER = "pool"
 
@@ -35,11 +36,13 @@ def gradcam(bundle: Bundle, image: npt.NDArray[np.uint8]) -> npt.NDArray[np.floa
     cam = np.mean(maps, axis=0)
     peak = float(cam.max())
     cam = cam / peak if peak > 0 else np.zeros_like(cam)
-    h, w = image.shape
+    # The network saw the bundle's centre crop: the map covers that box, zero outside it.
+    top, left, h, w = crop_box(image.shape, bundle.preprocessing.crop)
     resized = Image.fromarray(cam.astype(np.float32), mode="F").resize(
         (w, h), resample=Image.Resampling.BILINEAR
     )
-    out: npt.NDArray[np.float32] = np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
+    out = np.zeros(image.shape, dtype=np.float32)
+    out[top : top + h, left : left + w] = np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
     return out
 
 

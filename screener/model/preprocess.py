@@ -30,12 +30,15 @@ class PreprocessParams:
     ``normalisation``: ``equalize`` maps each image through its own cumulative histogram
     (counted inside the central ``1 - 2 * HIST_MARGIN`` of the film), which removes most
     exposure, contrast and gamma differences between acquisitions; ``minmax`` stretches the
-    1st..99th percentile to 0..255; ``none`` leaves the pixels as they are. The result is
+    1st..99th percentile to 0..255; ``none`` leaves the pixels as they are. ``crop`` keeps
+    the centred square of that fraction of the side first (a field-of-view normalisation that
+    drops borders, collimation and burnt-in text; 1.0 keeps the whole film). The result is
     resized to ``input_size`` and scaled to ``[0, 1]`` as a ``(N, size, size, 1)`` float32 batch.
     """
 
     input_size: int = 192
     normalisation: str = "equalize"
+    crop: float = 1.0
 
     def __post_init__(self) -> None:
         if self.normalisation not in NORMALISATIONS:
@@ -44,13 +47,19 @@ class PreprocessParams:
             )
         if not 32 <= self.input_size <= 1024:
             raise ModelError(f"input size {self.input_size} px is outside 32..1024")
+        if not 0.5 <= self.crop <= 1.0:
+            raise ModelError(f"centre crop {self.crop} is outside 0.5..1.0")
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "hist_margin": HIST_MARGIN, "scale": "0..1", "channels": 1}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> PreprocessParams:
-        return cls(input_size=int(data["input_size"]), normalisation=str(data["normalisation"]))
+        return cls(
+            input_size=int(data["input_size"]),
+            normalisation=str(data["normalisation"]),
+            crop=float(data.get("crop", 1.0)),
+        )
 
 
 def equalize(image: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
@@ -79,8 +88,23 @@ def stretch(image: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
     return out
 
 
+def crop_box(shape: tuple[int, ...], fraction: float) -> tuple[int, int, int, int]:
+    """``(top, left, height, width)`` of the centred ``fraction`` of each side of ``shape``."""
+    h, w = shape[0], shape[1]
+    ch, cw = max(1, round(h * fraction)), max(1, round(w * fraction))
+    return (h - ch) // 2, (w - cw) // 2, ch, cw
+
+
+def centre_crop(image: npt.NDArray[np.uint8], fraction: float) -> npt.NDArray[np.uint8]:
+    """The centred region of ``fraction`` of each side of one grey image."""
+    top, left, ch, cw = crop_box(image.shape, fraction)
+    return image[top : top + ch, left : left + cw]
+
+
 def normalise_one(image: npt.NDArray[np.uint8], params: PreprocessParams) -> npt.NDArray[np.uint8]:
-    """Intensity-normalise and resize one canonical image (still ``uint8``)."""
+    """Crop, intensity-normalise and resize one canonical image (still ``uint8``)."""
+    if params.crop < 1.0:
+        image = centre_crop(image, params.crop)
     if params.normalisation == "equalize":
         image = equalize(image)
     elif params.normalisation == "minmax":

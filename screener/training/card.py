@@ -32,6 +32,9 @@ def _reproduce(meta: dict[str, Any]) -> str:
         f"--seed {t.get('seed', split['seed'])}",
         f"--val-fraction {split['val_fraction']}",
     ]
+    crop = meta["preprocessing"].get("crop", 1.0)
+    if crop < 1.0:
+        parts.append(f"--crop {crop}")
     members = t.get("members") or []
     if len(members) > 1:
         parts.append(f"--members {len(members)}")

@@ -46,6 +46,8 @@ class TrainConfig:
     task: str = "binary"
     input_size: int = 224
     normalisation: str = "equalize"
+    #: Fraction of each side kept by the centred crop before normalisation (1.0: none).
+    crop: float = 1.0
     target_sensitivity: float = 0.95
     seed: int = 42
     val_fraction: float = 0.2
@@ -104,7 +106,9 @@ def train(cfg: TrainConfig) -> Bundle:
     started = time.monotonic()
     tf.config.experimental.enable_op_determinism()
     weights = weights_argument(cfg.weights)
-    pre = PreprocessParams(input_size=cfg.input_size, normalisation=cfg.normalisation)
+    pre = PreprocessParams(
+        input_size=cfg.input_size, normalisation=cfg.normalisation, crop=cfg.crop
+    )
     aug = AugmentParams()
     if cfg.members < 1:
         raise ModelError(f"--members {cfg.members} must be at least 1")
@@ -222,7 +226,7 @@ def train_member(
 
 def recipe(cfg: TrainConfig) -> dict[str, Any]:
     """What a finished member must share with the run that wants to reuse it."""
-    keep = ("backbone", "weights", "task", "input_size", "normalisation", "val_fraction")
+    keep = ("backbone", "weights", "task", "input_size", "normalisation", "crop", "val_fraction")
     return {
         **{k: getattr(cfg, k) for k in keep},
         "data_dir": str(cfg.data_dir),

@@ -50,3 +50,19 @@ def test_augmentation_is_seeded_and_keeps_the_film_upright() -> None:
     b = augment_batch(film[None].repeat(8, 0), params, aug, np.random.default_rng(5))
     assert np.array_equal(a, b)
     assert np.all(a[:, 8:24].mean(axis=(1, 2, 3)) > a[:, 40:56].mean(axis=(1, 2, 3)))
+
+
+def test_centre_crop_drops_the_borders() -> None:
+    """With crop 0.5 the network sees only the film's centre: a bright frame is gone, and the
+    parameters survive a round trip through model.json (old bundles read as crop 1.0)."""
+    film = np.full((224, 224), 250, dtype=np.uint8)
+    film[56:168, 56:168] = 20  # the central half of each side is dark
+    whole = preprocess(film[None], PreprocessParams(input_size=64, normalisation="none"))
+    params = PreprocessParams(input_size=64, normalisation="none", crop=0.5)
+    cropped = preprocess(film[None], params)
+    assert whole.max() > 0.9 and cropped.max() < 0.1
+    assert PreprocessParams.from_json(params.to_json()) == params
+    legacy = {"input_size": 64, "normalisation": "none"}
+    assert PreprocessParams.from_json(legacy).crop == 1.0
+    with pytest.raises(ModelError, match="crop"):
+        PreprocessParams(crop=0.3)
