@@ -150,10 +150,16 @@ def count(db_url: str, sql: str) -> int:
         engine.dispose()
 
 
+def dcmtk(name: str) -> str | None:
+    """dcmtk's tool at its Debian path, never pynetdicom's same-named script in .venv/bin."""
+    path = Path("/usr/bin") / name
+    return str(path) if os.access(path, os.X_OK) else None
+
+
 def storescu(port: int, files: list[Path]) -> None:
     subprocess.run(
         [
-            "storescu",
+            dcmtk("storescu") or "storescu",
             "-aec",
             "SCREENER",
             "-xf",
@@ -210,10 +216,10 @@ def latency(work: Path, env: dict[str, str], films: list[Path], runs: int) -> No
     pacs_dir.mkdir()
     pacs_port = free_port()
     storescp = None
-    exporting = shutil.which("storescp") is not None
+    exporting = dcmtk("storescp") is not None
     if exporting:
         storescp = subprocess.Popen(
-            ["storescp", "-od", str(pacs_dir), "-aet", "PACS", "+xa", str(pacs_port)],
+            [str(dcmtk("storescp")), "-od", str(pacs_dir), "-aet", "PACS", "+xa", str(pacs_port)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -264,7 +270,9 @@ def main() -> int:
     cores = os.cpu_count() or 1
     dedicated = 0 < args.threads < cores
     threads = f"{args.threads} TensorFlow threads" if args.threads else "TensorFlow on every core"
-    print(f"machine: {cores} cores; model {args.model}; {threads}")
+    model = args.model.resolve()
+    shown = model.relative_to(REPO) if model.is_relative_to(REPO) else model.name  # no host paths
+    print(f"machine: {cores} cores; model {shown}; {threads}")
     from screener.scoring import limit_threads
 
     limit_threads(args.threads)

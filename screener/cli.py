@@ -22,6 +22,7 @@ COMMANDS = (
     "db",
     "status",
     "exports",
+    "purge",
     "rescan",
     "worklist",
     "show",

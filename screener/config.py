@@ -23,6 +23,9 @@ from screener.errors import ConfigError
 
 ENV_PREFIX = "SCREENER_"
 
+#: Read in this order when neither ``--config`` nor ``SCREENER_CONFIG`` names a file.
+DEFAULT_CONFIG_FILES = ("screener.toml", "/etc/screener/screener.toml")
+
 
 def _opt(default: Any, help: str, **rules: Any) -> Any:
     """A setting with its default, its comment and its validation rules."""
@@ -38,6 +41,7 @@ class DatabaseSettings:
         "sqlite:///var/screener.db",
         "SQLAlchemy URL: sqlite:///PATH (embedded) or postgresql+psycopg://USER@HOST/DB",
         pattern=("sqlite:", "postgresql"),
+        path="sqlite",
     )
 
 
@@ -58,11 +62,36 @@ class ListenerSettings:
     network_timeout: float = _opt(
         60.0, "seconds of network silence before an association is aborted", min=1
     )
+    tls: bool = _opt(
+        False,
+        "accept DICOM TLS only (PS3.15 B.9, BCP 195): needs tls.certificate and tls.private_key",
+    )
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    certificate: str = _opt(
+        "", "our certificate chain (PEM), presented as listener and as client", path=True
+    )
+    private_key: str = _opt(
+        "", "its private key (PEM, unencrypted, readable only by us)", path=True
+    )
+    ca_certificates: str = _opt(
+        "",
+        "CA certificates (PEM) that peers' certificates must chain to; when set, the listener "
+        "requires a client certificate; empty = the system's CAs for peers we call, none asked of callers",
+        path=True,
+    )
+    check_hostname: bool = _opt(
+        True, "as a client, the peer's certificate must name the host (or IP address) we call"
+    )
 
 
 @dataclass(frozen=True)
 class StorageSettings:
-    spool_dir: str = _opt("var/spool", "where accepted instances are kept until processed")
+    spool_dir: str = _opt(
+        "var/spool", "where accepted instances are kept until processed", path=True
+    )
     min_free_mb: int = _opt(
         500, "refuse C-STORE (A700 out of resources) when the spool disk has less free space", min=0
     )
@@ -71,15 +100,34 @@ class StorageSettings:
         "a resent SOP Instance UID whose content changed: keep_first ignores it, replace re-screens",
         choices=("keep_first", "replace"),
     )
+    retention_days: float = _opt(
+        3.0,
+        "delete a spooled image this long after it was settled (every job ended, every SR "
+        "delivered); results stay. 0 = no age limit",
+        min=0,
+    )
+    max_spool_mb: int = _opt(
+        0,
+        "above this total, settled images are deleted oldest first even before retention_days; "
+        "0 = no cap. Never an image queued, processing or with an SR undelivered",
+        min=0,
+    )
+    purge_interval_minutes: float = _opt(
+        60.0,
+        "how often `screener serve` applies retention; 0 = never (use `screener purge`)",
+        min=0,
+    )
 
 
 @dataclass(frozen=True)
 class WatchSettings:
     enabled: bool = _opt(True, "watch a folder for dropped DICOM files in `screener serve`")
     dir: str = _opt(
-        "var/incoming", "the watched folder (any file name; DICOM recognised by content)"
+        "var/incoming", "the watched folder (any file name; DICOM recognised by content)", path=True
     )
-    rejected_dir: str = _opt("var/rejected", "where unreadable files go, each with a .reason.txt")
+    rejected_dir: str = _opt(
+        "var/rejected", "where unreadable files go, each with a .reason.txt", path=True
+    )
     settle_seconds: float = _opt(
         2.0, "a file is taken once its size and mtime are unchanged this long", min=0
     )
@@ -175,12 +223,15 @@ class WorkerSettings:
 @dataclass(frozen=True)
 class ModelSettings:
     bundle: str = _opt(
-        "models/screener-default", "the model bundle folder (model.json + Keras model)"
+        "",
+        "the model bundle folder (model.json + Keras model); empty = the bundle shipped with screener",
+        path="bundle",
     )
 
 
 @dataclass(frozen=True)
 class ExportSettings:
+    enabled: bool = _opt(True, "run the exporter in `screener serve` (when destinations are set)")
     destinations: list[str] = _opt(
         [],
         "where each SR is sent by C-STORE: AE_TITLE@HOST:PORT entries; empty = keep results local",
@@ -202,11 +253,13 @@ class ExportSettings:
     backoff_max_seconds: float = _opt(3600.0, "longest delay between retries", min=0)
     poll_seconds: float = _opt(1.0, "how often pending deliveries are looked for", min=0.05)
     timeout_seconds: float = _opt(30.0, "network timeout of one delivery association", min=1)
+    tls: bool = _opt(False, "deliver to every destination over DICOM TLS (the [tls] section)")
 
 
 @dataclass(frozen=True)
 class RescanSettings:
     pacs: str = _opt("", "PACS to query for missed studies: AE_TITLE@HOST:PORT; empty = no query")
+    tls: bool = _opt(False, "query and retrieve from the PACS over DICOM TLS (the [tls] section)")
     window_hours: float = _opt(24.0, "how far back C-FIND looks for studies", min=0.1)
     modalities: list[str] = _opt(["CR", "DX"], "modalities asked for in the C-FIND")
     move_destination: str = _opt(
@@ -227,6 +280,14 @@ class WorklistSettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    port: int = _opt(
+        0, "HTTP port of /metrics (Prometheus), /healthz and /readyz; 0 = off", min=0, max=65535
+    )
+    host: str = _opt("127.0.0.1", "address the metrics port listens on")
+
+
+@dataclass(frozen=True)
 class LoggingSettings:
     format: str = _opt(
         "auto",
@@ -240,6 +301,7 @@ class LoggingSettings:
 class Settings:
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     listener: ListenerSettings = field(default_factory=ListenerSettings)
+    tls: TlsSettings = field(default_factory=TlsSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
     watch: WatchSettings = field(default_factory=WatchSettings)
     selection: SelectionSettings = field(default_factory=SelectionSettings)
@@ -250,11 +312,40 @@ class Settings:
     export: ExportSettings = field(default_factory=ExportSettings)
     rescan: RescanSettings = field(default_factory=RescanSettings)
     worklist: WorklistSettings = field(default_factory=WorklistSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    #: The configuration file read, if any (relative paths in it resolve against its folder).
+    config_file: str | None = None
 
 
 def _sections() -> dict[str, type[Any]]:
-    return {f.name: f.default_factory for f in dataclasses.fields(Settings)}  # type: ignore[misc]
+    return {
+        f.name: f.default_factory  # type: ignore[misc]
+        for f in dataclasses.fields(Settings)
+        if f.default_factory is not dataclasses.MISSING
+    }
+
+
+def _resolve_path(kind: Any, value: str, base: Path) -> str:
+    """A path setting made absolute: ``base`` is the configuration file's folder for values
+    from the file and the defaults, the current folder for the environment and command line."""
+    if kind == "sqlite":
+        prefix = "sqlite:///"
+        rest = value[len(prefix) :] if value.startswith(prefix) else None
+        if not rest or rest.startswith("/") or rest.startswith(":memory:"):
+            return value
+        return prefix + str(base / rest)
+    if kind == "bundle" and value == "":
+        from screener.errors import ModelError
+        from screener.resources import shipped_bundle
+
+        try:
+            return str(shipped_bundle())
+        except ModelError:
+            return value
+    if not value:
+        return value
+    return str(base / Path(value).expanduser())
 
 
 def _coerce(key: str, raw: Any, kind: Any) -> Any:
@@ -319,13 +410,14 @@ def load_settings(
     """Build the settings from defaults, ``path`` (TOML), the environment and ``overrides``.
 
     ``overrides`` maps ``"section.key"`` to a value (the command line's). When ``path`` is
-    None, ``SCREENER_CONFIG`` or ``./screener.toml`` is read if it exists.
+    None, the file ``SCREENER_CONFIG`` names is read, else the first of
+    :data:`DEFAULT_CONFIG_FILES` that exists. Path settings come back absolute.
     """
     env = os.environ if environ is None else environ
     file_values: dict[str, Any] = {}
     if path is None:
-        candidate = env.get(f"{ENV_PREFIX}CONFIG") or "screener.toml"
-        path = candidate if Path(candidate).is_file() else None
+        named = env.get(f"{ENV_PREFIX}CONFIG")
+        path = named or next((p for p in DEFAULT_CONFIG_FILES if Path(p).is_file()), None)
     if path is not None:
         try:
             file_values = tomllib.loads(Path(path).read_text(encoding="utf-8"))
@@ -345,6 +437,8 @@ def load_settings(
         if key not in known_keys:
             raise ConfigError(f"unknown setting {key!r}; known: {', '.join(sorted(known_keys))}")
 
+    cwd = Path.cwd()
+    base = Path(path).resolve().parent if path is not None else cwd
     built: dict[str, Any] = {}
     for name, cls in sections.items():
         table = file_values.get(name, {})
@@ -355,22 +449,31 @@ def load_settings(
         for f in dataclasses.fields(cls):
             key = f"{name}.{f.name}"
             env_key = f"{ENV_PREFIX}{name}_{f.name}".upper()
+            origin = cwd
             if overrides and key in overrides:
                 raw = overrides[key]
             elif env_key in env:
                 raw = env[env_key]
             elif f.name in table:
-                raw = table[f.name]
+                raw, origin = table[f.name], base
+            elif "path" in f.metadata:
+                raw, origin = _default(f), base
             else:
                 continue
             value = _coerce(key, raw, f.type)
             _check(key, value, f.metadata)
+            if "path" in f.metadata:
+                value = _resolve_path(f.metadata["path"], value, origin)
             values[f.name] = value
         instance = cls(**values)
         for f in dataclasses.fields(cls):  # defaults are checked too
             _check(f"{name}.{f.name}", getattr(instance, f.name), f.metadata)
         built[name] = instance
-    return Settings(**built)
+    return Settings(**built, config_file=str(Path(path).resolve()) if path is not None else None)
+
+
+def _default(f: dataclasses.Field[Any]) -> Any:
+    return f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
 
 
 def _toml_value(value: Any) -> str:
@@ -388,12 +491,13 @@ def render_default_toml() -> str:
     lines = [
         "# screener configuration: every setting with its default.",
         "# Precedence: command line > SCREENER_<SECTION>_<KEY> environment variables > this file > defaults.",
-        "# Relative paths are relative to the directory screener is started from.",
+        "# Relative paths in this file resolve against this file's folder; on the command line",
+        "# and in the environment, against the current folder.",
     ]
     for name, cls in _sections().items():
         lines += ["", f"[{name}]"]
         for f in dataclasses.fields(cls):
-            default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+            default = _default(f)
             lines.append(f"# {f.metadata['help']}")
             lines.append(f"{f.name} = {_toml_value(default)}")
     return "\n".join(lines) + "\n"

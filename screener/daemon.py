@@ -24,10 +24,12 @@ from dataclasses import dataclass, field
 from functools import partial
 from multiprocessing.process import BaseProcess
 from types import FrameType
+from typing import Any
 
 import structlog
 from sqlalchemy.orm import Session
 
+from screener import metrics
 from screener.config import Settings
 from screener.db import AuditEvent, Database, Result, utcnow
 from screener.db.migrate import upgrade
@@ -37,9 +39,12 @@ from screener.ingest.listener import Listener
 from screener.ingest.spool import Spool
 from screener.ingest.watcher import FolderWatcher
 from screener.lifecycle import die_with_parent
+from screener.metrics import HealthServer
 from screener.report.export import Exporter
 from screener.rescan import RescanScheduler
+from screener.retention import RetentionTimer
 from screener.scoring import ResultHook, load_heatmap
+from screener.tls import server_context
 from screener.wakeup import PipeEvent, Wakeable
 from screener.worker import Processor, Worker
 
@@ -98,6 +103,7 @@ def worker_process_main(
     wake: PipeEvent | None = None,
     exports_planned: PipeEvent | None = None,
     parent_pid: int | None = None,
+    loaded: Any = None,
 ) -> None:
     """Entry point of one worker process: model loaded once, then drain the queue.
 
@@ -120,6 +126,8 @@ def worker_process_main(
         wake=wake,
         on_completed=exports_planned.set if exports_planned is not None else None,
     )
+    if loaded is not None:  # the model is in memory: this worker counts as ready
+        loaded[index] = 1
 
     def _stop_when_told() -> None:
         stop.wait()
@@ -158,6 +166,8 @@ class WorkerProcesses:
         self.stopping = False
         self.wake = PipeEvent(self._ctx)  # set when a job is queued here
         self.exports_planned = PipeEvent(self._ctx)  # set by a worker: results to send
+        # per worker index: 1 once that process has loaded the model (readiness)
+        self.loaded = self._ctx.Array("b", max(1, self.settings.worker.processes), lock=False)
 
     @property
     def processes(self) -> list[BaseProcess]:
@@ -173,11 +183,20 @@ class WorkerProcesses:
                 self.wake,
                 self.exports_planned,
                 os.getpid(),
+                self.loaded,
             ),
             name=f"screener-worker-{child.index}",
         )
+        self.loaded[child.index] = 0
         proc.start()
         child.process, child.restart_at = proc, None
+
+    def all_loaded(self) -> bool:
+        """Every worker process is alive and has its model in memory."""
+        return bool(self.children) and all(
+            c.process is not None and c.process.is_alive() and self.loaded[c.index]
+            for c in self.children
+        )
 
     def start(self) -> None:
         self.children = [_Child(i) for i in range(self.settings.worker.processes)]
@@ -252,9 +271,15 @@ class Daemon:
     worker_processes: WorkerProcesses | None = None
     scheduler: RescanScheduler | None = None
     exporter: Exporter | None = None
+    health: HealthServer | None = None
+    metrics_dir: str | None = None
+    retention: RetentionTimer | None = None
 
     def start(self) -> None:
-        self.acceptor.recover_spool()
+        if self.listener or self.watcher:
+            # only where instances are accepted: on a worker-only host sharing the spool, a
+            # listener's file between its rename and its commit is not an orphan
+            self.acceptor.recover_spool()
         if self.listener:
             self.listener.start()
         if self.watcher:
@@ -267,6 +292,10 @@ class Daemon:
             self.exporter.start()
         if self.scheduler:
             self.scheduler.start()
+        if self.health:
+            self.health.start()
+        if self.retention:
+            self.retention.start()
         log.info(
             "daemon_started",
             listener=self.listener is not None,
@@ -276,6 +305,9 @@ class Daemon:
             )
             + (1 if self.worker else 0),
             database=self.db.dialect,
+            database_url=self.db.safe_url,
+            config_file=self.settings.config_file,
+            model_bundle=self.settings.model.bundle,
         )
 
     def stop(self) -> None:
@@ -292,6 +324,11 @@ class Daemon:
             self.worker_processes.stop()
         if self.exporter:
             self.exporter.stop()
+        if self.health:
+            self.health.stop()
+        if self.retention:
+            self.retention.stop()
+        metrics.cleanup(self.metrics_dir)
         self.db.dispose()
         log.info("daemon_stopped")
 
@@ -351,19 +388,29 @@ def compose(settings: Settings, processor: Processor | None = None) -> Daemon:
     accept-only set-ups); otherwise ``worker.processes`` worker processes score with the
     model bundle, which is checked here so a missing model stops start-up at once.
     """
+    metrics_dir = None
+    if settings.metrics.port:
+        if processor is None and settings.worker.enabled:
+            metrics_dir = metrics.prepare()  # before prometheus_client or a worker starts
+        else:
+            metrics.enable_in_process()
     db = Database(settings.database.url)
     upgrade(db)
     spool = Spool(settings.storage.spool_dir, settings.storage.min_free_mb)
     acceptor = Acceptor(db, spool, settings)
-    listener = Listener(settings.listener, acceptor) if settings.listener.enabled else None
+    listener = None
+    if settings.listener.enabled:
+        tls = server_context(settings.tls) if settings.listener.tls else None
+        listener = Listener(settings.listener, acceptor, ssl_context=tls)
     watcher = FolderWatcher(settings.watch, acceptor) if settings.watch.enabled else None
-    daemon = Daemon(settings, db, acceptor, listener, watcher)
+    daemon = Daemon(settings, db, acceptor, listener, watcher, metrics_dir=metrics_dir)
     exporter = Exporter(
         db, settings, overlay_loader=partial(load_heatmap, settings)
     )  # checks destinations
-    if settings.export.destinations:
+    ingest = settings.listener.enabled or settings.watch.enabled
+    if settings.export.destinations and settings.export.enabled:
         daemon.exporter = exporter
-    if settings.rescan.schedule:
+    if settings.rescan.schedule and ingest:
         daemon.scheduler = RescanScheduler(settings)
     if settings.worker.enabled:
         if processor is not None:
@@ -379,4 +426,42 @@ def compose(settings: Settings, processor: Processor | None = None) -> Daemon:
             daemon.worker_processes = WorkerProcesses(settings, on_restart=daemon.record_restart)
             acceptor.on_queued = daemon.worker_processes.wake.set
             exporter.wake = daemon.worker_processes.exports_planned
+    if settings.storage.purge_interval_minutes > 0 and ingest:
+        daemon.retention = RetentionTimer(db, settings)
+    if settings.metrics.port:
+        daemon.health = _health_server(settings, daemon)
     return daemon
+
+
+def _health_server(settings: Settings, daemon: Daemon) -> HealthServer:
+    """``[metrics]``: /metrics, /healthz, /readyz with the readiness checks of this daemon."""
+    from sqlalchemy import text
+
+    from screener.model.bundle import read_metadata
+
+    meta = read_metadata(settings.model.bundle) if settings.worker.enabled else {}
+    model: dict[str, str] = {k: str(meta[k]) for k in ("name", "version", "uid") if k in meta}
+
+    def database() -> str | None:
+        with daemon.db.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+        return None
+
+    def model_loaded() -> str | None:
+        procs = daemon.worker_processes
+        if procs is not None and not procs.all_loaded():
+            return "a worker process has not loaded the model bundle yet"
+        return None
+
+    def listener() -> str | None:
+        if daemon.listener is not None and not daemon.listener.bound:
+            return "the DICOM listener is not bound"
+        return None
+
+    checks = {"database": database, "model": model_loaded, "listener": listener}
+    return HealthServer(
+        settings.metrics.host,
+        settings.metrics.port,
+        metrics.registry_for(daemon.db, model),
+        checks,
+    )

@@ -35,3 +35,7 @@ class ImageError(ScreenerError):
 
 class ModelError(ScreenerError):
     """A model bundle is missing, malformed or fails at inference."""
+
+
+class DatabaseError(ScreenerError):
+    """The database is missing, unreachable or at another schema revision than this screener's."""

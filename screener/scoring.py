@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import time
 from collections.abc import Callable
 from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -25,6 +26,7 @@ import numpy.typing as npt
 import structlog
 from sqlalchemy.orm import Session
 
+from screener import metrics
 from screener.config import LoggingSettings, Settings, WorkerSettings
 from screener.db import OUTSIDE_DOMAIN, Result, utcnow
 from screener.errors import ImageError
@@ -232,7 +234,11 @@ class ModelProcessor:
             )
 
     def finish(self, jobs: list[LeasedJob], prepared: Submitted | None) -> list[Outcome]:
+        m = metrics.instruments()
+        started = time.monotonic()
         decoded = self._gather(jobs, prepared)
+        if m is not None:
+            m.decode_seconds.observe(time.monotonic() - started)
         frames: Frames = []
         owner: list[tuple[int, int]] = []  # (job index, frame number)
         outcomes: list[Outcome | None] = [None] * len(jobs)
@@ -250,7 +256,10 @@ class ModelProcessor:
         for (i, _number), image in zip(owner, frames, strict=True):
             images.setdefault(i, []).append(image)
         if frames:
+            started = time.monotonic()
             assessed = self.bundle.assess(np.stack(frames))
+            if m is not None:
+                m.inference_seconds.observe(time.monotonic() - started)
             for k, (i, number) in enumerate(owner):
                 scores.setdefault(i, []).append(
                     FrameScore(

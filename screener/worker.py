@@ -25,9 +25,10 @@ from typing import Any, Protocol
 import structlog
 from sqlalchemy.orm import Session
 
-from screener import queue
+from screener import metrics, queue
 from screener.config import Settings
-from screener.db import Database
+from screener.db import Database, utcnow
+from screener.db.engine import as_utc
 from screener.queue import LeasedJob
 from screener.wakeup import Wakeable
 
@@ -218,6 +219,13 @@ class Worker:
                 reason=outcome.reason,
                 error=outcome.message,
             )
+        if (m := metrics.instruments()) is not None:
+            m.batch_size.observe(len(batch))
+            m.batch_seconds.observe(scoring)
+            now = utcnow()
+            for job, outcome in zip(batch, outcomes, strict=True):
+                if isinstance(outcome, JobDone):
+                    m.latency_seconds.observe((now - as_utc(job.queued_at)).total_seconds())
         log.info(
             "batch_done",
             jobs=len(batch),

@@ -192,6 +192,8 @@ class ImageDetail:
     job_state: str | None
     job_reason: str | None
     results: list[dict[str, Any]] = field(default_factory=list)
+    # when retention deleted the spooled image (ISO 8601), else None
+    purged_at: str | None = None
 
 
 @dataclass
@@ -226,6 +228,7 @@ def study_detail(db: Database, key: str, aging_hours: float) -> StudyDetail:
                 inst.view_position,
                 job.state if job else None,
                 job.reason if job else None,
+                purged_at=as_utc(inst.purged_at).isoformat() if inst.purged_at else None,
             )
             for r in session.scalars(
                 select(Result).where(Result.instance_id == inst.id).order_by(Result.scored_at)

@@ -224,9 +224,11 @@ def run_screener(env: dict[str, str], cwd: Path, *args: str) -> subprocess.Compl
 
 def storescu(port: int, files: list[Path] | list[str]) -> None:
     """dcmtk's storescu with the profile in deploy/, as the README has it; every store must succeed."""
+    tool = dcmtk_tool("storescu")
+    assert tool is not None, "dcmtk's storescu is not installed"
     sent = subprocess.run(
         [
-            "storescu",
+            tool,
             "-aec",
             "SCREENER",
             "-xf",

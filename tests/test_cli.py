@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from support import free_port, run_screener, serve_env, storescu
+from support import dcmtk_tool, free_port, run_screener, serve_env, storescu
 
 pytestmark = pytest.mark.skipif(
-    shutil.which("storescu") is None, reason="dcmtk (storescu) not installed"
+    dcmtk_tool("storescu") is None, reason="dcmtk (storescu) not installed"
 )
 
 

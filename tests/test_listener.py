@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -11,13 +10,13 @@ from typing import Any
 import pytest
 from pydicom import dcmread
 from sqlalchemy import func, select
-from support import REPO, c_store, wait_for
+from support import REPO, c_store, dcmtk_tool, wait_for
 
 from screener.db import AuditEvent, Instance, Job, JobState
 from screener.status import build_report
 
 needs_dcmtk = pytest.mark.skipif(
-    shutil.which("storescu") is None, reason="dcmtk (storescu) not installed"
+    dcmtk_tool("storescu") is None, reason="dcmtk (storescu) not installed"
 )
 
 
@@ -67,7 +66,7 @@ def test_storescu_sends_every_shared_file(
     cfg = REPO / "deploy" / "storescu-screener.cfg"
     proc = subprocess.run(
         [
-            "storescu",
+            str(dcmtk_tool("storescu")),
             "-aet",
             "MODALITY",
             "-aec",
@@ -104,7 +103,15 @@ def test_echoscu(running_daemon: Callable[..., Any]) -> None:
     """echoscu's C-ECHO gets a success response."""
     daemon = running_daemon()
     proc = subprocess.run(
-        ["echoscu", "-to", "10", "-aec", "SCREENER", "127.0.0.1", str(daemon.listener.port)],
+        [
+            str(dcmtk_tool("echoscu")),
+            "-to",
+            "10",
+            "-aec",
+            "SCREENER",
+            "127.0.0.1",
+            str(daemon.listener.port),
+        ],
         capture_output=True,
         text=True,
         timeout=30,

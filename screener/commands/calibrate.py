@@ -39,8 +39,7 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     import numpy as np
 
-    from screener.db import Database
-    from screener.db.migrate import upgrade
+    from screener.db.migrate import open_database
     from screener.errors import ModelError
     from screener.model.bundle import read_metadata
     from screener.model.site import Reads, write_site_bundle
@@ -54,9 +53,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     lineage = {str(meta["uid"])}
     if meta.get("derived_from"):
         lineage.add(str(meta["derived_from"]["uid"]))
-    db = Database(settings.database.url)
+    db = open_database(settings.database.url)
     try:
-        upgrade(db)
         reviews = reviewed_reads(db, lineage, settings.worklist.aging_hours)
     finally:
         db.dispose()

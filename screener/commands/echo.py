@@ -14,6 +14,9 @@ def register(sub: Any) -> None:
     p.add_argument("port", type=int)
     p.add_argument("--aet", default=None, help="called AE title (default: ANY-SCP)")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds")
+    p.add_argument(
+        "--tls", action="store_true", help="over DICOM TLS, with the [tls] section's certificates"
+    )
     p.set_defaults(func=run)
 
 
@@ -21,12 +24,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from pynetdicom import AE
 
     from screener.ingest.sopclasses import VERIFICATION
+    from screener.tls import client_context
 
     ae = AE(ae_title=settings.listener.ae_title)
     ae.add_requested_context(VERIFICATION)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = args.timeout
     ae.connection_timeout = args.timeout
-    assoc = ae.associate(args.host, args.port, ae_title=args.aet or "ANY-SCP")
+    tls_args = (client_context(settings.tls), args.host) if args.tls else None
+    assoc = ae.associate(args.host, args.port, ae_title=args.aet or "ANY-SCP", tls_args=tls_args)
     if not assoc.is_established:
         print(
             f"C-ECHO {args.host}:{args.port}: association failed (rejected, aborted or no answer)"

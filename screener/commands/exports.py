@@ -31,13 +31,11 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from screener.db import Database
-    from screener.db.migrate import upgrade
+    from screener.db.migrate import open_database
     from screener.report.ledger import list_exports, retry_dead
 
-    db = Database(settings.database.url)
+    db = open_database(settings.database.url)
     try:
-        upgrade(db)
         if args.action == "retry":
             count = retry_dead(db, args.destination)
             print(f"{count} dead export(s) set pending again")

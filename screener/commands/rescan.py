@@ -50,15 +50,10 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from screener.db import Database
-    from screener.db.migrate import upgrade
+    from screener.db.migrate import open_database
     from screener.rescan.run import render_text, run_rescan
 
-    db = Database(settings.database.url)
-    try:
-        upgrade(db)
-    finally:
-        db.dispose()
+    open_database(settings.database.url).dispose()  # exists, at this schema: else one line
     summary = run_rescan(
         settings,
         since=args.since,

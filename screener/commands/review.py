@@ -27,13 +27,11 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from screener.db import Database
-    from screener.db.migrate import upgrade
+    from screener.db.migrate import open_database
     from screener.worklist import record_review
 
-    db = Database(settings.database.url)
+    db = open_database(settings.database.url)
     try:
-        upgrade(db)
         review = record_review(db, args.study, args.agree, args.note, settings.worklist.aging_hours)
     finally:
         db.dispose()

@@ -25,13 +25,11 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from screener.db import Database
-    from screener.db.migrate import upgrade
+    from screener.db.migrate import open_database
     from screener.worklist import study_detail
 
-    db = Database(settings.database.url)
+    db = open_database(settings.database.url)
     try:
-        upgrade(db)
         detail = study_detail(db, args.study, settings.worklist.aging_hours)
         if args.heatmap:
             _heatmap(db, detail.study_instance_uid, args.heatmap, settings)
@@ -61,6 +59,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print(
             f"image      {image.sop_instance_uid} {image.modality or ''} {image.view_position or ''} job={image.job_state}{' (' + image.job_reason + ')' if image.job_reason else ''}"
         )
+        if image.purged_at:
+            print(f"  image file deleted by retention {image.purged_at[:19]} (results kept)")
         for r in image.results:
             domain = "" if r["domain_score"] is None else f" domain score {r['domain_score']:.1f}"
             print(
@@ -85,13 +85,14 @@ def _heatmap(db: Any, study_uid: str, out: Path, settings: Settings) -> None:
     from sqlalchemy import select
 
     from screener.db import Instance, Result, Study
+    from screener.errors import ScreenerError
     from screener.imaging import load_image
     from screener.model import load_bundle
     from screener.model.gradcam import write_heatmap
 
     with db.transaction() as session:
         row = session.execute(
-            select(Instance.spool_path, Result.frame_number)
+            select(Instance.spool_path, Instance.purged_at, Result.frame_number)
             .join(Result, Result.instance_id == Instance.id)
             .join(Study, Study.id == Instance.study_id)
             .where(Study.study_instance_uid == study_uid)
@@ -99,5 +100,13 @@ def _heatmap(db: Any, study_uid: str, out: Path, settings: Settings) -> None:
         ).first()
     if row is None:
         raise SystemExit("no scored image in this study to explain")
+    if row.purged_at is not None:
+        raise ScreenerError(
+            f"no heatmap: the image was deleted from the spool on {row.purged_at:%Y-%m-%d} by "
+            f"retention (storage.retention_days = {settings.storage.retention_days:g}); its "
+            "results are kept; retrieve the study from PACS to look at it"
+        )
+    if not Path(row.spool_path).is_file():
+        raise ScreenerError("no heatmap: the spooled image is missing (deleted outside screener)")
     image = load_image(row.spool_path)[row.frame_number - 1]
     write_heatmap(load_bundle(settings.model.bundle), image, out)

@@ -25,13 +25,11 @@ def _pct(value: float | None) -> str:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from screener.db import Database
-    from screener.db.migrate import upgrade
+    from screener.db.migrate import open_database
     from screener.worklist import review_stats
 
-    db = Database(settings.database.url)
+    db = open_database(settings.database.url)
     try:
-        upgrade(db)
         stats = review_stats(db)
     finally:
         db.dispose()

@@ -49,7 +49,8 @@ def _prepare_sqlite(engine: Engine) -> None:
 class Database:
     """An engine and its session factory, chosen by one URL."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, create: bool = True) -> None:
+        """``create=False``: never make a SQLite file's folder (read-only commands)."""
         try:
             parsed = make_url(url)
         except Exception as exc:  # sqlalchemy raises ArgumentError for a malformed URL
@@ -57,10 +58,19 @@ class Database:
                 f"database.url = {url!r} is not a valid database URL: {exc}"
             ) from None
         self.url = url
+        self.sqlite_path = (
+            Path(parsed.database)
+            if parsed.get_backend_name() == "sqlite"
+            and parsed.database
+            and parsed.database != ":memory:"
+            else None
+        )
+        #: The URL without its password, for logs and messages.
+        self.safe_url = parsed.render_as_string(hide_password=True)
         self.dialect = parsed.get_backend_name()
         kwargs: dict[str, Any] = {}
         if self.dialect == "sqlite":
-            if parsed.database and parsed.database != ":memory:":
+            if create and parsed.database and parsed.database != ":memory:":
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
             kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
         elif self.dialect == "postgresql":

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from alembic import command
 from alembic.autogenerate import compare_metadata
@@ -11,22 +11,15 @@ from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect
+from sqlalchemy.exc import OperationalError
 
 from screener.db.engine import Database
 from screener.db.models import Base
-from screener.errors import ConfigError
+from screener.errors import DatabaseError
+from screener.resources import migrations_dir
 
-
-def migrations_dir() -> Path:
-    """The ``migrations/`` folder of the source tree (or ``$SCREENER_MIGRATIONS``)."""
-    env = os.environ.get("SCREENER_MIGRATIONS")
-    path = Path(env) if env else Path(__file__).resolve().parents[2] / "migrations"
-    if not (path / "env.py").is_file():
-        raise ConfigError(
-            f"migrations folder {str(path)!r} not found: install screener from its source tree "
-            "(pip install -e .) or set SCREENER_MIGRATIONS"
-        )
-    return path
+#: What every refusal of a read-only command ends with.
+UPGRADE_HINT = "run `screener db upgrade` (or start `screener serve`) with the same configuration"
 
 
 def _config(database: Database) -> Config:
@@ -39,9 +32,42 @@ def _config(database: Database) -> Config:
 def upgrade(database: Database, revision: str = "head") -> None:
     """Bring the schema to ``revision`` (idempotent)."""
     cfg = _config(database)
-    with database.engine.begin() as connection:
+    with reachable(database), database.engine.begin() as connection:
         cfg.attributes["connection"] = connection
         command.upgrade(cfg, revision)
+
+
+@contextmanager
+def reachable(database: Database) -> Iterator[None]:
+    """Turns a failed connection into one :class:`DatabaseError` line naming the URL."""
+    try:
+        yield
+    except OperationalError as exc:
+        lines = str(exc.orig or exc).strip().splitlines()
+        raise DatabaseError(
+            f"cannot use the database at {database.safe_url} (database.url): "
+            f"{lines[0] if lines else type(exc.orig).__name__}"
+        ) from None
+
+
+def open_database(url: str) -> Database:
+    """The database of a read-only command: it must exist and be at this screener's schema
+    revision. Nothing is created or migrated (only ``serve``, ``worker`` and ``db upgrade`` do)."""
+    database = Database(url, create=False)
+    if database.sqlite_path is not None and not database.sqlite_path.is_file():
+        raise DatabaseError(
+            f"no database at {database.sqlite_path} (database.url = {database.safe_url}): "
+            f"check --config / database.url, or {UPGRADE_HINT}"
+        )
+    with reachable(database):
+        current = current_revision(database)
+    head = head_revision()
+    if current != head:
+        found = f"at revision {current}" if current else "without screener's schema"
+        raise DatabaseError(
+            f"the database {database.safe_url} is {found}, this screener needs {head}: {UPGRADE_HINT}"
+        )
+    return database
 
 
 def current_revision(database: Database) -> str | None:

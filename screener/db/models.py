@@ -93,6 +93,8 @@ class Instance(Base):
     receive_count: Mapped[int] = mapped_column(Integer, default=1)
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # set when retention removed the spooled file (screener.retention); the row stays
+    purged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     study: Mapped[Study] = relationship(back_populates="instances")
     jobs: Mapped[list[Job]] = relationship(back_populates="instance")

@@ -26,6 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from screener import metrics
 from screener.config import Settings
 from screener.db import AuditEvent, Database, Instance, Job, JobState, Study, utcnow
 from screener.errors import IngestError
@@ -230,7 +231,10 @@ class Acceptor:
         sha256 = hashlib.sha256(data).hexdigest()
         for attempt in range(3):  # concurrent first arrivals of one study or instance race here
             try:
-                return self._record(ds, data, sha256, source, calling_ae_title)
+                accepted = self._record(ds, data, sha256, source, calling_ae_title)
+                if (m := metrics.instruments()) is not None:
+                    m.received.labels(source, accepted.outcome).inc()
+                return accepted
             except IntegrityError:
                 if attempt == 2:
                     raise
@@ -253,7 +257,9 @@ class Acceptor:
                     existing.receive_count += 1
                     existing.updated_at = now
                     same = existing.content_sha256 == sha256
-                    lost = not Path(existing.spool_path).is_file()  # e.g. deleted by hand
+                    # deleted by hand, not by retention (a purged one was handled: a resend
+                    # of it is a duplicate, not a reason to score and report it again)
+                    lost = existing.purged_at is None and not Path(existing.spool_path).is_file()
                     keep = same or self.settings.storage.duplicate_policy == "keep_first"
                     if keep and not lost:
                         event = "duplicate_ignored" if same else "changed_duplicate_ignored"
@@ -265,6 +271,7 @@ class Acceptor:
                     _fill_instance(
                         existing, ds, target, sha256, len(data), source, calling_ae_title
                     )
+                    existing.purged_at = None
                     job, skip = self._enqueue(session, existing, ds)
                     event = "instance_restored" if lost else "instance_replaced"
                     _audit(session, event, ds, calling_ae_title, job_id=job.id)
@@ -384,6 +391,8 @@ class Acceptor:
         calling_ae_title: str | None = None,
     ) -> None:
         """A C-STORE or association we refused: an audit row, never allowed to raise."""
+        if (m := metrics.instruments()) is not None:
+            m.refused.labels(reason).inc()
         try:
             with self.db.transaction() as session:
                 session.add(

@@ -15,6 +15,7 @@ PS3.4 Annex B.2.3 (Table B.2-1):
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 from typing import Any
@@ -63,9 +64,16 @@ def _request_uid(event: Any) -> str | None:
 class Listener:
     """A pynetdicom association server bound to the accept path."""
 
-    def __init__(self, settings: ListenerSettings, acceptor: Acceptor) -> None:
+    def __init__(
+        self,
+        settings: ListenerSettings,
+        acceptor: Acceptor,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        """``ssl_context``: DICOM TLS only on this port (:func:`screener.tls.server_context`)."""
         self.settings = settings
         self.acceptor = acceptor
+        self.ssl_context = ssl_context
         self.ae = AE(ae_title=settings.ae_title)
         self.ae.maximum_associations = settings.max_associations
         self.ae.network_timeout = settings.network_timeout
@@ -91,6 +99,10 @@ class Listener:
         self._lock = threading.Lock()
 
     @property
+    def bound(self) -> bool:
+        return self._server is not None
+
+    @property
     def port(self) -> int:
         """The bound port (useful when started on port 0)."""
         assert self._server is not None, "listener not started"
@@ -104,7 +116,10 @@ class Listener:
             (evt.EVT_REJECTED, self._on_rejected),
         ]
         self._server = self.ae.start_server(
-            (self.settings.host, self.settings.port), block=False, evt_handlers=handlers
+            (self.settings.host, self.settings.port),
+            block=False,
+            evt_handlers=handlers,
+            ssl_context=self.ssl_context,
         )
         self._stalls.start()
         log.info(
@@ -112,6 +127,7 @@ class Listener:
             ae_title=self.settings.ae_title,
             host=self.settings.host,
             port=self.port,
+            tls=self.ssl_context is not None,
             allowed_calling_aets=self.settings.allowed_calling_aets or "any",
         )
 

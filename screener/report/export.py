@@ -63,6 +63,7 @@ from screener.report.destinations import Destination, parse_destination, parse_d
 from screener.report.header import ReportError, derived_uid
 from screener.report.ledger import DEAD, DELIVERED, PENDING, export_counts, retry_dead
 from screener.report.sr import SR_SOP_CLASSES, ScreeningFinding, build_heatmap_capture, build_sr
+from screener.tls import client_context
 from screener.wakeup import Wakeable
 
 __all__ = [
@@ -136,6 +137,10 @@ class Failure:
 
 
 SR_3D = SR_SOP_CLASSES["3d"]
+
+#: Proposed for every object we send (docs/conformance.md 4.2.2): Explicit VR Little Endian
+#: first, Implicit VR Little Endian, which every DICOM AE supports (PS3.5 10.1).
+EXPORT_TRANSFER_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 SOP_CLASS_NAMES = {
     SR_SOP_CLASSES["3d"]: "Comprehensive 3D SR",
     SR_SOP_CLASSES["comprehensive"]: "Comprehensive SR",
@@ -212,6 +217,8 @@ class Exporter:
         self.settings = settings
         self.export = settings.export
         parse_destinations(self.export.destinations)  # a bad entry stops start-up
+        # DICOM TLS to every destination; a certificate that cannot be read stops start-up
+        self.tls_context = client_context(settings.tls) if self.export.tls else None
         self.overlay_loader = overlay_loader
         # set by the workers when results are committed: deliver now, not at the next poll
         self.wake: Wakeable = threading.Event()
@@ -366,11 +373,12 @@ class Exporter:
         ae = AE(ae_title=self.settings.listener.ae_title)
         ae.connection_timeout = min(CONNECT_TIMEOUT, self.export.timeout_seconds)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.export.timeout_seconds
-        syntaxes = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+        syntaxes = list(EXPORT_TRANSFER_SYNTAXES)
         sop_classes = {str(ds.SOPClassUID) for group in datasets.values() for ds in group}
         for sop_class in sorted(sop_classes):
             ae.add_requested_context(sop_class, syntaxes)
-        assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
+        tls_args = (self.tls_context, peer.host) if self.tls_context else None
+        assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=tls_args)
         if not assoc.is_established:
             refused = [str(cx.abstract_syntax) for cx in assoc.rejected_contexts]
             if refused and not assoc.accepted_contexts:  # PS3.8 9.3.3.2: every context rejected

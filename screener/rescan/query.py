@@ -14,6 +14,7 @@ that AE title and stores the images there, so the destination must be known to t
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -125,8 +126,15 @@ def _status(rsp: Dataset) -> int | None:
 class PacsClient:
     """A Query/Retrieve SCU bound to one PACS; one association per ``session()``."""
 
-    def __init__(self, pacs: Peer, calling_ae_title: str, timeout: float) -> None:
+    def __init__(
+        self,
+        pacs: Peer,
+        calling_ae_title: str,
+        timeout: float,
+        tls_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.pacs = pacs
+        self.tls_context = tls_context
         self.calling_ae_title = calling_ae_title
         self.timeout = timeout
 
@@ -137,7 +145,10 @@ class PacsClient:
         ae.add_requested_context(STUDY_ROOT_MOVE)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout
         ae.connection_timeout = self.timeout
-        assoc = ae.associate(self.pacs.host, self.pacs.port, ae_title=self.pacs.ae_title)
+        tls_args = (self.tls_context, self.pacs.host) if self.tls_context else None
+        assoc = ae.associate(
+            self.pacs.host, self.pacs.port, ae_title=self.pacs.ae_title, tls_args=tls_args
+        )
         if not assoc.is_established:
             raise RescanError(
                 f"cannot associate with PACS {self.pacs}: rejected, aborted or no answer "

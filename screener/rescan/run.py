@@ -29,6 +29,7 @@ from screener.errors import ScreenerError
 from screener.rescan import backlog
 from screener.rescan.folder import list_folder, take_folder
 from screener.rescan.query import PacsClient, StudyMatch, parse_pacs
+from screener.tls import client_context
 
 log = structlog.get_logger(__name__)
 
@@ -256,7 +257,12 @@ def _pacs_step(
     try:
         pacs = parse_pacs(settings.rescan.pacs)
         summary.pacs = str(pacs)
-        client = PacsClient(pacs, settings.listener.ae_title, settings.listener.network_timeout)
+        client = PacsClient(
+            pacs,
+            settings.listener.ae_title,
+            settings.listener.network_timeout,
+            tls_context=client_context(settings.tls) if settings.rescan.tls else None,
+        )
         say(
             f"PACS {pacs}: C-FIND {'/'.join(settings.rescan.modalities)} studies {summary.since} .. {summary.until}"
         )

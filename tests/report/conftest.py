@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
 from collections.abc import Callable, Iterator
@@ -13,7 +12,7 @@ from typing import Any
 
 import pytest
 from pynetdicom import AE, AllStoragePresentationContexts, evt
-from support import build_dicom, data_root, free_port, wait_for
+from support import build_dicom, data_root, dcmtk_tool, free_port, wait_for
 
 from screener.config import Settings
 from screener.db import Database, Job, Result, utcnow
@@ -45,7 +44,7 @@ def real_sources() -> list[Path]:
 
 
 def need_tool(name: str) -> str:
-    path = shutil.which(name)
+    path = dcmtk_tool(name)
     if path is None:
         pytest.skip(f"{name} not installed (dcmtk / dicom3tools)")
     return path

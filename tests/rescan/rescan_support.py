@@ -17,7 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import REPO, build_dicom, c_store, data_root, free_port, serve_env, wait_for  # noqa: F401
+from support import (  # noqa: F401
+    REPO,
+    build_dicom,
+    c_store,
+    data_root,
+    dcmtk_tool,
+    free_port,
+    serve_env,
+    wait_for,
+)
 
 from screener.config import Settings
 from screener.db import Database
@@ -49,7 +58,16 @@ class Dcmqrscp:
     def store(self, files: list[Path]) -> None:
         """Load files into the PACS with dcmtk's storescu (as they are: JPEG stays JPEG)."""
         result = subprocess.run(
-            ["storescu", "-xy", "-aet", "LOADER", "-aec", PACS_AE, "127.0.0.1", str(self.port)]
+            [
+                str(dcmtk_tool("storescu")),
+                "-xy",
+                "-aet",
+                "LOADER",
+                "-aec",
+                PACS_AE,
+                "127.0.0.1",
+                str(self.port),
+            ]
             + [str(f) for f in files],
             capture_output=True,
             timeout=120,
@@ -73,7 +91,7 @@ class Dcmqrscp:
 @pytest.fixture
 def dcmqrscp(tmp_path: Path) -> Iterator[Callable[..., Dcmqrscp]]:
     """Start dcmqrscp with a storage area and the given move destinations (AE title -> port)."""
-    if shutil.which("dcmqrscp") is None or shutil.which("storescu") is None:
+    if dcmtk_tool("dcmqrscp") is None or dcmtk_tool("storescu") is None:
         pytest.skip("dcmtk (dcmqrscp, storescu) is not installed")
     started: list[Dcmqrscp] = []
 
@@ -96,7 +114,7 @@ def dcmqrscp(tmp_path: Path) -> Iterator[Callable[..., Dcmqrscp]]:
         with open(folder / "dcmqrscp.log", "wb") as log:
             proc = subprocess.Popen(
                 # +xy / -xy: take and send 8-bit JPEG as it is, the films' own transfer syntax
-                ["dcmqrscp", "-c", str(config), "+xy", "-xy", "-v"],
+                [str(dcmtk_tool("dcmqrscp")), "-c", str(config), "+xy", "-xy", "-v"],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -147,7 +165,7 @@ class Orthanc:
         """Load files into Orthanc over DICOM with dcmtk's storescu."""
         result = subprocess.run(
             [
-                "storescu",
+                str(dcmtk_tool("storescu")),
                 "-xy",
                 "-aet",
                 "LOADER",
@@ -182,7 +200,7 @@ def orthanc(tmp_path: Path) -> Iterator[Callable[..., Orthanc]]:
     binary = shutil.which("Orthanc") or (
         "/usr/sbin/Orthanc" if Path("/usr/sbin/Orthanc").exists() else None
     )
-    if binary is None or shutil.which("storescu") is None:
+    if binary is None or dcmtk_tool("storescu") is None:
         pytest.skip("Orthanc (Debian package orthanc) or dcmtk's storescu is not installed")
     started: list[Orthanc] = []
 

@@ -1,0 +1,321 @@
+"""Prometheus metrics and the health endpoints of ``screener serve`` (``[metrics] port``).
+
+Two kinds of figures:
+
+* **Events of this host's processes** (instances received and refused, batch sizes, batch,
+  decode and inference seconds, queue-to-result latency): prometheus_client counters and
+  histograms. The worker processes are separate processes, so prometheus_client runs in its
+  multiprocess mode: :func:`prepare` gives the daemon a private folder in
+  ``PROMETHEUS_MULTIPROC_DIR`` before anything imports prometheus_client, the spawned
+  workers inherit it, and a scrape adds up every process's files.
+* **The state of the shared database** (queue depth by state, skipped/rejected/failed jobs by
+  reason, exports pending/delivered/dead, worker restarts, results by label), read at scrape
+  time. They are the same on every host that shares the database: sum the first kind across
+  hosts, not the second.
+
+``/healthz`` answers 200 while the process serves HTTP; ``/readyz`` 200 only when the
+database answers, the model is loaded (every worker process has loaded the bundle) and the
+listener is bound, else 503 with the failed checks (JSON either way).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+#: Set in a process that records metrics: the daemon's (prepare / enable_in_process) and,
+#: through the environment, its worker processes.
+_ENABLED_ENV = "SCREENER_METRICS_ACTIVE"
+
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+
+
+def prepare() -> str | None:
+    """Make this process (and the workers it spawns) record metrics in multiprocess mode.
+
+    Must run before prometheus_client is imported here; returns the folder (removed by
+    :func:`cleanup`), or None when the mode was already set from outside.
+    """
+    os.environ[_ENABLED_ENV] = "1"
+    if os.environ.get(MULTIPROC_ENV):
+        return None
+    folder = tempfile.mkdtemp(prefix="screener-metrics-")
+    os.environ[MULTIPROC_ENV] = folder
+    return folder
+
+
+def cleanup(folder: str | None) -> None:
+    os.environ.pop(_ENABLED_ENV, None)
+    if folder is not None:
+        if os.environ.get(MULTIPROC_ENV) == folder:
+            del os.environ[MULTIPROC_ENV]
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@dataclass
+class Instruments:
+    received: Any
+    refused: Any
+    batch_size: Any
+    batch_seconds: Any
+    decode_seconds: Any
+    inference_seconds: Any
+    latency_seconds: Any
+
+
+_instruments: Instruments | None = None
+_lock = threading.Lock()
+
+
+def _multiprocess() -> bool:
+    from prometheus_client import values
+
+    return values.ValueClass is not values.MutexValue
+
+
+def instruments() -> Instruments | None:
+    """This process's instruments, or None when metrics are off (nothing is recorded)."""
+    global _instruments
+    if _instruments is not None or not os.environ.get(_ENABLED_ENV):
+        return _instruments
+    with _lock:
+        if _instruments is None:
+            from prometheus_client import REGISTRY, Counter, Histogram
+
+            # In multiprocess mode values live in files; the scrape reads them, not a registry.
+            registry = None if _multiprocess() else REGISTRY
+            _instruments = Instruments(
+                received=Counter(
+                    "screener_instances_received",
+                    "Instances taken in, by source (dicom, folder) and outcome "
+                    "(queued, skipped, duplicate, replaced)",
+                    ["source", "outcome"],
+                    registry=registry,
+                ),
+                refused=Counter(
+                    "screener_instances_refused",
+                    "C-STOREs and associations refused, by reason",
+                    ["reason"],
+                    registry=registry,
+                ),
+                batch_size=Histogram(
+                    "screener_batch_size",
+                    "Jobs per worker batch",
+                    buckets=BATCH_BUCKETS,
+                    registry=registry,
+                ),
+                batch_seconds=Histogram(
+                    "screener_batch_seconds",
+                    "Seconds to score one batch (decode wait + model)",
+                    buckets=SECONDS_BUCKETS,
+                    registry=registry,
+                ),
+                decode_seconds=Histogram(
+                    "screener_decode_wait_seconds",
+                    "Seconds a batch waited for its decoded images (decoding overlaps the "
+                    "previous batch's inference; only the wait shows)",
+                    buckets=SECONDS_BUCKETS,
+                    registry=registry,
+                ),
+                inference_seconds=Histogram(
+                    "screener_inference_seconds",
+                    "Seconds of model inference per batch",
+                    buckets=SECONDS_BUCKETS,
+                    registry=registry,
+                ),
+                latency_seconds=Histogram(
+                    "screener_job_latency_seconds",
+                    "Seconds from queued to result recorded",
+                    buckets=SECONDS_BUCKETS,
+                    registry=registry,
+                ),
+            )
+    return _instruments
+
+
+def enable_in_process() -> None:
+    """Record metrics in this process only (a daemon whose worker runs as a thread)."""
+    os.environ[_ENABLED_ENV] = "1"
+
+
+class DatabaseCollector:
+    """Gauges read from the shared database at scrape time (see the module docstring)."""
+
+    def __init__(self, db: Any, model: dict[str, str] | None) -> None:
+        self.db = db
+        self.model = model
+
+    def describe(self) -> list[Any]:
+        return []  # collected at scrape time only; nothing to check at registration
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
+
+        from screener.status import build_report
+
+        if self.model:
+            yield InfoMetricFamily("screener_model", "The model bundle loaded", value=self.model)
+        try:
+            report = build_report(self.db, limit=0)
+        except Exception:  # a scrape must not fail because the database is down
+            log.exception("metrics_database_unavailable")
+            up = GaugeMetricFamily("screener_database_up", "1 if the database answered")
+            up.add_metric([], 0)
+            yield up
+            return
+        up = GaugeMetricFamily("screener_database_up", "1 if the database answered")
+        up.add_metric([], 1)
+        yield up
+        depth = GaugeMetricFamily("screener_queue_jobs", "Jobs by state", labels=["state"])
+        for state, n in sorted(report.counts.items()):
+            depth.add_metric([state], n)
+        yield depth
+        reasons = GaugeMetricFamily(
+            "screener_jobs_by_reason",
+            "Skipped, rejected and failed jobs by reason",
+            labels=["state", "reason"],
+        )
+        for state, by_reason in sorted(report.reasons.items()):
+            for reason, n in sorted(by_reason.items()):
+                reasons.add_metric([state, reason or "unknown"], n)
+        yield reasons
+        exports = GaugeMetricFamily(
+            "screener_exports",
+            "SR deliveries by state (pending, delivered, dead)",
+            labels=["state"],
+        )
+        for state, n in sorted(report.exports.items()):
+            exports.add_metric([state], n)
+        yield exports
+        results = GaugeMetricFamily(
+            "screener_results", "Scored frames by label (flagged, not flagged, not assessed)",
+            labels=["label"],
+        )  # fmt: skip
+        for label, n in sorted(report.results.items()):
+            results.add_metric([label], n)
+        yield results
+        received = GaugeMetricFamily(
+            "screener_received_recorded",
+            "Instances and refusals as the database records them (all hosts)",
+            labels=["kind"],
+        )
+        for kind, n in sorted(report.received.items()):
+            received.add_metric([kind], n)
+        yield received
+        restarts = GaugeMetricFamily(
+            "screener_process_restarts", "Worker and stage restarts recorded (all hosts)"
+        )
+        restarts.add_metric([], report.restarts.get("total", 0))
+        yield restarts
+
+
+def registry_for(db: Any, model: dict[str, str] | None) -> Any:
+    """The registry a scrape reads: every process's instruments plus the database's gauges."""
+    from prometheus_client import REGISTRY, CollectorRegistry
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    if _multiprocess():
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    else:
+        registry = CollectorRegistry()
+        registry.register(_Forward(REGISTRY))
+    registry.register(DatabaseCollector(db, model))
+    return registry
+
+
+class _Forward:
+    """Another registry's metrics as one collector (in-process mode)."""
+
+    def __init__(self, source: Any) -> None:
+        self.source = source
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        yield from self.source.collect()
+
+
+Check = Callable[[], str | None]  # None when fine, else why not
+
+
+class HealthServer:
+    """``/metrics``, ``/healthz`` and ``/readyz`` on ``[metrics] host:port`` (a thread)."""
+
+    def __init__(self, host: str, port: int, registry: Any, checks: dict[str, Check]) -> None:
+        self.registry = registry
+        self.checks = checks
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+                    self._reply(200, generate_latest(server.registry), CONTENT_TYPE_LATEST)
+                elif path == "/healthz":
+                    self._reply(200, b'{"alive": true}\n', "application/json")
+                elif path == "/readyz":
+                    failed = server.failed_checks()
+                    body = json.dumps({"ready": not failed, "failed": failed}) + "\n"
+                    self._reply(503 if failed else 200, body.encode(), "application/json")
+                else:
+                    self._reply(404, b"not found: /metrics, /healthz, /readyz\n", "text/plain")
+
+            def _reply(self, code: int, body: bytes, kind: str) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # scrapes every few seconds would flood the log
+
+        self.httpd = ThreadingHTTPServer((host, port), Handler)
+        self.httpd.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self.httpd.server_address[1])
+
+    def failed_checks(self) -> dict[str, str]:
+        failed = {}
+        for name, check in self.checks.items():
+            try:
+                why = check()
+            except Exception as exc:  # a check that raises has failed
+                why = f"{type(exc).__name__}: {exc}"
+            if why:
+                failed[name] = why
+        return failed
+
+    def start(self) -> None:
+        self._thread = threading.Thread(
+            target=self.httpd.serve_forever, name="metrics-http", daemon=True
+        )
+        self._thread.start()
+        log.info("metrics_started", host=self.httpd.server_address[0], port=self.port)
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(10)

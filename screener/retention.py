@@ -1,0 +1,208 @@
+"""Spool retention: delete images screener no longer needs, keep every row about them.
+
+An image is *settled* when no job of it is queued or processing and every SR planned from its
+results was delivered (an SR pending or dead-lettered may still be rebuilt from it). A settled
+image is deleted ``storage.retention_days`` after it settled (the latest of its receipt, its
+jobs' ends and its SRs' deliveries), or earlier, oldest first, while the spool holds more than
+``storage.max_spool_mb``. The file goes first, then ``instances.purged_at`` is set: a crash
+in between leaves a row the next run completes, never a file no run would see. Results,
+reviews, exports and the audit trail stay; the heatmap overlay kept for a Secondary Capture
+goes with the image.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import structlog
+from sqlalchemy import func, select, update
+
+from screener.config import Settings
+from screener.db import AuditEvent, Database, Export, Instance, Job, JobState, Result, utcnow
+from screener.db.engine import as_utc
+from screener.report.ledger import DELIVERED
+
+log = structlog.get_logger(__name__)
+
+BUSY = (JobState.QUEUED, JobState.PROCESSING)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    instance_id: int
+    spool_path: str
+    size_bytes: int
+    settled_at: datetime
+    result_ids: tuple[int, ...]
+
+
+@dataclass
+class PurgeSummary:
+    """What a run removed (or, dry, would remove)."""
+
+    dry_run: bool
+    instances: int = 0
+    bytes: int = 0
+    by_age: int = 0
+    by_size: int = 0
+    spool_bytes_before: int = 0
+    kept_busy: int = 0  # images retention may not touch yet (queued, processing, SR undelivered)
+    oldest_settled: datetime | None = None
+    purged_ids: list[int] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "dry_run": self.dry_run,
+            "instances": self.instances,
+            "bytes": self.bytes,
+            "by_age": self.by_age,
+            "by_size": self.by_size,
+            "spool_bytes_before": self.spool_bytes_before,
+            "kept_busy": self.kept_busy,
+            "oldest_settled": self.oldest_settled.isoformat() if self.oldest_settled else None,
+        }
+
+
+def settled_images(db: Database) -> tuple[list[Candidate], int, int]:
+    """Settled, unpurged images oldest first; the spool's total bytes; the unsettled count."""
+    with db.transaction() as session:
+        total = int(
+            session.scalar(
+                select(func.coalesce(func.sum(Instance.size_bytes), 0)).where(
+                    Instance.purged_at.is_(None)
+                )
+            )
+            or 0
+        )
+        busy_jobs = select(Job.instance_id).where(Job.state.in_(BUSY))
+        undelivered = (
+            select(Result.instance_id)
+            .join(Export, Export.result_id == Result.id)
+            .where(Export.state != DELIVERED)
+        )
+        busy = set(session.scalars(busy_jobs)) | set(session.scalars(undelivered))
+        last_job = dict(
+            session.execute(
+                select(Job.instance_id, func.max(Job.finished_at)).group_by(Job.instance_id)
+            ).all()
+        )
+        last_export = dict(
+            session.execute(
+                select(Result.instance_id, func.max(Export.delivered_at))
+                .join(Export, Export.result_id == Result.id)
+                .group_by(Result.instance_id)
+            ).all()
+        )
+        results: dict[int, list[int]] = {}
+        for instance_id, result_id in session.execute(select(Result.instance_id, Result.id)):
+            results.setdefault(instance_id, []).append(result_id)
+        rows = session.execute(
+            select(
+                Instance.id, Instance.spool_path, Instance.size_bytes, Instance.updated_at
+            ).where(Instance.purged_at.is_(None))
+        ).all()
+    candidates = []
+    for instance_id, path, size, updated in rows:
+        if instance_id in busy:
+            continue
+        times = [as_utc(updated)] + [
+            as_utc(t) for t in (last_job.get(instance_id), last_export.get(instance_id)) if t
+        ]
+        candidates.append(
+            Candidate(instance_id, path, int(size), max(times), tuple(results.get(instance_id, ())))
+        )
+    candidates.sort(key=lambda c: c.settled_at)
+    unsettled = sum(1 for r in rows if r[0] in busy)
+    return candidates, total, unsettled
+
+
+def purge(
+    db: Database, settings: Settings, *, dry_run: bool = False, now: datetime | None = None
+) -> PurgeSummary:
+    """Apply ``storage.retention_days`` and ``storage.max_spool_mb`` once."""
+    from screener.scoring import heatmap_path
+
+    now = now or utcnow()
+    storage = settings.storage
+    candidates, total, unsettled = settled_images(db)
+    summary = PurgeSummary(dry_run=dry_run, spool_bytes_before=total, kept_busy=unsettled)
+    cutoff = now - timedelta(days=storage.retention_days) if storage.retention_days > 0 else None
+    cap = storage.max_spool_mb * 1024 * 1024
+    remaining = total
+    chosen: list[Candidate] = []
+    for c in candidates:  # oldest settled first
+        old = cutoff is not None and c.settled_at <= cutoff
+        over = cap > 0 and remaining > cap
+        if not (old or over):
+            break
+        chosen.append(c)
+        remaining -= c.size_bytes
+        summary.by_age += old
+        summary.by_size += not old
+    summary.instances = len(chosen)
+    summary.bytes = sum(c.size_bytes for c in chosen)
+    summary.oldest_settled = chosen[0].settled_at if chosen else None
+    if dry_run or not chosen:
+        return summary
+    for c in chosen:
+        try:
+            Path(c.spool_path).unlink(missing_ok=True)
+            for result_id in c.result_ids:
+                heatmap_path(settings, result_id).unlink(missing_ok=True)
+        except OSError as exc:  # e.g. permissions: leave it for the next run, say why
+            log.error("purge_failed", instance_id=c.instance_id, error=str(exc))
+            continue
+        summary.purged_ids.append(c.instance_id)
+    with db.transaction() as session:
+        session.execute(
+            update(Instance)
+            .where(Instance.id.in_(summary.purged_ids), Instance.purged_at.is_(None))
+            .values(purged_at=now)
+        )
+        session.add(
+            AuditEvent(
+                at=now,
+                event="spool_purged",
+                reason="retention",
+                message=(
+                    f"{len(summary.purged_ids)} images, {summary.bytes} bytes "
+                    f"({summary.by_age} by age, {summary.by_size} by size)"
+                ),
+            )
+        )
+    log.info("spool_purged", **summary.as_dict())
+    return summary
+
+
+class RetentionTimer:
+    """Runs :func:`purge` every ``storage.purge_interval_minutes`` in ``screener serve``."""
+
+    def __init__(self, db: Database, settings: Settings) -> None:
+        self.db = db
+        self.settings = settings
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="retention", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        interval = self.settings.storage.purge_interval_minutes * 60.0
+        if self._stop.wait(min(interval, 5.0)):  # the first run once the daemon is up
+            return
+        while not self._stop.is_set():
+            try:
+                purge(self.db, self.settings)
+            except Exception:  # stage boundary: retention must never take the daemon down
+                log.exception("purge_error")
+            if self._stop.wait(interval):
+                break
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(30)
