@@ -17,6 +17,7 @@ from support import (
     build_dicom,
     data_root,
     free_port,
+    fresh_pg_database,
     shipped_bundle,
 )
 
@@ -65,21 +66,6 @@ def postgres_admin() -> str:
     return PG_ADMIN_URL
 
 
-def _fresh_pg_database(admin_url: str) -> tuple[str, Callable[[], None]]:
-    import psycopg
-
-    name = f"screener_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    base = admin_url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
-
-    def drop() -> None:
-        with psycopg.connect(admin_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-    return f"{base}/{name}", drop
-
-
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A fresh, empty database URL: a SQLite file, then a new PostgreSQL database."""
@@ -87,7 +73,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield f"sqlite:///{tmp_path / 'screener.db'}"
         return
     admin = request.getfixturevalue("postgres_admin")
-    url, drop = _fresh_pg_database(admin)
+    url, drop = fresh_pg_database(admin)
     try:
         yield url
     finally:

@@ -322,3 +322,19 @@ def film_dicom(
     ds.PixelRepresentation = 0
     ds.PixelData = array.tobytes()
     return part10(ds)
+
+
+def fresh_pg_database(admin_url: str) -> tuple[str, Callable[[], None]]:
+    """A new, empty PostgreSQL database: its URL and a function that drops it."""
+    import psycopg
+
+    name = f"screener_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = admin_url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
+
+    def drop() -> None:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    return f"{base}/{name}", drop

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import _fresh_pg_database
 from sqlalchemy import create_engine, text
 from support import (
     ServeProcess,
@@ -22,6 +21,7 @@ from support import (
     c_store,
     dcmtk_tool,
     free_port,
+    fresh_pg_database,
     serve_env,
     sr_deliveries,
     wait_for,
@@ -38,7 +38,7 @@ FILMS = 36
 
 @pytest.fixture
 def pg_url(postgres_admin: str) -> Iterator[str]:
-    url, drop = _fresh_pg_database(postgres_admin)
+    url, drop = fresh_pg_database(postgres_admin)
     try:
         yield url
     finally:
