@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from screener import __version__
-from screener.errors import ScreenerError
+from screener.errors import ConfigError, ScreenerError
 
 #: The sub-command modules, in the order ``screener --help`` lists them.
 COMMANDS = (
@@ -93,7 +93,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.logging)
     try:
         code: int = args.func(args, settings)
-    except ScreenerError as exc:
+    except ConfigError as exc:  # a setting that cannot work (a port in use, a folder): 2
+        print(f"screener {args.command}: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except ScreenerError as exc:  # the operation failed (a peer, the database, the data): 1
         print(f"screener {args.command}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -472,6 +472,24 @@ def load_settings(
     return Settings(**built, config_file=str(Path(path).resolve()) if path is not None else None)
 
 
+def writable_dir(key: str, value: str | Path) -> Path:
+    """The folder a setting names, created if missing; ConfigError in one line if unusable."""
+    path = Path(value).resolve()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"{key} = {str(value)!r}: cannot create the folder ({exc.strerror}); "
+            "point it at a writable place"
+        ) from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"{key} = {str(value)!r}: the folder is not writable by this user; "
+            "fix its permissions or point it elsewhere"
+        )
+    return path
+
+
 def _default(f: dataclasses.Field[Any]) -> Any:
     return f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
 

@@ -23,6 +23,7 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from pynetdicom import AE
 
+    from screener.errors import ScreenerError
     from screener.ingest.sopclasses import VERIFICATION
     from screener.tls import client_context
 
@@ -31,7 +32,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = args.timeout
     ae.connection_timeout = args.timeout
     tls_args = (client_context(settings.tls), args.host) if args.tls else None
-    assoc = ae.associate(args.host, args.port, ae_title=args.aet or "ANY-SCP", tls_args=tls_args)
+    try:
+        assoc = ae.associate(
+            args.host, args.port, ae_title=args.aet or "ANY-SCP", tls_args=tls_args
+        )
+    except OSError as exc:  # an unresolvable host name (socket.gaierror) and the like
+        raise ScreenerError(
+            f"C-ECHO {args.host}:{args.port}: cannot connect ({exc.strerror or exc})"
+        ) from None
     if not assoc.is_established:
         print(
             f"C-ECHO {args.host}:{args.port}: association failed (rejected, aborted or no answer)"

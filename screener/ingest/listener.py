@@ -30,7 +30,7 @@ from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.transport import ThreadedAssociationServer
 
 from screener.config import ListenerSettings
-from screener.errors import IngestError
+from screener.errors import ConfigError, IngestError
 from screener.ingest.accept import (
     Acceptor,
     DoesNotMatchSOPClass,
@@ -115,12 +115,19 @@ class Listener:
             (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_REJECTED, self._on_rejected),
         ]
-        self._server = self.ae.start_server(
-            (self.settings.host, self.settings.port),
-            block=False,
-            evt_handlers=handlers,
-            ssl_context=self.ssl_context,
-        )
+        try:
+            self._server = self.ae.start_server(
+                (self.settings.host, self.settings.port),
+                block=False,
+                evt_handlers=handlers,
+                ssl_context=self.ssl_context,
+            )
+        except OSError as exc:  # EADDRINUSE, EACCES (a port below 1024), EADDRNOTAVAIL
+            raise ConfigError(
+                f"listener.port = {self.settings.port}: cannot listen on "
+                f"{self.settings.host}:{self.settings.port} ({exc.strerror}); another screener "
+                "or DICOM service may hold it: choose another with --port or listener.port"
+            ) from None
         self._stalls.start()
         log.info(
             "listener_started",

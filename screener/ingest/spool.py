@@ -11,6 +11,7 @@ import shutil
 import uuid
 from pathlib import Path
 
+from screener.config import writable_dir
 from screener.errors import IngestError
 
 
@@ -33,9 +34,8 @@ def _safe(uid: str) -> str:
 
 class Spool:
     def __init__(self, root: str | Path, min_free_mb: int) -> None:
-        self.root = Path(root).resolve()
-        self.tmp = self.root / ".tmp"
-        self.tmp.mkdir(parents=True, exist_ok=True)
+        self.root = writable_dir("storage.spool_dir", root)
+        self.tmp = writable_dir("storage.spool_dir", self.root / ".tmp")
         self.min_free_bytes = min_free_mb * 1024 * 1024
 
     def check_free_space(self, incoming: int = 0) -> None:

@@ -32,7 +32,7 @@ import structlog
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from screener.config import WatchSettings
+from screener.config import WatchSettings, writable_dir
 from screener.errors import IngestError
 from screener.ingest.accept import Acceptor, DoesNotMatchSOPClass, NotUnderstood, OutOfResources
 
@@ -76,10 +76,8 @@ class FolderWatcher:
     def __init__(self, settings: WatchSettings, acceptor: Acceptor) -> None:
         self.settings = settings
         self.acceptor = acceptor
-        self.dir = Path(settings.dir).resolve()
-        self.rejected_dir = Path(settings.rejected_dir).resolve()
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.rejected_dir.mkdir(parents=True, exist_ok=True)
+        self.dir = writable_dir("watch.dir", settings.dir)
+        self.rejected_dir = writable_dir("watch.rejected_dir", settings.rejected_dir)
         self._pending: dict[Path, _Pending] = {}
         # Any text that quotes a path below the watch folder loses it from there on.
         self._path_pattern = re.compile(re.escape(str(self.dir)) + r".*")
