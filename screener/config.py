@@ -112,6 +112,11 @@ class StorageSettings:
         "0 = no cap. Never an image queued, processing or with an SR undelivered",
         min=0,
     )
+    adopt_spool: bool = _opt(
+        False,
+        "start even if the spool was used with another database, and queue its files in this one "
+        "(they are screened, and their SRs sent, again)",
+    )
     purge_interval_minutes: float = _opt(
         60.0,
         "how often `screener serve` applies retention; 0 = never (use `screener purge`)",
@@ -285,6 +290,13 @@ class MetricsSettings:
         0, "HTTP port of /metrics (Prometheus), /healthz and /readyz; 0 = off", min=0, max=65535
     )
     host: str = _opt("127.0.0.1", "address the metrics port listens on")
+    heartbeat_seconds: float = _opt(
+        10.0,
+        "how often each serve and worker process records in the database that it is alive "
+        "(`screener status`); silent for 3 times this: taken for dead",
+        min=0.5,
+        max=3600,
+    )
 
 
 @dataclass(frozen=True)

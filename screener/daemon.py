@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import shutil
 import signal
 import threading
 import time
@@ -34,8 +35,10 @@ from screener.config import Settings
 from screener.db import AuditEvent, Database, Result, utcnow
 from screener.db.migrate import upgrade
 from screener.errors import ScreenerError
+from screener.heartbeat import Heart, HeartbeatThread
 from screener.ingest.accept import Acceptor
 from screener.ingest.listener import Listener
+from screener.ingest.ownership import claim_spool
 from screener.ingest.spool import Spool
 from screener.ingest.watcher import FolderWatcher
 from screener.lifecycle import die_with_parent
@@ -128,6 +131,20 @@ def worker_process_main(
     )
     if loaded is not None:  # the model is in memory: this worker counts as ready
         loaded[index] = 1
+    model = getattr(getattr(worker.processor, "bundle", None), "metadata", {})
+    heartbeat = HeartbeatThread(
+        Heart(
+            worker.db,
+            "worker",
+            details=lambda: {
+                "index": index,
+                "device": settings.worker.device,
+                "model": f"{model.get('name')} {model.get('version')}" if model else None,
+            },
+            every_seconds=settings.metrics.heartbeat_seconds,
+        )
+    )
+    heartbeat.start()
 
     def _stop_when_told() -> None:
         stop.wait()
@@ -135,6 +152,7 @@ def worker_process_main(
 
     threading.Thread(target=_stop_when_told, daemon=True).start()
     worker.run()
+    heartbeat.stop()
     worker.db.dispose()
 
 
@@ -273,12 +291,15 @@ class Daemon:
     exporter: Exporter | None = None
     health: HealthServer | None = None
     metrics_dir: str | None = None
+    model_label: str | None = None  # "name version" of the bundle the workers load
     retention: RetentionTimer | None = None
+    heart: Heart | None = None
 
     def start(self) -> None:
         if self.listener or self.watcher:
             # only where instances are accepted: on a worker-only host sharing the spool, a
             # listener's file between its rename and its commit is not an orphan
+            claim_spool(self.db, self.acceptor.spool, adopt=self.settings.storage.adopt_spool)
             self.acceptor.recover_spool()
         if self.listener:
             self.listener.start()
@@ -296,6 +317,8 @@ class Daemon:
             self.health.start()
         if self.retention:
             self.retention.start()
+        if self.heart:
+            self.heart.beat()
         log.info(
             "daemon_started",
             listener=self.listener is not None,
@@ -329,6 +352,8 @@ class Daemon:
         if self.retention:
             self.retention.stop()
         metrics.cleanup(self.metrics_dir)
+        if self.heart:
+            self.heart.stop()
         self.db.dispose()
         log.info("daemon_stopped")
 
@@ -352,6 +377,39 @@ class Daemon:
             log.error("exporter_died")
             self.record_restart("exporter", "the exporter thread ended")
             self.exporter.start()
+        if self.heart and self.heart.due(time.monotonic()):
+            self.heart.beat()
+
+    def heartbeat_details(self) -> dict[str, Any]:
+        """What ``screener status`` shows of this daemon (no PHI)."""
+        listener = self.listener
+        procs = self.worker_processes
+        details: dict[str, Any] = {
+            "roles": [
+                r
+                for r, on in (
+                    ("listener", bool(listener or self.watcher)),
+                    ("worker", bool(procs or self.worker)),
+                    ("exporter", self.exporter is not None),
+                )
+                if on
+            ],
+            "spool_free_mb": shutil.disk_usage(self.acceptor.spool.root).free // (1024 * 1024),
+            "config_file": self.settings.config_file,
+        }
+        if listener is not None and listener.bound:
+            host = self.settings.listener.host
+            details["listener"] = f"{self.settings.listener.ae_title}@{host}:{listener.port}" + (
+                " (TLS)" if listener.ssl_context else ""
+            )
+            details["last_c_store"] = listener.last_store_at
+        if procs is not None:
+            details["workers_alive"] = (
+                f"{len([p for p in procs.processes if p.is_alive()])}/{len(procs.children)}"
+            )
+        if self.model_label:
+            details["model"] = self.model_label
+        return details
 
     def run(self) -> int:
         """Start, block until SIGINT or SIGTERM, then stop cleanly; returns the exit status.
@@ -426,6 +484,17 @@ def compose(settings: Settings, processor: Processor | None = None) -> Daemon:
             daemon.worker_processes = WorkerProcesses(settings, on_restart=daemon.record_restart)
             acceptor.on_queued = daemon.worker_processes.wake.set
             exporter.wake = daemon.worker_processes.exports_planned
+    if settings.worker.enabled and processor is None:
+        from screener.model.bundle import read_metadata
+
+        meta = read_metadata(settings.model.bundle)
+        daemon.model_label = f"{meta['name']} {meta['version']}"
+    daemon.heart = Heart(
+        db,
+        "serve",
+        details=daemon.heartbeat_details,
+        every_seconds=settings.metrics.heartbeat_seconds,
+    )
     if settings.storage.purge_interval_minutes > 0 and ingest:
         daemon.retention = RetentionTimer(db, settings)
     if settings.metrics.port:

@@ -48,6 +48,8 @@ class StatusReport:
     # scored frames by label: pneumonia (flagged), normal, outside_domain (not assessed)
     results: dict[str, int] = field(default_factory=dict)
     recent_restarts: list[dict[str, Any]] = field(default_factory=list)
+    # serve and worker processes by their heartbeats: running, stopped, silent (killed?)
+    processes: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -56,6 +58,9 @@ class StatusReport:
 
 
 def build_report(db: Database, limit: int = 10) -> StatusReport:
+    from screener.heartbeat import processes
+
+    seen = [p.as_dict() for p in processes(db)]
     counts = queue.counts_by_state(db)
     exports = export_counts(db)  # its own transaction: never nest them (SQLite BEGIN IMMEDIATE)
     with db.transaction() as session:
@@ -124,6 +129,7 @@ def build_report(db: Database, limit: int = 10) -> StatusReport:
         for state, reason, n in reason_rows:
             reasons.setdefault(str(state), {})[reason or "(none)"] = int(n)
         report = StatusReport(
+            processes=seen,
             counts=counts,
             oldest_queued_at=as_utc(oldest) if oldest else None,
             oldest_queued_age_seconds=(utcnow() - as_utc(oldest)).total_seconds()
@@ -165,8 +171,54 @@ def build_report(db: Database, limit: int = 10) -> StatusReport:
     return report
 
 
+def _ago(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min ago"
+    return f"{seconds / 3600:.1f} h ago"
+
+
+def render_processes(procs: list[dict[str, Any]]) -> list[str]:
+    """Whether screener runs: one line per serve/worker process seen in the last week."""
+    serving = [p for p in procs if p["component"] == "serve" and p["state"] == "running"]
+    if serving:
+        head = f"screener: RUNNING ({len(serving)} serve process{'es' if len(serving) > 1 else ''})"
+    elif not procs:
+        head = "screener: NOT RUNNING (no serve or worker process has ever reported here)"
+    else:
+        last = max(procs, key=lambda p: p["beat_at"])
+        how = (
+            "stopped cleanly"
+            if last["state"] == "stopped"
+            else "no clean stop: killed, crashed or cut off from the database"
+        )
+        head = f"screener: NOT RUNNING (last heartbeat {_ago(last['seconds_since_beat'])}, {how})"
+    lines = [head]
+    for p in procs:
+        if p["state"] == "stopped" and p["seconds_since_beat"] > 3600:
+            continue  # old clean stops: noise
+        d = p["details"]
+        bits = [f"{p['component']} on {p['host']} pid {p['pid']}: {p['state'].upper()}"]
+        bits.append(f"heartbeat {_ago(p['seconds_since_beat'])}")
+        for key, label in (
+            ("listener", "listening"),
+            ("model", "model"),
+            ("workers_alive", "workers"),
+            ("spool_free_mb", "spool free MB"),
+            ("last_c_store", "last C-STORE"),
+            ("device", "device"),
+        ):
+            if d.get(key) is not None:
+                value = str(d[key])
+                bits.append(f"{label} {value[:19] if key == 'last_c_store' else value}")
+        lines.append("  " + "; ".join(bits))
+    return lines
+
+
 def render_text(report: StatusReport) -> str:
-    lines = ["received:"]
+    lines = render_processes(report.processes)
+    lines.append("received:")
     lines += [f"  {what:<24} {n:>7}" for what, n in report.received.items()]
     lines.append("queue:")
     lines += [f"  {state:<11} {n:>7}" for state, n in report.counts.items()]

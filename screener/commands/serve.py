@@ -20,6 +20,15 @@ def register(sub: Any) -> None:
     setting_flag(
         p, "--no-worker", "worker.enabled", "accept only; leave jobs queued", nargs=0, const=False
     )
+    setting_flag(
+        p,
+        "--adopt-spool",
+        "storage.adopt_spool",
+        "queue the files of a spool used with another database (they are screened and "
+        "reported again)",
+        nargs=0,
+        const=True,
+    )
     p.add_argument(
         "--roles",
         type=_roles,

@@ -180,6 +180,31 @@ class Export(Base):
     result: Mapped[Result] = relationship()
 
 
+class Heartbeat(Base):
+    """One running process of screener (daemon, worker) and when it was last seen alive."""
+
+    __tablename__ = "heartbeats"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), unique=True)  # component@host:pid
+    component: Mapped[str] = mapped_column(String(32))
+    host: Mapped[str] = mapped_column(String(128))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    beat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    stopped_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    details: Mapped[str | None] = mapped_column(Text)  # JSON: address, model, spool, ...
+
+
+class Installation(Base):
+    """This database's identity (one row, made by migration 0005); the spool records it."""
+
+    __tablename__ = "installation"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class AuditEvent(Base):
     """What happened and why: refusals, rejections, duplicates, failures. No PHI."""
 

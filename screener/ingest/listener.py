@@ -18,6 +18,7 @@ from __future__ import annotations
 import ssl
 import threading
 import time
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -30,6 +31,7 @@ from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.transport import ThreadedAssociationServer
 
 from screener.config import ListenerSettings
+from screener.db import utcnow
 from screener.errors import ConfigError, IngestError
 from screener.ingest.accept import (
     Acceptor,
@@ -96,6 +98,7 @@ class Listener:
         self._server: ThreadedAssociationServer | None = None
         self._stalls = StalledStoreWatch(self.ae, self._on_stalled)
         self._in_flight = 0
+        self.last_store_at: datetime | None = None  # the last C-STORE answered Success
         self._lock = threading.Lock()
 
     @property
@@ -215,6 +218,7 @@ class Listener:
         try:
             data = event.encoded_dataset(include_meta=True)
             self.acceptor.accept(data, source="dicom", calling_ae_title=calling)
+            self.last_store_at = utcnow()
             return STATUS_SUCCESS
         except OutOfResources as exc:
             return self._refuse(STATUS_OUT_OF_RESOURCES, "out_of_resources", exc, sop_uid, calling)
