@@ -96,3 +96,19 @@ def test_read_only_commands_in_the_wrong_folder_create_nothing(
     typo = _screener(tmp_path, "--set", "database.url=sqlite:////nonexistent/dir/x.db", *args)
     _one_line(typo, 1, "/nonexistent/dir/x.db")
     assert not Path("/nonexistent").exists()
+
+
+def test_a_tensorflow_command_prints_its_answer_not_tensorflows_start_up(tmp_path: Path) -> None:
+    """No absl/oneDNN/cudart/cuInit lines: stderr is JSON log lines only, GPU or not said once."""
+    import json
+
+    from support import data_root
+
+    film = data_root() / "chest_xray" / "train" / "NORMAL" / "IM-0115-0001.jpeg"
+    if not film.is_file():
+        pytest.skip(f"training film not found at {film} (SCREENER_DATA)")
+    run = _screener(tmp_path, "--set", "logging.format=json", "predict", str(film))
+    assert run.returncode == 0, run.stderr
+    events = [json.loads(line)["event"] for line in run.stderr.strip().splitlines()]
+    assert events.count("tensorflow_ready") == 1 and "bundle_loaded" in events
+    assert run.stdout.splitlines()[-1].endswith("normal")

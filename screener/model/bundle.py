@@ -21,6 +21,7 @@ from screener.errors import ModelError
 from screener.model.calibration import Platt, sigmoid
 from screener.model.domain import DomainGuard
 from screener.model.preprocess import PreprocessParams, preprocess
+from screener.model.runtime import start_tensorflow
 
 if TYPE_CHECKING:
     import keras
@@ -244,6 +245,7 @@ def load_bundle(path: str | Path, *, with_guard: bool = True) -> Bundle:
     model_path = folder / MODEL_FILE
     if not model_path.is_file():
         raise ModelError(f"model bundle {str(folder)!r} has no {MODEL_FILE}")
+    start_tensorflow()
     import keras
 
     try:

@@ -23,6 +23,7 @@ from screener.model.calibration import Platt, fit_platt
 from screener.model.metrics import log_loss, summary, threshold_for_sensitivity
 from screener.model.plots import plot_confusion, plot_roc
 from screener.model.preprocess import PreprocessParams, preprocess
+from screener.model.runtime import start_tensorflow
 from screener.training import data
 from screener.training.augment import AugmentParams
 from screener.training.card import write_card
@@ -100,6 +101,7 @@ def select_samples(cfg: TrainConfig) -> list[data.Sample]:
 
 def train(cfg: TrainConfig) -> Bundle:
     """Run a full training and write the bundle to ``cfg.out_dir``; returns it loaded."""
+    start_tensorflow()
     import keras
     import tensorflow as tf
 
