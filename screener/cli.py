@@ -1,4 +1,4 @@
-"""The ``screener`` command line.
+"""The screener command line: a DICOM daemon that flags chest X-rays for a second read.
 
 Each sub-command lives in its own module under :mod:`screener.commands` and exposes
 ``register(subparsers)``; its handler is ``run(args, settings) -> int``. Heavy imports
@@ -49,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="screener", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"screener {__version__}")
     parser.add_argument(
-        "--config", help="TOML settings file (default: $SCREENER_CONFIG or ./screener.toml)"
+        "--config",
+        help="TOML settings file (default: $SCREENER_CONFIG, else ./screener.toml, else "
+        "/etc/screener/screener.toml)",
     )
     parser.add_argument(
         "--set",

@@ -54,6 +54,9 @@ class ListenerSettings:
     allowed_calling_aets: list[str] = _opt(
         [], "calling AE titles allowed to associate; empty list = any caller"
     )
+    require_called_aet: bool = _opt(
+        False, "refuse an association whose called AE title is not ae_title (PS3.8 7.1.1.6)"
+    )
     prefer_compressed: bool = _opt(
         False,
         "take a compressed transfer syntax over uncompressed when a sender offers both (see README)",
@@ -389,7 +392,14 @@ def _coerce(key: str, raw: Any, kind: Any) -> Any:
         if not isinstance(raw, str):
             raise ConfigError(f"{key} = {raw!r} is invalid: expected a string")
         return raw
-    # list[str]: TOML array, or a comma-separated string
+    # list[str]: TOML array, or a string: a TOML array (["A", "B"]) or comma-separated (A,B)
+    if isinstance(raw, str) and raw.strip().startswith("["):
+        try:
+            raw = tomllib.loads(f"value = {raw}")["value"]
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(
+                f'{key} = {raw!r} is invalid: not a TOML array ({exc}); write ["A", "B"] or A,B'
+            ) from None
     if isinstance(raw, str):
         return [p.strip() for p in raw.split(",") if p.strip()]
     if isinstance(raw, list) and all(isinstance(v, str) for v in raw):

@@ -10,8 +10,8 @@ from screener.config import Settings
 
 def register(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser("echo", help="C-ECHO a DICOM peer")
-    p.add_argument("host")
-    p.add_argument("port", type=int)
+    p.add_argument("host", help="the peer's host name or IP address")
+    p.add_argument("port", type=int, help="the peer's DICOM port (e.g. 104, 11112, 2762 for TLS)")
     p.add_argument("--aet", default=None, help="called AE title (default: ANY-SCP)")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds")
     p.add_argument(

@@ -14,7 +14,7 @@ def register(subparsers: Any) -> None:
     p: argparse.ArgumentParser = subparsers.add_parser(
         "evaluate",
         help="measure a model bundle on labelled images",
-        description="AUC (bootstrap 95%% CI), sensitivity, specificity, PPV, NPV, F1, Brier "
+        description="AUC (bootstrap 95% CI), sensitivity, specificity, PPV, NPV, F1, Brier "
         "and the confusion matrix at the bundle's threshold. DIR is a Kaggle-layout folder "
         "(NORMAL/, PNEUMONIA/), or any folder with --labels CSV (path,label) for DICOM files.",
     )

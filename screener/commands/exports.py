@@ -17,7 +17,7 @@ def register(sub: Any) -> None:
         "exports", help="SR deliveries to PACS: list them, retry dead-lettered ones"
     )
     setting_flag(p, "--db", "database.url", "database URL")
-    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION", help="list or retry")
 
     ls = actions.add_parser("list", help="recent exports, newest first")
     ls.add_argument("--state", choices=STATES, help="only exports in this state")

@@ -17,7 +17,9 @@ def register(subparsers: Any) -> None:
         description="Print the calibrated probability of pneumonia and the label at the "
         "bundle's threshold for each file (each frame of a multi-frame DICOM object).",
     )
-    p.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    p.add_argument(
+        "files", nargs="+", type=Path, metavar="FILE", help="DICOM, PNG or JPEG files to score"
+    )
     p.add_argument("--model", default=None, help="bundle folder (default: setting model.bundle)")
     p.add_argument(
         "--heatmap",

@@ -34,8 +34,15 @@ def register(sub: Any) -> None:
     )
     setting_flag(p, "--db", "database.url", "database URL")
     setting_flag(p, "--pacs", "rescan.pacs", "PACS to query, AE_TITLE@HOST:PORT")
-    p.add_argument("--since", type=_when, help="window start (default: now - rescan.window_hours)")
-    p.add_argument("--until", type=_when, help="window end (default: now)")
+    p.add_argument(
+        "--since",
+        type=_when,
+        help="window start, YYYY-MM-DD or YYYY-MM-DDTHH:MM local time "
+        "(default: now - rescan.window_hours)",
+    )
+    p.add_argument(
+        "--until", type=_when, help="window end, YYYY-MM-DD or YYYY-MM-DDTHH:MM (default: now)"
+    )
     p.add_argument("--dry-run", action="store_true", help="list what would be done; change nothing")
     p.add_argument(
         "--rescore", action="store_true", help="also re-queue images scored by an older model"

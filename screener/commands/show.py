@@ -17,7 +17,7 @@ def register(sub: Any) -> None:
     )
     setting_flag(p, "--db", "database.url", "database URL")
     p.add_argument("study", help="Study Instance UID or accession number")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument(
         "--heatmap", type=Path, help="write a Grad-CAM overlay of the highest-scoring image"
     )

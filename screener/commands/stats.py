@@ -16,7 +16,7 @@ def register(sub: Any) -> None:
         "stats", help="model performance against radiologists' reads"
     )
     setting_flag(p, "--db", "database.url", "database URL")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)
 
 

@@ -27,19 +27,39 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--data", required=True, type=Path, help="Kaggle-layout training folder")
     p.add_argument("--out", required=True, type=Path, help="bundle folder to write")
-    p.add_argument("--backbone", default="small_cnn", choices=BACKBONE_CHOICES)
+    p.add_argument(
+        "--backbone",
+        default="small_cnn",
+        choices=BACKBONE_CHOICES,
+        help="network: small_cnn (default, from scratch) or a Keras application for transfer learning",
+    )
     p.add_argument(
         "--weights",
         default="none",
         help="imagenet (Keras downloads them), PATH to a local weights file, or none (default)",
     )
-    p.add_argument("--task", default="binary", choices=("binary", "type"))
-    p.add_argument("--epochs", type=int, default=36)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--learning-rate", type=float, default=1e-3)
+    p.add_argument(
+        "--task",
+        default="binary",
+        choices=("binary", "type"),
+        help="binary: normal vs pneumonia (default); type: normal, bacterial, viral",
+    )
+    p.add_argument("--epochs", type=int, default=36, help="most epochs per member (default 36)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per step (default 32)")
+    p.add_argument(
+        "--learning-rate", type=float, default=1e-3, help="peak AdamW learning rate (default 1e-3)"
+    )
     p.add_argument("--patience", type=int, default=8, help="early-stopping patience (epochs)")
-    p.add_argument("--input-size", type=int, default=224, metavar="PX")
-    p.add_argument("--normalisation", default="equalize", choices=("equalize", "minmax", "none"))
+    p.add_argument(
+        "--input-size", type=int, default=224, metavar="PX", help="network input side (default 224)"
+    )
+    p.add_argument(
+        "--normalisation",
+        default="equalize",
+        choices=("equalize", "minmax", "none"),
+        help="per-image intensity normalisation: histogram equalisation (default), "
+        "1st-99th percentile stretch, or none",
+    )
     p.add_argument(
         "--crop",
         type=float,
@@ -48,9 +68,21 @@ def register(subparsers: Any) -> None:
         help="keep the centred square of this fraction of each side before normalisation "
         "(0.5-1.0; 1.0 keeps the whole film)",
     )
-    p.add_argument("--target-sensitivity", type=float, default=0.95)
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument(
+        "--target-sensitivity",
+        type=float,
+        default=0.95,
+        help="the operating point: threshold for this sensitivity on validation (default 0.95)",
+    )
+    p.add_argument(
+        "--seed", type=int, default=42, help="seed of the first member (the next get seed+1, ...)"
+    )
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.2,
+        help="share of patients held out for validation (default 0.2)",
+    )
     p.add_argument("--limit", type=int, default=None, help="use a stratified sample of N images")
     p.add_argument(
         "--exclude-family",

@@ -31,30 +31,63 @@ def _since(text: str) -> datetime:
     """An ISO date/time, or a duration back from now such as 24h or 7d."""
     from screener.db import utcnow
 
-    if text[-1:] in ("h", "d") and text[:-1].isdigit():
-        n = int(text[:-1])
-        return utcnow() - (timedelta(hours=n) if text[-1] == "h" else timedelta(days=n))
+    units = {"m": timedelta(minutes=1), "h": timedelta(hours=1), "d": timedelta(days=1)}
+    if text[-1:] in units and text[:-1].isdigit():
+        return utcnow() - int(text[:-1]) * units[text[-1]]
     try:
         value = datetime.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"--since expects 2026-11-21, 2026-11-21T08:00, 24h or 7d; got {text!r}"
+            f"--since expects 2026-11-21, 2026-11-21T08:00, 90m, 24h or 7d; got {text!r}"
         ) from None
     return value if value.tzinfo else value.astimezone()
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a probability from 0 to 1, got {text!r}")
+    return value
+
+
+def _limit(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number, 0 for all, got {text!r}")
+    return int(text)
 
 
 def register(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser("worklist", help="studies to read, flagged first")
     setting_flag(p, "--db", "database.url", "database URL")
     p.add_argument(
-        "--since", type=_since, help="received since: 2026-11-21, 2026-11-21T08:00, 24h or 7d"
+        "--since",
+        type=_since,
+        help="received since: 2026-11-21, 2026-11-21T08:00 (local time), or 90m, 24h, 7d ago",
     )
-    p.add_argument("--status", choices=["unread", "reviewed", "all"], default="unread")
     p.add_argument(
-        "--min-prob", type=float, default=None, help="only studies scoring at least this"
+        "--status",
+        choices=["unread", "reviewed", "all"],
+        default="unread",
+        help="unread (default): not yet reviewed, or reopened by a new result; reviewed; all",
     )
-    p.add_argument("--limit", type=int, default=50)
-    p.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    p.add_argument(
+        "--min-prob",
+        type=_probability,
+        default=None,
+        help="only studies scoring at least this probability (0-1)",
+    )
+    p.add_argument(
+        "--limit", type=_limit, default=50, help="at most this many studies (default 50; 0 = all)"
+    )
+    p.add_argument(
+        "--format",
+        choices=["table", "json", "csv"],
+        default="table",
+        help="table (default, for a terminal), json or csv (for other programs)",
+    )
     p.set_defaults(func=run)
 
 

@@ -83,6 +83,7 @@ class Listener:
         self.ae.dimse_timeout = settings.network_timeout
         if settings.allowed_calling_aets:
             self.ae.require_calling_aet = list(settings.allowed_calling_aets)
+        self.ae.require_called_aet = settings.require_called_aet
         self.ae.add_supported_context(VERIFICATION)
         for sop_class in sorted(IMAGE_STORAGE_SOP_CLASSES):
             self.ae.add_supported_context(sop_class, transfer_syntaxes(settings.prefer_compressed))
