@@ -59,6 +59,12 @@ class StudyScore:
     #: "assessed"; "outside_domain" when the domain guard found every image unlike the
     #: model's training films (no score, never flagged); "partly_outside_domain"
     assessment: str = "assessed"
+    #: images (instances) received in the study, and the one whose result set the score
+    images: int = 0
+    top_sop_instance_uid: str | None = None
+    #: read before, but a newer result changed the flag: back on the unread worklist
+    reopened: bool = False
+    reader: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -92,6 +98,8 @@ def _score(
     received_at: datetime,
     review: Review | None,
     aging_hours: float,
+    images: int,
+    sop_uids: dict[int, str],
 ) -> StudyScore:
     assessed = [r for r in results if r.label != OUTSIDE_DOMAIN]
     top = max(assessed or results, key=lambda r: r.probability)
@@ -100,6 +108,9 @@ def _score(
         assessment = "assessed"
     else:
         assessment = "partly_outside_domain" if assessed else OUTSIDE_DOMAIN
+    flagged = any(r.probability >= r.threshold for r in assessed)
+    # A read holds while the flag it read holds: a newer result that flips it reopens the study.
+    still_read = review is not None and review.model_positive == flagged
     return StudyScore(
         study_id=study.id,
         study_instance_uid=study.study_instance_uid,
@@ -107,7 +118,7 @@ def _score(
         study_date=study.study_date,
         modality=study.modality,
         probability=top.probability,
-        flagged=any(r.probability >= r.threshold for r in assessed),
+        flagged=flagged,
         threshold=top.threshold,
         model_name=top.model_name,
         model_version=top.model_version,
@@ -115,9 +126,13 @@ def _score(
         received_at=received_at,
         age_hours=age_hours,
         priority=(top.probability if assessed else 0.0) + age_hours / aging_hours,
-        reviewed=review is not None,
-        verdict=review.verdict if review else None,
+        reviewed=still_read,
+        verdict=review.verdict if still_read and review else None,
         assessment=assessment,
+        images=images,
+        top_sop_instance_uid=sop_uids.get(top.instance_id),
+        reopened=review is not None and not still_read,
+        reader=review.reader if review else None,
     )
 
 
@@ -129,18 +144,32 @@ def _scores(
         return []
     studies = {s.id: s for s in session.scalars(select(Study).where(Study.id.in_(by_study)))}
     received: dict[int, datetime] = {}
-    for study_id, at in session.execute(
-        select(Instance.study_id, Instance.received_at).where(Instance.study_id.in_(by_study))
+    counts: dict[int, int] = {}
+    sop_uids: dict[int, str] = {}
+    for instance_id, sop_uid, study_id, at in session.execute(
+        select(
+            Instance.id, Instance.sop_instance_uid, Instance.study_id, Instance.received_at
+        ).where(Instance.study_id.in_(by_study))
     ):
         at = as_utc(at)
         received[study_id] = min(received.get(study_id, at), at)
+        counts[study_id] = counts.get(study_id, 0) + 1
+        sop_uids[instance_id] = sop_uid
     reviews: dict[int, Review] = {}
     for review in session.scalars(
         select(Review).where(Review.study_id.in_(by_study)).order_by(Review.created_at, Review.id)
     ):
         reviews[review.study_id] = review  # the latest read counts
     return [
-        _score(studies[sid], results, received[sid], reviews.get(sid), aging_hours)
+        _score(
+            studies[sid],
+            results,
+            received[sid],
+            reviews.get(sid),
+            aging_hours,
+            counts[sid],
+            sop_uids,
+        )
         for sid, results in by_study.items()
     ]
 
@@ -169,19 +198,50 @@ def worklist(
     return rows[:limit] if limit else rows
 
 
+#: The shortest Study Instance UID prefix or suffix taken as a key (fewer would match by luck).
+MIN_UID_PART = 6
+
+
 def find_study(session: Session, key: str) -> Study:
-    """A study by Study Instance UID, or by accession number when that is unambiguous."""
+    """A study by any key a radiologist has at hand, in this order: its Study Instance UID;
+    ``#N``, the short id the worklist shows; its accession number; bare digits as the short
+    id; a unique start or end of its UID (at least :data:`MIN_UID_PART` characters, the
+    worklist's ``…`` included or not). Ambiguity is an error that says so, never a guess."""
+    key = key.strip()
     study = session.scalars(select(Study).where(Study.study_instance_uid == key)).one_or_none()
     if study is not None:
+        return study
+    if key.startswith("#") and key[1:].isdigit():
+        study = session.get(Study, int(key[1:]))
+        if study is None:
+            raise StudyNotFound(f"no study with short id {key}")
         return study
     matches = session.scalars(select(Study).where(Study.accession_number == key)).all()
     if len(matches) == 1:
         return matches[0]
     if len(matches) > 1:
         raise StudyNotFound(
-            f"accession number {key!r} matches {len(matches)} studies; use the Study Instance UID"
+            f"accession number {key!r} matches {len(matches)} studies; use the short id (#N) "
+            "the worklist shows or the Study Instance UID"
         )
-    raise StudyNotFound(f"no study with Study Instance UID or accession number {key!r}")
+    if key.isdigit() and (study := session.get(Study, int(key))) is not None:
+        return study
+    part = key.strip("…").strip(".")
+    if len(part) >= MIN_UID_PART and all(c.isdigit() or c == "." for c in part):
+        found = session.scalars(
+            select(Study).where(
+                Study.study_instance_uid.startswith(part) | Study.study_instance_uid.endswith(part)
+            )
+        ).all()
+        if len(found) == 1:
+            return found[0]
+        if len(found) > 1:
+            raise StudyNotFound(
+                f"{key!r} matches {len(found)} Study Instance UIDs; give more of it or the short id"
+            )
+    raise StudyNotFound(
+        f"no study with Study Instance UID, short id, accession number or UID part {key!r}"
+    )
 
 
 @dataclass
@@ -204,6 +264,7 @@ class StudyDetail:
     study_date: str | None
     images: list[ImageDetail]
     reviews: list[dict[str, Any]]
+    short_id: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -259,9 +320,11 @@ def study_detail(db: Database, key: str, aging_hours: float) -> StudyDetail:
         reviews = [
             {
                 "verdict": rv.verdict,
+                "reader": rv.reader,
                 "note": rv.note,
                 "at": as_utc(rv.created_at).isoformat(),
                 "model_version": rv.model_version,
+                "probability": rv.probability,
             }
             for rv in session.scalars(
                 select(Review).where(Review.study_id == study.id).order_by(Review.id)
@@ -274,19 +337,45 @@ def study_detail(db: Database, key: str, aging_hours: float) -> StudyDetail:
             study.study_date,
             images,
             reviews,
+            study.id,
         )
 
 
+@dataclass
+class RecordedRead:
+    review: Review
+    #: an earlier read of the same result (same model, same score), if any: said, not refused
+    earlier: Review | None
+    short_id: int
+
+
 def record_review(
-    db: Database, key: str, agree: bool, note: str | None, aging_hours: float
-) -> Review:
-    """Record a radiologist's read of the study's flag: agreeing keeps it, disagreeing inverts it."""
+    db: Database,
+    key: str,
+    agree: bool,
+    note: str | None,
+    aging_hours: float,
+    reader: str | None = None,
+) -> RecordedRead:
+    """Record a radiologist's read of the study's flag: agreeing keeps it, disagreeing inverts
+    it. Every read is kept (the latest counts); an earlier read of the same result is returned
+    so that the caller can say so."""
     with db.transaction() as session:
         study = find_study(session, key)
         scores = _scores(session, aging_hours, [study.id])
         if not scores:
             raise StudyNotFound(f"study {study.study_instance_uid} has no result to review yet")
         s = scores[0]
+        earlier = session.scalars(
+            select(Review)
+            .where(
+                Review.study_id == study.id,
+                Review.model_uid == s.model_uid,
+                Review.probability == s.probability,
+                Review.model_positive == s.flagged,
+            )
+            .order_by(Review.id.desc())
+        ).first()
         review = Review(
             study_id=study.id,
             verdict="agree" if agree else "disagree",
@@ -298,10 +387,12 @@ def record_review(
             model_uid=s.model_uid,
             note=note,
             created_at=utcnow(),
+            reader=(reader or "")[:64] or None,
         )
         session.add(review)
         session.flush()
-        return review
+        session.expunge_all()
+        return RecordedRead(review, earlier, study.id)
 
 
 @dataclass

@@ -187,3 +187,93 @@ def test_show_lists_results_and_deliveries(scored: Any, capsys: pytest.CaptureFi
     detail = json.loads(_cli(settings, "show", uids["A"], "--json", capsys=capsys))
     assert detail["score"]["accession_number"] == "A"
     assert main(["--set", f"database.url={settings.database.url}", "show", "nope"]) == 1
+
+
+def _add_image(settings: Any, db: Database, study_uid: str, p: float, threshold: float) -> str:
+    """A new image in an existing study, with its result (as a worker would record it)."""
+    acceptor = Acceptor(db, Spool(settings.storage.spool_dir, 0), settings)
+    accepted = acceptor.accept(build_dicom(study_instance_uid=study_uid, seed=7), source="dicom")
+    with db.transaction() as s:
+        inst = s.scalars(
+            select(Instance).where(Instance.sop_instance_uid == accepted.sop_instance_uid)
+        ).one()
+        job = s.scalars(select(Job).where(Job.instance_id == inst.id)).one()
+        job.state = "done"
+        now = utcnow()
+        s.add(
+            Result(
+                job_id=job.id, instance_id=inst.id, frame_number=1, probability=p,
+                label="pneumonia" if p >= threshold else "normal", threshold=threshold,
+                model_name=OLD[0], model_version=OLD[1], model_uid=OLD[2],
+                queued_at=now, started_at=now, scored_at=now,
+            )
+        )  # fmt: skip
+    return accepted.sop_instance_uid
+
+
+def test_a_new_result_that_changes_the_flag_reopens_a_read_study(
+    scored: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """C (p .30, not flagged) is read; a new image that is not flagged leaves it read; one
+    that flags the study puts it back on the unread worklist as REOPENED."""
+    settings, db, uids = scored
+    _cli(settings, "review", "C", "--agree", "--reader", "dr.a", capsys=capsys)
+
+    def unread() -> list[dict[str, Any]]:
+        rows = json.loads(_cli(settings, "worklist", "--format", "json", capsys=capsys))
+        return [r for r in rows if r["study_instance_uid"] == uids["C"]]
+
+    assert unread() == []
+    _add_image(settings, db, uids["C"], 0.35, 0.5)  # still not flagged
+    assert unread() == []
+    top = _add_image(settings, db, uids["C"], 0.85, 0.5)  # flags the study
+    (c,) = unread()
+    assert c["flagged"] and c["reopened"] and c["images"] == 3
+    assert c["top_sop_instance_uid"] == top
+    assert "REOPENED" in _cli(settings, "worklist", capsys=capsys)
+    shown = _cli(settings, "show", uids["C"], capsys=capsys)  # the new image's accession: ACC1
+    assert "REOPENED" in shown and "images 3" in shown
+    assert f"{top} CR PA job=done <- sets the study's score" in shown
+
+
+def test_reads_keep_the_reader_and_a_second_read_is_said(
+    scored: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings, _db, _ = scored
+    _cli(settings, "review", "A", "--agree", "--reader", "dr.a", capsys=capsys)
+    assert capsys.readouterr().err == ""
+    assert main(["--set", f"database.url={settings.database.url}", "review", "A", "--disagree",
+                 "--reader", "dr.b"]) == 0  # fmt: skip
+    out = capsys.readouterr()
+    assert "already read for this result by dr.a" in out.err and "by dr.b" in out.out
+    detail = json.loads(_cli(settings, "show", "A", "--json", capsys=capsys))
+    assert [(r["verdict"], r["reader"]) for r in detail["reviews"]] == [
+        ("agree", "dr.a"),
+        ("disagree", "dr.b"),
+    ]
+    rows = json.loads(_cli(settings, "worklist", "--status", "reviewed", "--format", "json",
+                           capsys=capsys))  # fmt: skip
+    assert [(r["accession_number"], r["verdict"], r["reader"]) for r in rows] == [
+        ("A", "disagree", "dr.b")
+    ]
+
+
+def test_a_study_is_found_by_short_id_or_uid_part(
+    scored: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The table gives #N and the UID's end; show and review take either, and refuse what is
+    ambiguous; rows stay under 120 characters."""
+    settings, _db, uids = scored
+    table = _cli(settings, "worklist", capsys=capsys)
+    assert max(len(line) for line in table.splitlines()) < 120
+    rows = json.loads(_cli(settings, "worklist", "--format", "json", capsys=capsys))
+    a = next(r for r in rows if r["accession_number"] == "A")
+    for key in (
+        f"#{a['study_id']}",
+        str(a["study_id"]),
+        uids["A"][:-1] + "" if False else uids["A"],
+    ):
+        assert f"#{a['study_id']}  {uids['A']}" in _cli(settings, "show", key, capsys=capsys)
+    assert uids["A"] in _cli(settings, "show", "…" + uids["A"][-6:], capsys=capsys)
+    assert main(["--set", f"database.url={settings.database.url}", "show", "1.2.826.0.1.9"]) == 1
+    assert "matches 4 Study Instance UIDs" in capsys.readouterr().err

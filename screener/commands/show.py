@@ -16,7 +16,11 @@ def register(sub: Any) -> None:
         "show", help="one study: results per image, deliveries, reads"
     )
     setting_flag(p, "--db", "database.url", "database URL")
-    p.add_argument("study", help="Study Instance UID or accession number")
+    p.add_argument(
+        "study",
+        help="the study: #N (short id from the worklist), accession number, Study Instance UID "
+        "or a unique start or end of it",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument(
         "--heatmap", type=Path, help="write a Grad-CAM overlay of the highest-scoring image"
@@ -39,8 +43,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps(detail.as_dict(), indent=2))
         return 0
     s = detail.score
-    print(f"study      {detail.study_instance_uid}")
-    print(f"accession  {detail.accession_number or '-'}   date {detail.study_date or '-'}")
+    print(f"study      #{detail.short_id}  {detail.study_instance_uid}")
+    print(
+        f"accession  {detail.accession_number or '-'}   date {detail.study_date or '-'}   "
+        f"images {len(detail.images)}"
+    )
+    if s and s.reopened:
+        print("status     REOPENED: read before, but a newer result changed the flag")
     if s:
         flag = "SECOND READ RECOMMENDED" if s.flagged else "not flagged"
         if s.assessment == "outside_domain":
@@ -56,8 +65,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             )
         print(f"model      {s.model_name} {s.model_version} ({s.model_uid})")
     for image in detail.images:
+        top = (
+            " <- sets the study's score"
+            if s and image.sop_instance_uid == s.top_sop_instance_uid
+            else ""
+        )
         print(
-            f"image      {image.sop_instance_uid} {image.modality or ''} {image.view_position or ''} job={image.job_state}{' (' + image.job_reason + ')' if image.job_reason else ''}"
+            f"image      {image.sop_instance_uid} {image.modality or ''} {image.view_position or ''} job={image.job_state}{' (' + image.job_reason + ')' if image.job_reason else ''}{top}"
         )
         if image.purged_at:
             print(f"  image file deleted by retention {image.purged_at[:19]} (results kept)")
@@ -74,7 +88,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 )
     for rv in detail.reviews:
         print(
-            f"read       {rv['at'][:19]} {rv['verdict']} (model {rv['model_version']}){': ' + rv['note'] if rv['note'] else ''}"
+            f"read       {rv['at'][:19]} {rv['verdict']} by {rv['reader'] or 'unknown'} (p={rv['probability']:.3f}, model {rv['model_version']}){': ' + rv['note'] if rv['note'] else ''}"
         )
     if args.heatmap:
         print(f"heatmap    {args.heatmap}")

@@ -15,16 +15,24 @@ from screener.config import Settings
 if TYPE_CHECKING:
     from screener.worklist import StudyScore
 
+#: CSV: every column in full, for other programs.
 COLUMNS = [
+    "id",
     "accession",
     "study_date",
     "modality",
+    "images",
     "probability",
     "flag",
     "age",
     "status",
     "study_instance_uid",
+    "top_sop_instance_uid",
 ]
+#: The terminal table: narrower than 120 characters (the UID shortened unless --wide).
+TABLE = ["id", "accession", "date", "mod", "imgs", "prob", "flag", "waited", "status", "study"]
+#: The end of a Study Instance UID kept in the table: ``show``/``review`` accept it as is.
+UID_TAIL = 18
 
 
 def _since(text: str) -> datetime:
@@ -82,6 +90,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--limit", type=_limit, default=50, help="at most this many studies (default 50; 0 = all)"
     )
+    p.add_argument("--wide", action="store_true", help="the table shows whole Study Instance UIDs")
     p.add_argument(
         "--format",
         choices=["table", "json", "csv"],
@@ -107,32 +116,60 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         )
     finally:
         db.dispose()
-    cells = [
-        [
-            r.accession_number or "",
-            r.study_date or "",
-            r.modality or "",
-            "-" if r.assessment == "outside_domain" else f"{r.probability:.3f}",
-            flag_text(r),
-            format_age(r.age_hours),
-            r.verdict or "unread",
-            r.study_instance_uid,
-        ]
-        for r in rows
-    ]
     if args.format == "json":
         print(json.dumps([r.as_dict() for r in rows], indent=2))
     elif args.format == "csv":
         out = io.StringIO()
         writer = csv.writer(out)
         writer.writerow(COLUMNS)
-        writer.writerows(cells)
+        writer.writerows(
+            [
+                r.study_id,
+                r.accession_number or "",
+                r.study_date or "",
+                r.modality or "",
+                r.images,
+                "" if r.assessment == "outside_domain" else f"{r.probability:.4f}",
+                flag_text(r),
+                f"{r.age_hours:.2f}h",
+                status_text(r),
+                r.study_instance_uid,
+                r.top_sop_instance_uid or "",
+            ]
+            for r in rows
+        )
         print(out.getvalue(), end="")
     elif not rows:
         print("worklist is empty")
     else:
-        print(render_table(COLUMNS, cells))
+        cells = [
+            [
+                f"#{r.study_id}",
+                (r.accession_number or "")[:16],
+                r.study_date or "",
+                r.modality or "",
+                str(r.images),
+                "-" if r.assessment == "outside_domain" else f"{r.probability:.3f}",
+                flag_text(r),
+                format_age(r.age_hours),
+                status_text(r),
+                r.study_instance_uid if args.wide else short_uid(r.study_instance_uid),
+            ]
+            for r in rows
+        ]
+        print(render_table(TABLE, cells))
     return 0
+
+
+def short_uid(uid: str) -> str:
+    """The end of a UID (the part that differs between studies), marked as shortened."""
+    return uid if len(uid) <= UID_TAIL + 1 else "…" + uid[-UID_TAIL:]
+
+
+def status_text(row: StudyScore) -> str:
+    if row.reopened:
+        return "REOPENED"
+    return row.verdict or "unread"
 
 
 def flag_text(row: StudyScore) -> str:
@@ -140,7 +177,7 @@ def flag_text(row: StudyScore) -> str:
     if row.flagged:
         return "SECOND READ"
     if row.assessment == "outside_domain":
-        return "NOT ASSESSED (outside model domain)"
+        return "NOT ASSESSED"  # outside the model's domain (README)
     if row.assessment == "partly_outside_domain":
-        return "partly outside model domain"
+        return "part assessed"
     return ""

@@ -239,3 +239,4 @@ class Review(Base):
     model_uid: Mapped[str] = mapped_column(UID)
     note: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    reader: Mapped[str | None] = mapped_column(String(64))  # login or web user; None before 0006
