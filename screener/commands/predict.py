@@ -76,10 +76,19 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             if assessed.domain_scores is not None:
                 entry["domain_score"] = round(float(assessed.domain_scores[i]), 3)
             if args.heatmap is not None:
-                from screener.model.gradcam import write_heatmap
+                from screener.model.gradcam import display_frames, write_heatmap
 
                 out = heatmap_path(args.heatmap, path, i, len(frames), len(args.files))
-                entry["heatmap"] = str(write_heatmap(bundle, frame, out))
+                written = write_heatmap(
+                    bundle,
+                    frame,
+                    out,
+                    display=display_frames(path)[i],
+                    probability=float(p),
+                    assessed=inside,
+                    label=f"frame {i + 1} of {len(frames)}" if len(frames) > 1 else "",
+                )
+                entry["heatmap"] = str(written)
             results.append(entry)
     model = {"name": bundle.name, "version": bundle.version, "uid": bundle.uid}
     if args.json:

@@ -98,15 +98,23 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 def _heatmap(db: Any, study_uid: str, out: Path, settings: Settings) -> None:
     from sqlalchemy import select
 
-    from screener.db import Instance, Result, Study
+    from screener.db import OUTSIDE_DOMAIN, Instance, Result, Study
     from screener.errors import ScreenerError
     from screener.imaging import load_image
     from screener.model import load_bundle
-    from screener.model.gradcam import write_heatmap
+    from screener.model.gradcam import display_frames, write_heatmap
 
     with db.transaction() as session:
         row = session.execute(
-            select(Instance.spool_path, Instance.purged_at, Result.frame_number)
+            select(
+                Instance.spool_path,
+                Instance.purged_at,
+                Instance.sop_instance_uid,
+                Result.frame_number,
+                Result.probability,
+                Result.threshold,
+                Result.label,
+            )
             .join(Result, Result.instance_id == Instance.id)
             .join(Study, Study.id == Instance.study_id)
             .where(Study.study_instance_uid == study_uid)
@@ -123,4 +131,14 @@ def _heatmap(db: Any, study_uid: str, out: Path, settings: Settings) -> None:
     if not Path(row.spool_path).is_file():
         raise ScreenerError("no heatmap: the spooled image is missing (deleted outside screener)")
     image = load_image(row.spool_path)[row.frame_number - 1]
-    write_heatmap(load_bundle(settings.model.bundle), image, out)
+    bundle = load_bundle(settings.model.bundle)
+    write_heatmap(
+        bundle,
+        image,
+        out,
+        display=display_frames(row.spool_path)[row.frame_number - 1],
+        probability=row.probability,
+        threshold=row.threshold,
+        assessed=row.label != OUTSIDE_DOMAIN,
+        label=f"image …{row.sop_instance_uid[-18:]} frame {row.frame_number}",
+    )

@@ -84,9 +84,101 @@ def overlay(image: npt.NDArray[np.uint8], heat: npt.NDArray[np.float32], alpha: 
     return np.clip(np.round(mix * 255.0), 0, 255).astype(np.uint8)
 
 
-def write_heatmap(bundle: Bundle, image: npt.NDArray[np.uint8], path: Path) -> Path:
-    """Write the Grad-CAM overlay of one canonical image as a PNG of the same size."""
-    picture = overlay(image, gradcam(bundle, image))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(picture, mode="RGB").save(path, format="PNG")
+#: The long side of the heat-map picture's film, in pixels.
+DISPLAY_LONG_SIDE = 1024
+
+
+def display_frames(source: str | Path, long_side: int = DISPLAY_LONG_SIDE) -> list[Any]:
+    """The film's frames through screener's pixel pipeline at a readable size, in the film's
+    own proportions (the model's input is square; the picture is not)."""
+    from screener.imaging import load_image
+
+    frames = load_image(str(source), size=long_side, fast=False)
+    rows, columns = _proportions(source, frames[0].shape)
+    scale = long_side / max(rows, columns)
+    size = (max(1, round(columns * scale)), max(1, round(rows * scale)))
+    return [
+        np.asarray(Image.fromarray(f, mode="L").resize(size, Image.Resampling.BILINEAR))
+        for f in frames
+    ]
+
+
+def _proportions(source: str | Path, fallback: tuple[int, ...]) -> tuple[int, int]:
+    try:
+        import pydicom
+
+        ds = pydicom.dcmread(str(source), stop_before_pixels=True)
+        return int(ds.Rows), int(ds.Columns)
+    except Exception:  # a JPEG or PNG: its own size
+        try:
+            with Image.open(source) as im:
+                return im.height, im.width
+        except Exception:
+            return fallback[0], fallback[1]
+
+
+def write_heatmap(
+    bundle: Bundle,
+    image: npt.NDArray[np.uint8],
+    path: Path,
+    *,
+    display: npt.NDArray[np.uint8] | None = None,
+    probability: float | None = None,
+    threshold: float | None = None,
+    assessed: bool = True,
+    label: str = "",
+) -> Path:
+    """Write the Grad-CAM picture of one film: the film (``display``, else the canonical
+    image) with the map on top, a colour scale, and the probability against the bundle's
+    threshold with the model's name and version. The folder must exist."""
+    if not path.parent.is_dir():
+        raise ModelError(
+            f"cannot write the heatmap: the folder {str(path.parent)!r} does not exist"
+        )
+    heat = gradcam(bundle, image)
+    film = image if display is None else display
+    if film.shape != heat.shape:
+        heat = np.asarray(
+            Image.fromarray(heat, mode="F").resize(
+                (film.shape[1], film.shape[0]), Image.Resampling.BILINEAR
+            )
+        )
+    from screener.model.plots import _pyplot
+
+    plt = _pyplot()
+    h, w = film.shape
+    dpi = 100
+    fig = plt.figure(figsize=(w / dpi + 1.6, h / dpi + 0.9), dpi=dpi)
+    ax = fig.add_axes((0.2 / (w / dpi + 1.6), 0.15 / (h / dpi + 0.9), w / dpi / (w / dpi + 1.6),
+                       h / dpi / (h / dpi + 0.9)))  # fmt: skip
+    ax.imshow(film, cmap="gray", vmin=0, vmax=255)
+    shown = ax.imshow(heat, cmap="jet", vmin=0.0, vmax=1.0, alpha=0.4 * heat)
+    ax.set_axis_off()
+    bar = fig.add_axes((1 - 1.1 / (w / dpi + 1.6), 0.2, 0.25 / (w / dpi + 1.6), 0.6))
+    colours = fig.colorbar(shown, cax=bar)
+    if colours.solids is not None:
+        colours.solids.set_alpha(1.0)
+    colours.set_label("Grad-CAM: share of the evidence (relative, per film)")
+    verdict = ""
+    cut = bundle.threshold if threshold is None else threshold
+    if not assessed:
+        verdict = (
+            "NOT ASSESSED: outside the model's domain (no score; the map shows where it looked)   "
+        )
+    elif probability is not None:
+        over = probability >= cut
+        verdict = (
+            f"P(pneumonia) {probability:.3f} {'>=' if over else '<'} threshold "
+            f"{cut:.3f}: {'SECOND READ' if over else 'not flagged'}   "
+        )
+    fig.text(0.01, 1 - 0.35 / (h / dpi + 0.9), f"{verdict}{label}", fontsize=11)
+    fig.text(
+        0.01,
+        1 - 0.65 / (h / dpi + 0.9),
+        f"model {bundle.name} {bundle.version}. Where the model looked, not a localisation "
+        "of disease.",
+        fontsize=9,
+    )
+    fig.savefig(path, format="png")
+    plt.close(fig)
     return path

@@ -87,7 +87,8 @@ def test_evaluate_labels_csv(tiny_bundle: Path, chest_train: Path, tmp_path: Pat
 def test_predict_prints_probability_and_writes_heatmap(
     tiny_bundle: Path, chest_train: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """predict --json reports a probability and label; --heatmap writes a 224 px RGB PNG."""
+    """predict --json reports a probability and label; --heatmap writes the film at 1024 px on
+    its long side with a colour scale and the score beside it; a missing folder is refused."""
     from PIL import Image
 
     image = sorted((chest_train / "PNEUMONIA").iterdir())[0]
@@ -98,7 +99,15 @@ def test_predict_prints_probability_and_writes_heatmap(
     assert 0.0 <= result["probability"] <= 1.0
     assert result["label"] in ("normal", "pneumonia")
     with Image.open(heat) as im:
-        assert im.size == (224, 224) and im.mode == "RGB"
+        assert max(im.size) >= 1024 and im.mode in ("RGB", "RGBA")
+        picture = np.asarray(im.convert("RGB"))
+    # the jet colour scale's dark red and dark blue ends are both drawn
+    assert np.any(np.all(np.abs(picture.astype(int) - (127, 0, 0)) < 20, axis=-1))
+    assert np.any(np.all(np.abs(picture.astype(int) - (0, 0, 127)) < 20, axis=-1))
+    missing = tmp_path / "no" / "cam.png"
+    argv = ["predict", str(image), "--model", str(tiny_bundle), "--heatmap", str(missing)]
+    assert main(argv) == 1 and not missing.parent.exists()
+    assert "does not exist" in capsys.readouterr().err
 
 
 def test_load_bundle_refuses_a_missing_folder(tmp_path: Path) -> None:
