@@ -409,10 +409,20 @@ class ModelStats:
     sensitivity: float | None
     specificity: float | None
     ppv: float | None
+    npv: float | None = None
+    #: 95 % Wilson intervals: name -> (low, high), None where the denominator is 0
+    intervals: dict[str, tuple[float, float] | None] = field(default_factory=dict)
+    #: why these figures mean little yet (too few reads), else None
+    caution: str | None = None
 
 
 def _ratio(a: int, b: int) -> float | None:
     return a / b if b else None
+
+
+#: Below this many reads in a denominator, a sensitivity or specificity is flagged as too few
+#: to mean much (its 95 % interval is then wider than about +-0.2 around 0.8).
+MEANINGFUL_READS = 20
 
 
 def review_stats(db: Database) -> list[ModelStats]:
@@ -429,12 +439,32 @@ def review_stats(db: Database) -> list[ModelStats]:
         groups.setdefault((review.model_name, review.model_version, review.model_uid), []).append(
             review
         )
+    from screener.model.metrics import wilson_interval
+
     stats = []
     for (name, version, uid), reviews in sorted(groups.items()):
         tp = sum(r.model_positive and r.radiologist_positive for r in reviews)
         fp = sum(r.model_positive and not r.radiologist_positive for r in reviews)
         tn = sum(not r.model_positive and not r.radiologist_positive for r in reviews)
         fn = sum(not r.model_positive and r.radiologist_positive for r in reviews)
+        intervals = {
+            "agreement": wilson_interval(tp + tn, len(reviews)),
+            "sensitivity": wilson_interval(tp, tp + fn),
+            "specificity": wilson_interval(tn, tn + fp),
+            "ppv": wilson_interval(tp, tp + fp),
+            "npv": wilson_interval(tn, tn + fn),
+        }
+        short = [
+            f"{what} from {n} reads"
+            for what, n in (("sensitivity", tp + fn), ("specificity", tn + fp))
+            if n < MEANINGFUL_READS
+        ]
+        caution = (
+            f"too few reads to mean much: {', '.join(short)} (fewer than {MEANINGFUL_READS}); "
+            "read the intervals, not the point values"
+            if short
+            else None
+        )
         stats.append(
             ModelStats(
                 name,
@@ -449,6 +479,9 @@ def review_stats(db: Database) -> list[ModelStats]:
                 _ratio(tp, tp + fn),
                 _ratio(tn, tn + fp),
                 _ratio(tp, tp + fp),
+                _ratio(tn, tn + fn),
+                intervals,
+                caution,
             )
         )
     return stats

@@ -160,6 +160,22 @@ def test_review_and_stats(scored: Any, capsys: pytest.CaptureFixture[str]) -> No
     ) == (1, 0, 1, 1)
     assert stats["sensitivity"] == pytest.approx(0.5) and stats["specificity"] == pytest.approx(1.0)
     assert stats["agreement"] == pytest.approx(2 / 3) and stats["model_version"] == "1.0"
+    assert stats["npv"] == pytest.approx(0.5) and stats["ppv"] == pytest.approx(1.0)
+    # 1 of 2 read as pneumonia were flagged: Wilson 95 % interval 0.095-0.905
+    assert stats["intervals"]["sensitivity"] == pytest.approx([0.0945, 0.9055], abs=1e-3)
+    assert "too few reads" in stats["caution"]
+    text = _cli(settings, "stats", capsys=capsys)
+    assert "50.0% (9-91)" in text and "NPV" in text and "too few reads to mean much" in text
+
+
+def test_wilson_interval_matches_the_published_values() -> None:
+    """8 of 10: 0.490-0.943 (Brown, Cai & DasGupta 2001, Wilson); 0 of 2 stays within [0, 1]."""
+    from screener.model.metrics import wilson_interval
+
+    assert wilson_interval(8, 10) == pytest.approx((0.4902, 0.9433), abs=1e-4)
+    low, high = wilson_interval(0, 2) or (-1.0, -1.0)
+    assert low == 0.0 and 0.65 < high < 0.66
+    assert wilson_interval(0, 0) is None
 
 
 def test_show_lists_results_and_deliveries(scored: Any, capsys: pytest.CaptureFixture[str]) -> None:

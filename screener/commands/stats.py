@@ -24,6 +24,13 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
+def _with_interval(value: float | None, interval: tuple[float, float] | None) -> str:
+    """``80.0% (56-94)``: the point and its 95 % Wilson interval, in percent."""
+    if value is None or interval is None:
+        return "-"
+    return f"{100 * value:.1f}% ({100 * interval[0]:.0f}-{100 * interval[1]:.0f})"
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from screener.db.migrate import open_database
     from screener.worklist import review_stats
@@ -51,25 +58,33 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         "sensitivity",
         "specificity",
         "PPV",
+        "NPV",
     ]
     rows = [
         [
             s.model_name,
             s.model_version,
             str(s.reviewed),
-            _pct(s.agreement),
+            _with_interval(s.agreement, s.intervals.get("agreement")),
             str(s.true_positive),
             str(s.false_positive),
             str(s.true_negative),
             str(s.false_negative),
-            _pct(s.sensitivity),
-            _pct(s.specificity),
-            _pct(s.ppv),
+            _with_interval(s.sensitivity, s.intervals.get("sensitivity")),
+            _with_interval(s.specificity, s.intervals.get("specificity")),
+            _with_interval(s.ppv, s.intervals.get("ppv")),
+            _with_interval(s.npv, s.intervals.get("npv")),
         ]
         for s in stats
     ]
     print(render_table(headers, rows))
-    print("Reads are the reference: sensitivity = flagged among studies read as pneumonia.")
+    print(
+        "Reads are the reference: sensitivity = flagged among studies read as pneumonia. "
+        "In brackets: 95% Wilson intervals."
+    )
+    for s in stats:
+        if s.caution:
+            print(f"{s.model_name} {s.model_version}: {s.caution}")
     _site_calibration(settings)
     return 0
 

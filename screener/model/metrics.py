@@ -149,6 +149,21 @@ def specificity_at_sensitivity(labels: Any, scores: Any, target: float) -> float
     return float(np.mean(neg < pos[k - 1]))
 
 
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float] | None:
+    """Two-sided Wilson score interval of a proportion (z = 1.96: 95 %); None when n = 0.
+
+    Unlike the normal approximation it stays inside [0, 1] and is honest for small n and for
+    proportions near 0 or 1 (Wilson 1927; Brown, Cai & DasGupta 2001).
+    """
+    if n == 0:
+        return None
+    p = successes / n
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    margin = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - margin), min(1.0, centre + margin)
+
+
 def wilson_lower(successes: int, n: int, z: float = 1.645) -> float:
     """One-sided lower Wilson bound of a proportion (z = 1.645: 95 % one-sided)."""
     if n == 0:
