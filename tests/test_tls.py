@@ -7,6 +7,7 @@ must be refused.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -115,6 +116,9 @@ def test_a_tls_only_listener_takes_tls_from_the_sites_ca_and_refuses_the_rest(
         assert _count(db, "instances") == 1
     finally:
         assert serve.terminate() == 0, serve.log()[-3000:]
+    # pynetdicom's complaints about the failed handshakes come through structlog, as JSON
+    for line in serve.log().splitlines():
+        assert json.loads(line)["event"], line
 
 
 def test_srs_go_to_a_tls_pacs_and_not_to_one_the_site_ca_did_not_sign(
