@@ -205,6 +205,23 @@ def test_show_lists_results_and_deliveries(scored: Any, capsys: pytest.CaptureFi
     assert main(["--set", f"database.url={settings.database.url}", "show", "nope"]) == 1
 
 
+def test_show_heatmap_is_a_readable_picture(
+    scored: Any, tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The study's top image with its map at >= 1024 px, and no folder made up for it."""
+    from PIL import Image
+
+    settings, _db, _ = scored
+    out = tmp_path / "a.png"
+    assert "heatmap" in _cli(settings, "show", "A", "--heatmap", str(out), capsys=capsys)
+    with Image.open(out) as im:
+        assert max(im.size) >= 1024
+    missing = tmp_path / "none" / "a.png"
+    assert main(["--set", f"database.url={settings.database.url}", "show", "A", "--heatmap",
+                 str(missing)]) == 1  # fmt: skip
+    assert "does not exist" in capsys.readouterr().err and not missing.parent.exists()
+
+
 def _add_image(settings: Any, db: Database, study_uid: str, p: float, threshold: float) -> str:
     """A new image in an existing study, with its result (as a worker would record it)."""
     acceptor = Acceptor(db, Spool(settings.storage.spool_dir, 0), settings)
