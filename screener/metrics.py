@@ -180,10 +180,7 @@ class DatabaseCollector:
         up = GaugeMetricFamily("screener_database_up", "1 if the database answered")
         up.add_metric([], 1)
         yield up
-        depth = GaugeMetricFamily("screener_queue_jobs", "Jobs by state", labels=["state"])
-        for state, n in sorted(report.counts.items()):
-            depth.add_metric([state], n)
-        yield depth
+        yield _gauge("screener_queue_jobs", "Jobs by state", "state", report.counts)
         reasons = GaugeMetricFamily(
             "screener_jobs_by_reason",
             "Skipped, rejected and failed jobs by reason",
@@ -193,34 +190,39 @@ class DatabaseCollector:
             for reason, n in sorted(by_reason.items()):
                 reasons.add_metric([state, reason or "unknown"], n)
         yield reasons
-        exports = GaugeMetricFamily(
+        yield _gauge(
             "screener_exports",
             "SR deliveries by state (pending, delivered, dead)",
-            labels=["state"],
+            "state",
+            report.exports,
         )
-        for state, n in sorted(report.exports.items()):
-            exports.add_metric([state], n)
-        yield exports
-        results = GaugeMetricFamily(
-            "screener_results", "Scored frames by label (flagged, not flagged, not assessed)",
-            labels=["label"],
-        )  # fmt: skip
-        for label, n in sorted(report.results.items()):
-            results.add_metric([label], n)
-        yield results
-        received = GaugeMetricFamily(
+        yield _gauge(
+            "screener_results",
+            "Scored frames by label (flagged, not flagged, not assessed)",
+            "label",
+            report.results,
+        )
+        yield _gauge(
             "screener_received_recorded",
             "Instances and refusals as the database records them (all hosts)",
-            labels=["kind"],
+            "kind",
+            report.received,
         )
-        for kind, n in sorted(report.received.items()):
-            received.add_metric([kind], n)
-        yield received
         restarts = GaugeMetricFamily(
             "screener_process_restarts", "Worker and stage restarts recorded (all hosts)"
         )
         restarts.add_metric([], report.restarts.get("total", 0))
         yield restarts
+
+
+def _gauge(name: str, text: str, label: str, values: dict[str, int]) -> Any:
+    """One gauge with one label, a sample per key of ``values``."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    family = GaugeMetricFamily(name, text, labels=[label])
+    for key, n in sorted(values.items()):
+        family.add_metric([key], n)
+    return family
 
 
 def registry_for(db: Any, model: dict[str, str] | None) -> Any:

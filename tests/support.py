@@ -338,3 +338,52 @@ def fresh_pg_database(admin_url: str) -> tuple[str, Callable[[], None]]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
     return f"{base}/{name}", drop
+
+
+def record_result(
+    db: Any,
+    sop_instance_uid: str,
+    probability: float,
+    threshold: float,
+    model: tuple[str, str, str],
+    *,
+    label: str | None = None,
+    domain_score: float | None = None,
+    received_hours_ago: float = 0.0,
+    accession: str | None = None,
+) -> None:
+    """Finish an accepted instance's job with a result, as a worker would record it."""
+    from datetime import timedelta
+
+    from sqlalchemy import select
+
+    from screener.db import Instance, Job, Result, utcnow
+
+    with db.transaction() as s:
+        inst = s.scalars(
+            select(Instance).where(Instance.sop_instance_uid == sop_instance_uid)
+        ).one()
+        if received_hours_ago:
+            inst.received_at = utcnow() - timedelta(hours=received_hours_ago)
+        if accession is not None:
+            inst.study.accession_number = accession
+        job = s.scalars(select(Job).where(Job.instance_id == inst.id)).one()
+        job.state = "done"
+        now = utcnow()
+        s.add(
+            Result(
+                job_id=job.id,
+                instance_id=inst.id,
+                frame_number=1,
+                probability=float(probability),
+                label=label or ("pneumonia" if probability >= threshold else "normal"),
+                threshold=threshold,
+                domain_score=domain_score,
+                model_name=model[0],
+                model_version=model[1],
+                model_uid=model[2],
+                queued_at=now,
+                started_at=now,
+                scored_at=now,
+            )
+        )

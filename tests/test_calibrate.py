@@ -12,11 +12,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import select
-from support import build_dicom
+from support import build_dicom, record_result
 
 from screener.cli import main
-from screener.db import OUTSIDE_DOMAIN, Database, Instance, Job, Result, utcnow
+from screener.db import OUTSIDE_DOMAIN, Database
 from screener.db.migrate import upgrade
 from screener.ingest.accept import Acceptor
 from screener.ingest.spool import Spool
@@ -52,31 +51,12 @@ def _site(
     cases = [(p, r, "scored") for p, r in zip(probs, reads, strict=True)] + [(0.999, 1, "outside")]
     for i, (p, read, kind) in enumerate(cases):
         accepted = acceptor.accept(build_dicom(seed=i), source="dicom")
-        with db.transaction() as s:
-            inst = s.scalars(
-                select(Instance).where(Instance.sop_instance_uid == accepted.sop_instance_uid)
-            ).one()
-            job = s.scalars(select(Job).where(Job.instance_id == inst.id)).one()
-            job.state = "done"
-            now = utcnow()
-            label = "pneumonia" if p >= threshold else "normal"
-            s.add(
-                Result(
-                    job_id=job.id,
-                    instance_id=inst.id,
-                    frame_number=1,
-                    probability=float(p),
-                    label=OUTSIDE_DOMAIN if kind == "outside" else label,
-                    threshold=threshold,
-                    domain_score=50.0 if kind == "outside" else 1.0,
-                    model_name=meta["name"],
-                    model_version=meta["version"],
-                    model_uid=meta["uid"],
-                    queued_at=now,
-                    started_at=now,
-                    scored_at=now,
-                )
-            )
+        outside = kind == "outside"
+        record_result(
+            db, accepted.sop_instance_uid, float(p), threshold,
+            (meta["name"], meta["version"], meta["uid"]),
+            label=OUTSIDE_DOMAIN if outside else None, domain_score=50.0 if outside else 1.0,
+        )  # fmt: skip
         flagged = kind == "scored" and p >= threshold
         record_review(db, accepted.study_instance_uid, bool(read) == flagged, None, 12.0)
     db.dispose()

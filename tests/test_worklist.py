@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select
-from support import build_dicom
+from support import build_dicom, record_result
 
 from screener.cli import main
-from screener.db import Database, Export, Instance, Job, Result, utcnow
+from screener.db import Database, Export, Instance, Result, utcnow
 from screener.db.migrate import upgrade
 from screener.ingest.accept import Acceptor
 from screener.ingest.spool import Spool
@@ -35,31 +35,10 @@ def scored(db_url: str, make_settings: Callable[..., Any]) -> Any:
         data = build_dicom(study_instance_uid=f"1.2.826.0.1.9.{ord(accession)}")
         accepted = acceptor.accept(data, source="dicom")
         uids[accession] = accepted.study_instance_uid
-        with db.transaction() as s:
-            inst = s.scalars(
-                select(Instance).where(Instance.sop_instance_uid == accepted.sop_instance_uid)
-            ).one()
-            inst.received_at = utcnow() - timedelta(hours=hours_ago)
-            inst.study.accession_number = accession
-            job = s.scalars(select(Job).where(Job.instance_id == inst.id)).one()
-            job.state = "done"
-            now = utcnow()
-            s.add(
-                Result(
-                    job_id=job.id,
-                    instance_id=inst.id,
-                    frame_number=1,
-                    probability=p,
-                    label="pneumonia" if p >= threshold else "normal",
-                    threshold=threshold,
-                    model_name=OLD[0],
-                    model_version=OLD[1],
-                    model_uid=OLD[2],
-                    queued_at=now,
-                    started_at=now,
-                    scored_at=now,
-                )
-            )
+        record_result(
+            db, accepted.sop_instance_uid, p, threshold, OLD,
+            received_hours_ago=hours_ago, accession=accession,
+        )  # fmt: skip
     yield settings, db, uids
     db.dispose()
 
@@ -226,21 +205,7 @@ def _add_image(settings: Any, db: Database, study_uid: str, p: float, threshold:
     """A new image in an existing study, with its result (as a worker would record it)."""
     acceptor = Acceptor(db, Spool(settings.storage.spool_dir, 0), settings)
     accepted = acceptor.accept(build_dicom(study_instance_uid=study_uid, seed=7), source="dicom")
-    with db.transaction() as s:
-        inst = s.scalars(
-            select(Instance).where(Instance.sop_instance_uid == accepted.sop_instance_uid)
-        ).one()
-        job = s.scalars(select(Job).where(Job.instance_id == inst.id)).one()
-        job.state = "done"
-        now = utcnow()
-        s.add(
-            Result(
-                job_id=job.id, instance_id=inst.id, frame_number=1, probability=p,
-                label="pneumonia" if p >= threshold else "normal", threshold=threshold,
-                model_name=OLD[0], model_version=OLD[1], model_uid=OLD[2],
-                queued_at=now, started_at=now, scored_at=now,
-            )
-        )  # fmt: skip
+    record_result(db, accepted.sop_instance_uid, p, threshold, OLD)
     return accepted.sop_instance_uid
 
 
