@@ -19,6 +19,7 @@ import ssl
 import threading
 import time
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 import structlog
@@ -43,6 +44,7 @@ from screener.ingest.accept import (
 from screener.ingest.sopclasses import IMAGE_STORAGE_SOP_CLASSES, VERIFICATION, transfer_syntaxes
 from screener.ingest.stall import StalledStoreWatch
 from screener.ingest.uids import uid_problem
+from screener.netopts import tune_socket
 
 log = structlog.get_logger(__name__)
 
@@ -118,6 +120,7 @@ class Listener:
             (evt.EVT_C_ECHO, self._on_c_echo),
             (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_REJECTED, self._on_rejected),
+            (evt.EVT_CONN_OPEN, partial(tune_socket, quick_ack=True)),
         ]
         try:
             self._server = self.ae.start_server(

@@ -51,7 +51,7 @@ from pydicom.uid import (
     SecondaryCaptureImageStorage,
     generate_uid,
 )
-from pynetdicom import AE
+from pynetdicom import AE, evt
 from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS, code_to_category
 from sqlalchemy import select
 
@@ -59,6 +59,7 @@ from screener.config import ExportSettings, Settings
 from screener.db import OUTSIDE_DOMAIN, Database, Export, Instance, Result, utcnow
 from screener.db.engine import as_utc
 from screener.errors import ScreenerError
+from screener.netopts import tune_socket
 from screener.report.destinations import Destination, parse_destination, parse_destinations
 from screener.report.header import ReportError, derived_uid
 from screener.report.ledger import DEAD, DELIVERED, PENDING, export_counts, retry_dead
@@ -378,7 +379,13 @@ class Exporter:
         for sop_class in sorted(sop_classes):
             ae.add_requested_context(sop_class, syntaxes)
         tls_args = (self.tls_context, peer.host) if self.tls_context else None
-        assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=tls_args)
+        assoc = ae.associate(
+            peer.host,
+            peer.port,
+            ae_title=peer.ae_title,
+            tls_args=tls_args,
+            evt_handlers=[(evt.EVT_CONN_OPEN, tune_socket)],  # TCP_NODELAY
+        )
         if not assoc.is_established:
             refused = [str(cx.abstract_syntax) for cx in assoc.rejected_contexts]
             if refused and not assoc.accepted_contexts:  # PS3.8 9.3.3.2: every context rejected

@@ -1,0 +1,185 @@
+"""Ingest speed: instances/s that `screener serve` (worker off) takes from dcmtk's storescu,
+beside dcmtk's own storescp as the peer that writes raw files and keeps no database.
+
+Small CR films (224 px, 8-bit, uncompressed; the training JPEGs wrapped as DICOM) are pushed
+by plain storescu on one association, and by four concurrent associations; each with Nagle's
+algorithm left on in storescu (dcmtk's default) and with ``TCP_NODELAY=1`` in its environment.
+Every run starts a fresh daemon with a fresh SQLite database and spool. Prints one table.
+
+    .venv/bin/python benchmarks/bench_ingest.py --films 624
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("SCREENER_DATA") or REPO.parent / "shared" / "data")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def make_films(n: int, out: Path) -> list[Path]:
+    """``n`` small CR films from the training JPEGs (224 px, MONOCHROME2, 8 bit)."""
+    import numpy as np
+    from PIL import Image
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    sources = sorted((DATA / "chest_xray" / "train" / "NORMAL").glob("*.jpeg"))[:64]
+    if not sources:
+        raise SystemExit(f"no training JPEGs under {DATA} (set SCREENER_DATA)")
+    pixels = [np.asarray(Image.open(p).convert("L").resize((224, 224))) for p in sources]
+    out.mkdir(parents=True)
+    paths = []
+    for i in range(n):
+        ds = Dataset()
+        ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
+        ds.SOPInstanceUID, ds.StudyInstanceUID = generate_uid(), generate_uid()
+        ds.SeriesInstanceUID = generate_uid()
+        ds.Modality, ds.BodyPartExamined, ds.ViewPosition = "CR", "CHEST", "AP"
+        ds.PatientAge, ds.StudyDate = "003Y", "20261128"
+        ds.Rows = ds.Columns = 224
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated = ds.BitsStored = 8
+        ds.HighBit, ds.PixelRepresentation = 7, 0
+        ds.PixelData = pixels[i % len(pixels)].tobytes()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        path = out / f"f{i:05d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def push(port: int, files: list[Path], streams: int, nodelay: bool, aet: str) -> float:
+    """Seconds for ``streams`` concurrent storescu processes to send ``files``."""
+    env = dict(os.environ)
+    env.pop("TCP_NODELAY", None)
+    if nodelay:
+        env["TCP_NODELAY"] = "1"
+    chunks = [files[i::streams] for i in range(streams)]
+    t0 = time.perf_counter()
+    procs = [
+        subprocess.Popen(
+            ["/usr/bin/storescu", "-aec", aet, "127.0.0.1", str(port), *map(str, chunk)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for chunk in chunks
+    ]
+    for p in procs:
+        _, err = p.communicate(timeout=1800)
+        if p.returncode != 0:
+            raise SystemExit(f"storescu failed: {err.decode()[-500:]}")
+    return time.perf_counter() - t0
+
+
+def screener_run(work: Path, files: list[Path], streams: int, nodelay: bool) -> float:
+    run = Path(tempfile.mkdtemp(dir=work))
+    port = free_port()
+    (run / "none.toml").write_text("")
+    env = {
+        **os.environ,
+        "SCREENER_CONFIG": str(run / "none.toml"),
+        "SCREENER_DATABASE_URL": f"sqlite:///{run / 'db.sqlite'}",
+        "SCREENER_STORAGE_SPOOL_DIR": str(run / "spool"),
+        "SCREENER_WATCH_ENABLED": "false",
+        "SCREENER_WORKER_ENABLED": "false",
+        "SCREENER_LISTENER_HOST": "127.0.0.1",
+        "SCREENER_LISTENER_PORT": str(port),
+        "SCREENER_STORAGE_PURGE_INTERVAL_MINUTES": "0",
+        "SCREENER_RESCAN_SCHEDULE": "",
+        "SCREENER_LOGGING_LEVEL": "warning",
+    }
+    log = (run / "serve.log").open("wb")
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "screener.cli", "serve"], env=env, stdout=log, stderr=log
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or serve.poll() is not None:
+                    raise SystemExit(
+                        f"serve did not start: {(run / 'serve.log').read_text()[-2000:]}"
+                    ) from None
+                time.sleep(0.2)
+        seconds = push(port, files, streams, nodelay, "SCREENER")
+    finally:
+        serve.terminate()
+        serve.wait(120)
+        log.close()
+    import sqlite3
+
+    with sqlite3.connect(run / "db.sqlite") as c:
+        (n,) = c.execute("select count(*) from instances").fetchone()
+    if n != len(files):
+        raise SystemExit(f"{n} instances recorded of {len(files)} sent")
+    shutil.rmtree(run, ignore_errors=True)
+    return seconds
+
+
+def storescp_run(work: Path, files: list[Path], streams: int, nodelay: bool) -> float:
+    out = Path(tempfile.mkdtemp(dir=work))
+    port = free_port()
+    scp = subprocess.Popen(
+        ["/usr/bin/storescp", "--fork", "-od", str(out), "-aet", "STORESCP", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    time.sleep(0.5)
+    try:
+        return push(port, files, streams, nodelay, "STORESCP")
+    finally:
+        scp.terminate()
+        scp.wait(30)
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--films", type=int, default=624)
+    parser.add_argument("--peers", action="store_true", help="also time dcmtk's storescp")
+    args = parser.parse_args()
+    if not os.access("/usr/bin/storescu", os.X_OK):
+        raise SystemExit("dcmtk's /usr/bin/storescu is needed (apt-get install dcmtk)")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        files = make_films(args.films, work / "films")
+        print(
+            f"ingest of {len(files)} CR films (224 px, 8 bit, Explicit VR LE), {os.cpu_count()} cores"
+        )
+        print(f"{'receiver':<28}{'sender':<34}{'seconds':>9}{'instances/s':>13}")
+        runs = [(1, False), (1, True), (4, False), (4, True)]
+        receivers = [("screener serve (worker off)", screener_run)]
+        if args.peers:
+            receivers.append(("dcmtk storescp (raw files)", storescp_run))
+        for name, fn in receivers:
+            for streams, nodelay in runs:
+                sender = f"storescu x{streams}, " + (
+                    "TCP_NODELAY=1" if nodelay else "Nagle on (default)"
+                )
+                seconds = fn(work, files, streams, nodelay)
+                print(f"{name:<28}{sender:<34}{seconds:>9.1f}{len(files) / seconds:>13.0f}")
+
+
+if __name__ == "__main__":
+    main()
