@@ -112,3 +112,14 @@ def test_a_tensorflow_command_prints_its_answer_not_tensorflows_start_up(tmp_pat
     events = [json.loads(line)["event"] for line in run.stderr.strip().splitlines()]
     assert events.count("tensorflow_ready") == 1 and "bundle_loaded" in events
     assert run.stdout.splitlines()[-1].endswith("normal")
+
+
+def test_a_database_password_never_reaches_a_message(tmp_path: Path) -> None:
+    run = _screener(
+        tmp_path,
+        "--set",
+        "database.url=postgresql+psycopg://screener:s3cret@127.0.0.1:1/x",
+        "status",
+    )
+    last = _one_line(run, 1, "cannot use the database at", "screener:***@127.0.0.1:1/x")
+    assert "s3cret" not in run.stderr + run.stdout and "s3cret" not in last
