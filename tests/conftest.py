@@ -160,3 +160,14 @@ def running_daemon(make_settings: Callable[..., Settings]) -> Iterator[Callable[
     yield start
     for daemon in started:
         daemon.stop()
+
+
+@pytest.fixture(autouse=True)
+def _no_serve_outlives_its_test() -> Iterator[None]:
+    """A test that fails half-way must not leave a `screener serve` child running."""
+    yield
+    for serve in ServeProcess.started:
+        if serve.proc is not None and serve.proc.poll() is None:
+            serve.proc.kill()
+            serve.proc.wait(timeout=30)
+    ServeProcess.started.clear()

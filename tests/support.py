@@ -16,7 +16,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 REPO = Path(__file__).resolve().parents[1]
 PG_ADMIN_URL = os.environ.get(
@@ -54,6 +54,9 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: floa
 class ServeProcess:
     """``screener serve`` as a real child process, configured by environment variables."""
 
+    #: every one started, so that conftest can kill what a failed test left running
+    started: ClassVar[list[ServeProcess]] = []
+
     def __init__(self, tmp_path: Path, env: dict[str, str]) -> None:
         self.tmp_path = tmp_path
         self.env = env
@@ -69,6 +72,7 @@ class ServeProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
+        ServeProcess.started.append(self)
         wait_for(lambda: "daemon_started" in self.log() or self.proc.poll() is not None, 60)
         assert self.proc.poll() is None, f"screener serve exited early:\n{self.log()}"
         return self

@@ -160,8 +160,9 @@ def test_srs_go_to_a_tls_pacs_and_not_to_one_the_site_ca_did_not_sign(
         screener_export_tls="true",
         screener_export_backoff_seconds="60",
     )
-    serve = ServeProcess(tmp_path, {**env, **_tls_env(pki)}).start()
+    serve = ServeProcess(tmp_path, {**env, **_tls_env(pki)})
     try:
+        serve.start()
         film = tmp_path / "film.dcm"
         film.write_bytes(build_dicom(rows=256, columns=256))
         assert c_store(port, [film]) == [0]  # the listener itself is plain TCP here
@@ -178,10 +179,10 @@ def test_srs_go_to_a_tls_pacs_and_not_to_one_the_site_ca_did_not_sign(
         wait_for(failed_once, timeout=60, interval=0.2)
         assert not list((tmp_path / "fake").iterdir())
     finally:
-        code = serve.terminate()
         for scp in scps:
             scp.terminate()
             scp.wait(timeout=30)
+        code = serve.terminate() if serve.proc is not None else 0
     assert code == 0, serve.log()[-3000:]
     with sqlite3.connect(db) as c:
         states = dict(c.execute("select destination, state from exports").fetchall())
