@@ -186,6 +186,11 @@ def render_processes(procs: list[dict[str, Any]]) -> list[str]:
         head = f"screener: RUNNING ({len(serving)} serve process{'es' if len(serving) > 1 else ''})"
     elif not procs:
         head = "screener: NOT RUNNING (no serve or worker process has ever reported here)"
+    elif workers := [p for p in procs if p["state"] == "running"]:
+        head = (
+            f"screener: NO SERVE PROCESS RUNNING ({len(workers)} worker process"
+            f"{'es' if len(workers) > 1 else ''} running: nothing receives or delivers)"
+        )
     else:
         last = max(procs, key=lambda p: p["beat_at"])
         how = (

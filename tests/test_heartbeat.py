@@ -72,3 +72,16 @@ def test_a_spool_of_another_database_is_refused_unless_adopted(tmp_path: Path) -
     serve = ServeProcess(tmp_path, second).start("--adopt-spool")
     assert serve.terminate() == 0
     assert '"instances_recovered": 1' in serve.log()
+
+
+def test_workers_without_a_serve_are_not_called_running() -> None:
+    from screener.status import render_processes
+
+    worker = {
+        "component": "worker", "host": "gpu1", "pid": 7, "state": "running",
+        "seconds_since_beat": 2.0, "beat_at": "2026-11-28T09:00:00+00:00",
+        "details": {"model": "screener-default 0.1.0", "device": "gpu:0"},
+    }  # fmt: skip
+    lines = render_processes([worker])
+    assert lines[0].startswith("screener: NO SERVE PROCESS RUNNING (1 worker process running")
+    assert "worker on gpu1 pid 7: RUNNING" in lines[1] and "device gpu:0" in lines[1]
