@@ -84,7 +84,7 @@ def _c_store_case(port: int, case: Case, path: Path) -> tuple[int, int]:
     from pynetdicom.dimse_primitives import C_STORE
 
     ae = AE(ae_title="HOSTILE")
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 90  # a loaded CI host stalls
     ae.add_requested_context("1.2.840.10008.1.1")
     if case.name == EMPTY:
         sop_class, sop_uid, syntax = (
