@@ -291,7 +291,8 @@ class Daemon:
     exporter: Exporter | None = None
     health: HealthServer | None = None
     metrics_dir: str | None = None
-    model_label: str | None = None  # "name version" of the bundle the workers load
+    #: name, version and UID of the bundle the worker processes load (read once, at compose)
+    model: dict[str, str] = field(default_factory=dict)
     retention: RetentionTimer | None = None
     heart: Heart | None = None
 
@@ -407,8 +408,8 @@ class Daemon:
             details["workers_alive"] = (
                 f"{len([p for p in procs.processes if p.is_alive()])}/{len(procs.children)}"
             )
-        if self.model_label:
-            details["model"] = self.model_label
+        if self.model:
+            details["model"] = f"{self.model['name']} {self.model['version']}"
         return details
 
     def run(self) -> int:
@@ -480,15 +481,11 @@ def compose(settings: Settings, processor: Processor | None = None) -> Daemon:
         else:
             from screener.model.bundle import read_metadata
 
-            read_metadata(settings.model.bundle)  # raises ModelError naming the path
+            meta = read_metadata(settings.model.bundle)  # raises ModelError naming the path
+            daemon.model = {k: str(meta[k]) for k in ("name", "version", "uid")}
             daemon.worker_processes = WorkerProcesses(settings, on_restart=daemon.record_restart)
             acceptor.on_queued = daemon.worker_processes.wake.set
             exporter.wake = daemon.worker_processes.exports_planned
-    if settings.worker.enabled and processor is None:
-        from screener.model.bundle import read_metadata
-
-        meta = read_metadata(settings.model.bundle)
-        daemon.model_label = f"{meta['name']} {meta['version']}"
     daemon.heart = Heart(
         db,
         "serve",
@@ -505,11 +502,6 @@ def compose(settings: Settings, processor: Processor | None = None) -> Daemon:
 def _health_server(settings: Settings, daemon: Daemon) -> HealthServer:
     """``[metrics]``: /metrics, /healthz, /readyz with the readiness checks of this daemon."""
     from sqlalchemy import text
-
-    from screener.model.bundle import read_metadata
-
-    meta = read_metadata(settings.model.bundle) if settings.worker.enabled else {}
-    model: dict[str, str] = {k: str(meta[k]) for k in ("name", "version", "uid") if k in meta}
 
     def database() -> str | None:
         with daemon.db.engine.connect() as connection:
@@ -531,6 +523,6 @@ def _health_server(settings: Settings, daemon: Daemon) -> HealthServer:
     return HealthServer(
         settings.metrics.host,
         settings.metrics.port,
-        metrics.registry_for(daemon.db, model),
+        metrics.registry_for(daemon.db, daemon.model),
         checks,
     )
