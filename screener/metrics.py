@@ -75,6 +75,7 @@ class Instruments:
     decode_seconds: Any
     inference_seconds: Any
     latency_seconds: Any
+    commit_group: Any
 
 
 _instruments: Instruments | None = None
@@ -104,6 +105,12 @@ def instruments() -> Instruments | None:
                     "Instances taken in, by source (dicom, folder) and outcome "
                     "(queued, skipped, duplicate, replaced)",
                     ["source", "outcome"],
+                    registry=registry,
+                ),
+                commit_group=Histogram(
+                    "screener_ingest_commit_group",
+                    "Instances recorded per ingest transaction (group commit across associations)",
+                    buckets=(1, 2, 4, 8, 16, 32, 64),
                     registry=registry,
                 ),
                 refused=Counter(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,23 +24,20 @@ from pydicom.errors import InvalidDicomError
 from pydicom.filewriter import dcmwrite
 from pydicom.uid import UID, ExplicitVRLittleEndian
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
 from screener import metrics
 from screener.config import Settings
-from screener.db import AuditEvent, Database, Instance, Job, JobState, Study, utcnow
+from screener.db import AuditEvent, Database, Instance, Job, JobState, utcnow
 from screener.errors import IngestError
 from screener.imaging.codestream import native_length
 from screener.ingest.population import apply_population, screened_ages
+from screener.ingest.record import Arrival, GroupCommit, Header, Source, _int, _str
 from screener.ingest.selection import Skip, apply_selection
 from screener.ingest.sopclasses import IMAGE_STORAGE_SOP_CLASSES
 from screener.ingest.spool import OutOfResources, Spool
 from screener.ingest.uids import uid_problem
 
 log = structlog.get_logger(__name__)
-
-Source = Literal["dicom", "folder", "recovered"]
 
 #: PixelData tag (7FE0,0010) as it appears in a little endian stream.
 _PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"
@@ -76,21 +74,6 @@ class Accepted:
     study_instance_uid: str
     job_id: int | None
     skip: Skip | None = None
-
-
-def _str(ds: Dataset, keyword: str, limit: int = 64) -> str | None:
-    value = ds.get(keyword)
-    if value is None or str(value).strip() == "":
-        return None
-    return str(value).strip()[:limit]
-
-
-def _int(ds: Dataset, keyword: str) -> int | None:
-    try:
-        value = ds.get(keyword)
-        return int(value) if value not in (None, "") else None
-    except (TypeError, ValueError):
-        return None
 
 
 def parse(data: bytes, *, allow_raw: bool) -> tuple[Dataset, bytes]:
@@ -221,132 +204,78 @@ class Acceptor:
         self.settings = settings
         self.on_queued = on_queued  # e.g. wake the workers
         self.ages = screened_ages(settings)
+        self.commits = GroupCommit(db, on_group=_observe_group)
+        # arrivals of one SOP Instance UID are spooled and recorded one at a time, so one
+        # never removes a file another has just written under the same name
+        self._uid_locks = [threading.Lock() for _ in range(64)]
 
     def accept(
         self, data: bytes, *, source: Source, calling_ae_title: str | None = None
     ) -> Accepted:
+        """Check, spool and record ``data``; returns once the instance and its job are
+        committed (one parse, one hash, one durable write, one shared transaction)."""
         self.spool.check_free_space(len(data))
         ds, data = parse(data, allow_raw=source != "dicom")
         validate(ds, data)
+        header = Header.of(ds)
         sha256 = hashlib.sha256(data).hexdigest()
-        for attempt in range(3):  # concurrent first arrivals of one study or instance race here
-            try:
-                accepted = self._record(ds, data, sha256, source, calling_ae_title)
-                if (m := metrics.instruments()) is not None:
-                    m.received.labels(source, accepted.outcome).inc()
-                return accepted
-            except IntegrityError:
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
-
-    def _record(
-        self, ds: Dataset, data: bytes, sha256: str, source: Source, calling_ae_title: str | None
-    ) -> Accepted:
-        sop_uid, study_uid = str(ds.SOPInstanceUID), str(ds.StudyInstanceUID)
-        target = self.spool.path_for(study_uid, sop_uid, sha256)
-        written: Path | None = None
-        replaced_path: str | None = None
-        try:
-            with self.db.transaction() as session:
-                now = utcnow()
-                existing = session.scalars(
-                    select(Instance).where(Instance.sop_instance_uid == sop_uid).with_for_update()
-                ).one_or_none()
-                if existing is not None:
-                    existing.receive_count += 1
-                    existing.updated_at = now
-                    same = existing.content_sha256 == sha256
-                    # deleted by hand, not by retention (a purged one was handled: a resend
-                    # of it is a duplicate, not a reason to score and report it again)
-                    lost = existing.purged_at is None and not Path(existing.spool_path).is_file()
-                    keep = same or self.settings.storage.duplicate_policy == "keep_first"
-                    if keep and not lost:
-                        event = "duplicate_ignored" if same else "changed_duplicate_ignored"
-                        _audit(session, event, ds, calling_ae_title, reason="duplicate")
-                        log.info(event, sop_instance_uid=sop_uid, calling_ae_title=calling_ae_title)
-                        return Accepted("duplicate", sop_uid, study_uid, None)
-                    written = self._write(target, data)
-                    replaced_path = existing.spool_path
-                    _fill_instance(
-                        existing, ds, target, sha256, len(data), source, calling_ae_title
-                    )
-                    existing.purged_at = None
-                    job, skip = self._enqueue(session, existing, ds)
-                    event = "instance_restored" if lost else "instance_replaced"
-                    _audit(session, event, ds, calling_ae_title, job_id=job.id)
-                    outcome: Literal["queued", "skipped", "replaced"] = "replaced"
-                else:
-                    study = _get_or_create_study(session, ds)
-                    written = self._write(target, data)
-                    instance = Instance(study=study, received_at=now, receive_count=1)
-                    _fill_instance(
-                        instance, ds, target, sha256, len(data), source, calling_ae_title
-                    )
-                    session.add(instance)
-                    job, skip = self._enqueue(session, instance, ds)
-                    outcome = "skipped" if skip else "queued"
-                    _audit(
-                        session,
-                        "instance_skipped" if skip else "instance_queued",
-                        ds,
-                        calling_ae_title,
-                        job_id=job.id,
-                        reason=skip.reason if skip else None,
-                        message=skip.message if skip else None,
-                    )
-        except BaseException:
-            if written is not None:
-                self.spool.remove(written)
-            raise
-        if replaced_path and Path(replaced_path) != target:
-            self.spool.remove(replaced_path)
-        if job.state == JobState.QUEUED and self.on_queued is not None:
-            self.on_queued()
-        log.info(
-            "instance_accepted",
-            outcome=outcome,
-            sop_instance_uid=sop_uid,
-            study_instance_uid=study_uid,
-            job_id=job.id,
-            source=source,
-            calling_ae_title=calling_ae_title,
-            skip_reason=skip.reason if skip else None,
-        )
-        return Accepted(outcome, sop_uid, study_uid, job.id, skip)
-
-    def _write(self, target: Path, data: bytes) -> Path | None:
-        """Spool ``data``; returns the path to remove if the transaction fails.
-
-        The file name carries the content hash, so an existing file already holds these
-        bytes (a spool file being recovered): it is kept as it is, and never removed.
-        """
-        if target.exists():
-            return None
-        self.spool.write(target, data)
-        return target
-
-    def _enqueue(
-        self, session: Session, instance: Instance, ds: Dataset
-    ) -> tuple[Job, Skip | None]:
         skip = apply_selection(ds, self.settings.selection) or apply_population(
             ds, self.ages, self.settings.population.allow_unknown_age
         )
-        now = utcnow()
-        job = Job(
-            instance=instance,
-            state=JobState.SKIPPED if skip else JobState.QUEUED,
-            reason=skip.reason if skip else None,
-            last_error=skip.message if skip else None,
-            priority=0,
-            attempts=0,
-            created_at=now,
-            updated_at=now,
-            finished_at=now if skip else None,
+        target = self.spool.path_for(header.study_instance_uid, header.sop_instance_uid, sha256)
+        lock = self._uid_locks[hash(header.sop_instance_uid) % len(self._uid_locks)]
+        with lock:
+            # the file name carries the content hash: an existing file holds these bytes
+            # already (a spool file being recovered, a resend) and is never removed here
+            there = target.exists()
+            written = None if there else self._write(target, data)
+            arrival = Arrival(
+                header=header,
+                sha256=sha256,
+                size=len(data),
+                source=source,
+                calling_ae_title=calling_ae_title,
+                spool_path=target,
+                skip=skip,
+                replace=self.settings.storage.duplicate_policy != "keep_first",
+                file_was_there=there,
+            )
+            try:
+                recorded = self.commits.submit(arrival)
+            except BaseException:
+                if written is not None:
+                    self.spool.remove(written)
+                raise
+            if written is not None and recorded.outcome == "duplicate":
+                self.spool.remove(written)  # the first copy is what is kept (or was purged)
+        if recorded.replaced_path:
+            self.spool.remove(recorded.replaced_path)
+        if (m := metrics.instruments()) is not None:
+            m.received.labels(source, recorded.outcome).inc()
+        if recorded.queued and self.on_queued is not None:
+            self.on_queued()
+        log.info(
+            "instance_accepted",
+            outcome=recorded.outcome,
+            event_recorded=recorded.event,
+            sop_instance_uid=header.sop_instance_uid,
+            study_instance_uid=header.study_instance_uid,
+            job_id=recorded.job_id,
+            source=source,
+            calling_ae_title=calling_ae_title,
+            skip_reason=skip.reason if skip and recorded.job_id else None,
         )
-        session.add(job)
-        session.flush()
-        return job, skip
+        return Accepted(
+            recorded.outcome,
+            header.sop_instance_uid,
+            header.study_instance_uid,
+            recorded.job_id,
+            skip if recorded.job_id is not None else None,
+        )
+
+    def _write(self, target: Path, data: bytes) -> Path:
+        self.spool.write(target, data)
+        return target
 
     def record_rejected_file(self, moved_to: Path, reason: str, message: str) -> int:
         """A watched-folder file that could not be accepted: a ``rejected`` job with its reason.
@@ -429,75 +358,14 @@ class Acceptor:
         return recovered
 
 
-def _get_or_create_study(session: Session, ds: Dataset) -> Study:
-    uid = str(ds.StudyInstanceUID)
-    study = session.scalars(select(Study).where(Study.study_instance_uid == uid)).one_or_none()
-    now = utcnow()
-    if study is None:
-        study = Study(study_instance_uid=uid, created_at=now)
-        session.add(study)
-    study.accession_number = _str(ds, "AccessionNumber", 16) or study.accession_number
-    study.study_date = _str(ds, "StudyDate", 8) or study.study_date
-    study.study_time = _str(ds, "StudyTime", 16) or study.study_time
-    study.modality = study.modality or _str(ds, "Modality", 16)
-    study.updated_at = now
-    session.flush()
-    return study
-
-
-def _fill_instance(
-    instance: Instance,
-    ds: Dataset,
-    path: Path,
-    sha256: str,
-    size: int,
-    source: Source,
-    calling_ae_title: str | None,
-) -> None:
-    instance.series_instance_uid = str(ds.SeriesInstanceUID)
-    instance.sop_instance_uid = str(ds.SOPInstanceUID)
-    instance.sop_class_uid = str(ds.SOPClassUID)
-    instance.transfer_syntax_uid = str(ds.file_meta.get("TransferSyntaxUID", ""))
-    instance.modality = _str(ds, "Modality", 16)
-    instance.body_part_examined = _str(ds, "BodyPartExamined", 16)
-    instance.view_position = _str(ds, "ViewPosition", 16)
-    instance.rows = _int(ds, "Rows")
-    instance.columns = _int(ds, "Columns")
-    instance.number_of_frames = _int(ds, "NumberOfFrames") or 1
-    instance.spool_path = str(path)
-    instance.content_sha256 = sha256
-    instance.size_bytes = size
-    instance.source = source
-    instance.calling_ae_title = calling_ae_title
-    instance.updated_at = utcnow()
-
-
-def _audit(
-    session: Session,
-    event: str,
-    ds: Dataset,
-    calling_ae_title: str | None,
-    *,
-    job_id: int | None = None,
-    reason: str | None = None,
-    message: str | None = None,
-) -> None:
-    session.add(
-        AuditEvent(
-            at=utcnow(),
-            event=event,
-            reason=reason,
-            message=message,
-            sop_instance_uid=str(ds.SOPInstanceUID),
-            study_instance_uid=str(ds.StudyInstanceUID),
-            job_id=job_id,
-            calling_ae_title=calling_ae_title,
-        )
-    )
-
-
 # pydicom reports a truncated sequence on its own logger; we report it ourselves.
 logging.getLogger("pydicom").setLevel(logging.ERROR)
+
+
+def _observe_group(size: int) -> None:
+    if (m := metrics.instruments()) is not None:
+        m.commit_group.observe(size)
+
 
 __all__ = [
     "Accepted",
