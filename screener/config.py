@@ -235,6 +235,12 @@ class ModelSettings:
         "the model bundle folder (model.json + Keras model); empty = the bundle shipped with screener",
         path="bundle",
     )
+    engine: str = _opt(
+        "graph",
+        "how the model runs: graph = one traced TensorFlow graph per batch (faster), "
+        "eager = Keras calls (the reference); both give the same scores to 1e-4",
+        choices=("graph", "eager"),
+    )
 
 
 @dataclass(frozen=True)

@@ -136,9 +136,12 @@ class ModelProcessor:
         decode: DecodeFn = decode_spooled,
     ) -> None:
         from screener.model import load_bundle
+        from screener.model.engine import named
 
         self.settings = settings
-        self.bundle = bundle or load_bundle(settings.model.bundle)
+        self.bundle = bundle or load_bundle(
+            settings.model.bundle, engine=named(settings.model.engine)
+        )
         self.on_result = on_result
         self.decode = decode
         # inline decoding (no pool) keeps the pixel budget; the memory cap is for the pool

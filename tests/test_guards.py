@@ -70,7 +70,10 @@ def test_validation_films_pass_the_domain_guard(
     assert scores is not None
     rate = float(np.mean(scores <= shipped.guard.threshold))  # type: ignore[union-attr]
     assert rate >= 0.99
-    assert rate == pytest.approx(shipped.metadata["domain_guard"]["validation_pass_rate"], abs=1e-9)
+    # as recorded, give or take the film that lies on the threshold (6e-6 above it on one
+    # machine, below on another: float32 CPU kernels differ in the last bits by CPU)
+    recorded = shipped.metadata["domain_guard"]["validation_pass_rate"]
+    assert abs(rate - recorded) * len(images) <= 1 + 1e-9
 
 
 def _foreign(validation: tuple[Any, Any], dicom_dir: Path) -> dict[str, list[Any]]:

@@ -54,6 +54,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     from screener.errors import ModelError
     from screener.model import load_bundle
+    from screener.model.engine import named
     from screener.model.evaluation import (
         Item,
         describe,
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from screener.training.train import write_figures
 
     log = structlog.get_logger()
-    bundle = load_bundle(args.model or settings.model.bundle)
+    bundle = load_bundle(args.model or settings.model.bundle, engine=named(settings.model.engine))
     skipped: list[dict[str, str]] = []
     if args.split == "validation":
         labels, images, what = _validation_items(bundle, args.data)

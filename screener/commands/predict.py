@@ -51,9 +51,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     from screener.errors import ImageError
     from screener.model import load_bundle
+    from screener.model.engine import named
     from screener.model.inputs import load_frames
 
-    bundle = load_bundle(args.model or settings.model.bundle)
+    bundle = load_bundle(args.model or settings.model.bundle, engine=named(settings.model.engine))
     results: list[dict[str, Any]] = []
     failures = 0
     for path in args.files:

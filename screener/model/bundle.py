@@ -20,6 +20,9 @@ import structlog
 from screener.errors import ModelError
 from screener.model.calibration import Platt, sigmoid
 from screener.model.domain import DomainGuard
+from screener.model.engine import Engine, Forward, Outputs, member_outputs
+from screener.model.engine import forward as engine_forward
+from screener.model.engine import outputs as engine_outputs
 from screener.model.preprocess import PreprocessParams, preprocess
 from screener.model.runtime import start_tensorflow
 
@@ -68,8 +71,12 @@ class Bundle:
     metadata: dict[str, Any]
     model: keras.Model = field(repr=False)
     guard: DomainGuard | None = field(default=None, repr=False)
-    _feature_models: list[Any] | None = field(default=None, repr=False)
-    _feature_layers: tuple[str, ...] = field(default=(), repr=False)
+    #: how the Keras model is run (:mod:`screener.model.engine`); same scores either way
+    engine: Engine = "graph"
+    _forward: Forward | None = field(default=None, repr=False)
+    _forward_layers: tuple[str, ...] = field(default=(), repr=False)
+    _outputs: Outputs | None = field(default=None, repr=False)
+    _member_outputs: Outputs | None = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
@@ -112,10 +119,12 @@ class Bundle:
         images = self._check(images)
         if len(images) == 0:
             return np.zeros(0, dtype=np.float64)
+        if self._outputs is None:
+            self._outputs = engine_outputs(self.model, self.engine)
         chunks = []
         for start in range(0, len(images), PREDICT_BATCH):
             x = preprocess(images[start : start + PREDICT_BATCH], self.preprocessing)
-            chunks.append(np.asarray(self.model(x, training=False)))
+            chunks.append(self._outputs(x))
         return raw_pneumonia(np.concatenate(chunks), self.task)
 
     def member_logits(self, images: npt.NDArray[np.uint8]) -> npt.NDArray[np.float64]:
@@ -123,14 +132,16 @@ class Bundle:
         from screener.model.architectures import members_of
 
         images = self._check(images)
-        members = members_of(self.model)
-        out = np.zeros((len(members), len(images)), dtype=np.float64)
+        if self._member_outputs is None:
+            self._member_outputs = member_outputs(members_of(self.model), self.engine)
+        chunks = []
         for start in range(0, len(images), PREDICT_BATCH):
             x = preprocess(images[start : start + PREDICT_BATCH], self.preprocessing)
-            for k, member in enumerate(members):
-                z = np.asarray(member(x, training=False), dtype=np.float64)
-                out[k, start : start + len(x)] = z.reshape(len(x), -1)[:, 0]
-        return out
+            z = self._member_outputs(x)
+            chunks.append(z.reshape(z.shape[0], len(x), -1)[:, :, 0])
+        if not chunks:
+            return np.zeros((len(members_of(self.model)), 0), dtype=np.float64)
+        return np.concatenate(chunks, axis=1)
 
     def predict(self, images: npt.NDArray[np.uint8]) -> npt.NDArray[np.float64]:
         """Calibrated P(pneumonia), shape ``(N,)``, for a ``(N, 224, 224)`` uint8 batch."""
@@ -156,24 +167,21 @@ class Bundle:
         """The ensemble's mean logits and each (member, stage)'s pooled features (the
         guard's layers, or ``layers`` when fitting one)."""
         from screener.model.architectures import members_of
-        from screener.model.domain import SMALL_CNN_LAYERS, feature_model, pooled
+        from screener.model.domain import SMALL_CNN_LAYERS, feature_model
 
         images = self._check(images)
         if layers is None:
             layers = self.guard.layers if self.guard is not None else SMALL_CNN_LAYERS
-        if self._feature_models is None or self._feature_layers != layers:
-            self._feature_models = [feature_model(m, layers) for m in members_of(self.model)]
-            self._feature_layers = layers
+        if self._forward is None or self._forward_layers != layers:
+            feature_models = [feature_model(m, layers) for m in members_of(self.model)]
+            self._forward = engine_forward(feature_models, self.engine)
+            self._forward_layers = layers
         logits: list[npt.NDArray[np.float64]] = []
         features: list[list[npt.NDArray[np.float64]]] = []
         for start in range(0, len(images), PREDICT_BATCH):
             x = preprocess(images[start : start + PREDICT_BATCH], self.preprocessing)
-            member_logits, batch_features = [], []
-            for fm in self._feature_models:
-                out = fm(x, training=False)
-                member_logits.append(np.asarray(out[0], dtype=np.float64))
-                batch_features.extend(pooled(out[1:]))
-            logits.append(np.mean(member_logits, axis=0))
+            batch_logits, batch_features = self._forward(x)
+            logits.append(batch_logits)
             features.append(batch_features)
         if not logits:
             return np.zeros((0, 1)), []
@@ -233,10 +241,11 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def load_bundle(path: str | Path, *, with_guard: bool = True) -> Bundle:
+def load_bundle(path: str | Path, *, with_guard: bool = True, engine: Engine = "graph") -> Bundle:
     """Load a bundle folder; raises :class:`ModelError` if it is missing or malformed.
 
-    ``with_guard=False`` leaves the domain guard out (``screener guard`` refits it).
+    ``with_guard=False`` leaves the domain guard out (``screener guard`` refits it);
+    ``engine``: how the model runs (``model.engine``; :mod:`screener.model.engine`).
     """
     folder = Path(path)
     if not folder.is_dir():
@@ -259,5 +268,6 @@ def load_bundle(path: str | Path, *, with_guard: bool = True) -> Bundle:
         version=metadata["version"],
         uid=metadata["uid"],
         domain_guard=guard is not None,
+        engine=engine,
     )
-    return Bundle(path=folder, metadata=metadata, model=model, guard=guard)
+    return Bundle(path=folder, metadata=metadata, model=model, guard=guard, engine=engine)

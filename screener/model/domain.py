@@ -80,7 +80,8 @@ class DomainGuard:
             best = np.full(len(x), np.inf)
             for mu in means:
                 d = x - mu
-                best = np.minimum(best, np.einsum("ij,jk,ik->i", d, precision, d))
+                # d P d^T row by row, as one matrix product (BLAS), not einsum's loop
+                best = np.minimum(best, ((d @ precision) * d).sum(axis=1))
             out[:, c] = np.sqrt(np.maximum(best, 0.0))
         return out
 

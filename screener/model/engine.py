@@ -20,6 +20,8 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from screener.errors import ModelError
+
 Engine = Literal["graph", "eager"]
 ENGINES: tuple[Engine, ...] = ("graph", "eager")
 
@@ -85,18 +87,25 @@ def forward(feature_models: Sequence[Any], engine: Engine) -> Forward:
     import tensorflow as tf
 
     def graph(x: Any) -> Any:
-        logits: list[Any] = []
-        features: list[Any] = []
-        for fm in feature_models:
-            out = fm(x, training=False)
-            logits.append(out[0])
-            features.extend(tf.reduce_mean(m, axis=(1, 2)) for m in out[1:])
-        return tf.reduce_mean(tf.stack(logits), axis=0), features
+        outs = [fm(x, training=False) for fm in feature_models]
+        # averaged and pooled in float64 as the eager path does: the guard's threshold is a
+        # percentile of validation scores, and a film near it must fall the same way
+        z = tf.reduce_mean(tf.stack([tf.cast(o[0], tf.float64) for o in outs]), axis=0)
+        maps = [tf.cast(m, tf.float64) for o in outs for m in o[1:]]
+        return z, [tf.reduce_mean(m, axis=(1, 2)) for m in maps]
 
     traced = tf.function(graph, input_signature=[_spec(feature_models[0].input_shape)])
 
     def run(x: npt.NDArray[np.float32]) -> tuple[Floats, list[Floats]]:
         z, features = traced(tf.constant(x))
-        return np.asarray(z, dtype=np.float64), [np.asarray(f, dtype=np.float64) for f in features]
+        return np.asarray(z), [np.asarray(f) for f in features]
 
     return run
+
+
+def named(name: str) -> Engine:
+    """The engine ``model.engine`` names."""
+    for engine in ENGINES:
+        if engine == name:
+            return engine
+    raise ModelError(f"model.engine = {name!r}: choose one of {', '.join(ENGINES)}")
