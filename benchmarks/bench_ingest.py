@@ -1,12 +1,15 @@
 """Ingest speed: instances/s that `screener serve` (worker off) takes from dcmtk's storescu,
-beside dcmtk's own storescp as the peer that writes raw files and keeps no database.
+and, with ``--end-to-end``, films/s from the first receipt to the last score (worker on).
 
 Small CR films (224 px, 8-bit, uncompressed; the training JPEGs wrapped as DICOM) are pushed
 by plain storescu on one association, and by four concurrent associations; each with Nagle's
 algorithm left on in storescu (dcmtk's default) and with ``TCP_NODELAY=1`` in its environment.
-Every run starts a fresh daemon with a fresh SQLite database and spool. Prints one table.
+Every run starts a fresh daemon with a fresh SQLite database and spool. With ``--peers`` the
+same pushes go to dcmtk's storescp (raw files, no database), to pynetdicom's own server
+answering Success at once (the floor under any pynetdicom handler) and to Debian's Orthanc.
+Prints one table.
 
-    .venv/bin/python benchmarks/bench_ingest.py --films 624
+    .venv/bin/python benchmarks/bench_ingest.py --films 624 --peers --end-to-end
 """
 
 from __future__ import annotations
@@ -144,6 +147,7 @@ def storescp_run(work: Path, files: list[Path], streams: int, nodelay: bool) -> 
     scp = subprocess.Popen(
         ["/usr/bin/storescp", "--fork", "-od", str(out), "-aet", "STORESCP", str(port)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, "TCP_NODELAY": "1"},  # as screener's listener does
     )  # fmt: skip
     time.sleep(0.5)
     try:
@@ -154,10 +158,131 @@ def storescp_run(work: Path, files: list[Path], streams: int, nodelay: bool) -> 
         shutil.rmtree(out, ignore_errors=True)
 
 
+def end_to_end(work: Path, files: list[Path], streams: int) -> float:
+    """Seconds from the first instance received to the last score, worker on, plain storescu."""
+    import sqlite3
+    from datetime import datetime
+
+    run = Path(tempfile.mkdtemp(dir=work))
+    port = free_port()
+    (run / "none.toml").write_text("")
+    env = {
+        **os.environ,
+        "SCREENER_CONFIG": str(run / "none.toml"),
+        "SCREENER_DATABASE_URL": f"sqlite:///{run / 'db.sqlite'}",
+        "SCREENER_STORAGE_SPOOL_DIR": str(run / "spool"),
+        "SCREENER_WATCH_ENABLED": "false",
+        "SCREENER_LISTENER_HOST": "127.0.0.1",
+        "SCREENER_LISTENER_PORT": str(port),
+        "SCREENER_STORAGE_PURGE_INTERVAL_MINUTES": "0",
+        "SCREENER_RESCAN_SCHEDULE": "",
+        "SCREENER_LOGGING_FORMAT": "json",
+    }
+    log_path = run / "serve.log"
+    log = log_path.open("wb")
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "screener.cli", "serve"], env=env, stdout=log, stderr=log
+    )
+    db = run / "db.sqlite"
+    try:
+        deadline = time.monotonic() + 180
+        while b'"worker_started"' not in log_path.read_bytes():  # the model is loaded
+            if time.monotonic() > deadline or serve.poll() is not None:
+                raise SystemExit(f"serve did not start: {log_path.read_text()[-2000:]}")
+            time.sleep(0.2)
+        push(port, files, streams, False, "SCREENER")
+        deadline = time.monotonic() + 1800
+        while True:
+            with sqlite3.connect(db) as c:
+                (n,) = c.execute(
+                    "select count(*) from jobs where state in ('done', 'failed')"
+                ).fetchone()
+            if n >= len(files):
+                break
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{n} of {len(files)} scored in 30 min")
+            time.sleep(0.2)
+        with sqlite3.connect(db) as c:
+            first, last, results = c.execute(
+                "select (select min(received_at) from instances), max(scored_at), count(*) "
+                "from results"
+            ).fetchone()
+    finally:
+        serve.terminate()
+        serve.wait(120)
+        log.close()
+    if results != len(files):
+        raise SystemExit(f"{results} results of {len(files)} films")
+    shutil.rmtree(run, ignore_errors=True)
+    return (datetime.fromisoformat(last) - datetime.fromisoformat(first)).total_seconds()
+
+
+def orthanc_run(work: Path, files: list[Path], streams: int, nodelay: bool) -> float:
+    """Debian's Orthanc (SQLite index, files on disk), options as in /etc/orthanc/orthanc.json."""
+    import json
+
+    out = Path(tempfile.mkdtemp(dir=work))
+    port, http = free_port(), free_port()
+    config = {
+        "Name": "bench", "StorageDirectory": str(out), "IndexDirectory": str(out),
+        "Plugins": [], "HttpPort": http, "RemoteAccessAllowed": False,
+        "DicomAet": "ORTHANC", "DicomPort": port, "DicomCheckCalledAet": False,
+        "DicomAlwaysAllowStore": True, "SaveJobs": False,
+    }  # fmt: skip
+    (out / "orthanc.json").write_text(json.dumps(config))
+    orthanc = subprocess.Popen(
+        ["/usr/sbin/Orthanc", str(out / "orthanc.json")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or orthanc.poll() is not None:
+                    raise SystemExit("Orthanc did not start") from None
+                time.sleep(0.2)
+        return push(port, files, streams, nodelay, "ORTHANC")
+    finally:
+        orthanc.terminate()
+        orthanc.wait(60)
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def pynetdicom_run(work: Path, files: list[Path], streams: int, nodelay: bool) -> float:
+    """pynetdicom's own association server answering Success at once (nothing kept), with
+    screener's socket tuning: the floor under any handler pynetdicom runs."""
+    from functools import partial
+
+    from pynetdicom import AE, AllStoragePresentationContexts, evt
+
+    from screener.netopts import tune_socket
+
+    ae = AE("NOOP")
+    ae.maximum_pdu_size = 0
+    for context in AllStoragePresentationContexts:
+        ae.add_supported_context(context.abstract_syntax)
+    port = free_port()
+    handlers = [
+        (evt.EVT_C_STORE, lambda event: 0x0000),
+        (evt.EVT_CONN_OPEN, partial(tune_socket, quick_ack=True)),
+    ]
+    server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=handlers)
+    try:
+        return push(port, files, streams, nodelay, "NOOP")
+    finally:
+        server.shutdown()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--films", type=int, default=624)
     parser.add_argument("--peers", action="store_true", help="also time dcmtk's storescp")
+    parser.add_argument(
+        "--end-to-end", action="store_true", help="also time receipt to score, worker on"
+    )
     args = parser.parse_args()
     if not os.access("/usr/bin/storescu", os.X_OK):
         raise SystemExit("dcmtk's /usr/bin/storescu is needed (apt-get install dcmtk)")
@@ -172,6 +297,9 @@ def main() -> None:
         receivers = [("screener serve (worker off)", screener_run)]
         if args.peers:
             receivers.append(("dcmtk storescp (raw files)", storescp_run))
+            receivers.append(("pynetdicom, no-op handler", pynetdicom_run))
+            if os.access("/usr/sbin/Orthanc", os.X_OK):
+                receivers.append(("Orthanc (Debian)", orthanc_run))
         for name, fn in receivers:
             for streams, nodelay in runs:
                 sender = f"storescu x{streams}, " + (
@@ -179,6 +307,14 @@ def main() -> None:
                 )
                 seconds = fn(work, files, streams, nodelay)
                 print(f"{name:<28}{sender:<34}{seconds:>9.1f}{len(files) / seconds:>13.0f}")
+        if args.end_to_end:
+            print(f"end to end, worker on (first receipt to last score){'':>8}films/s")
+            for streams in (1, 4):
+                seconds = end_to_end(work, files, streams)
+                sender = f"storescu x{streams}, Nagle on (default)"
+                print(
+                    f"{'screener serve':<28}{sender:<34}{seconds:>9.1f}{len(files) / seconds:>13.0f}"
+                )
 
 
 if __name__ == "__main__":

@@ -1,59 +1,191 @@
-"""Inference throughput of a model bundle on this machine (CPU unless a GPU is visible).
+"""Inference engines for a model bundle on this machine: speed, and whether they reproduce
+the Keras scores (issue 12: |dP| <= 1e-4 on the validation split).
 
-    .venv/bin/python benchmarks/bench_model.py [--model DIR ...] [--n 256]
+    .venv/bin/python benchmarks/bench_model.py [--model DIR ...] [--n 1036] [--no-litert]
 
-Prints images per second for ``Bundle.predict`` (preprocessing included) at several batch
-sizes, the preprocessing share alone, and ``Bundle.assess`` (what the worker runs: the score
-and the domain guard in one pass) with the milliseconds per film. Several ``--model``
-folders are measured one after the other in the same run, so their costs compare.
-Synthetic canonical images; no data needed.
+For each bundle, on the films of its own validation split (recomputed from model.json; the
+training data must be present, see README), one row per engine:
+
+* Keras per image: a naive scorer, ``model(x)`` on one film at a time (the peer);
+* ``eager``: Keras calls on batches of 32 (``model.engine = "eager"``, the reference);
+* ``graph``: one traced TensorFlow graph per batch (``model.engine = "graph"``, the default);
+* LiteRT fp32 (XNNPACK) of the same graph, measured here only (not an engine screener runs).
+
+Each row is ``Bundle.assess`` work: the score and the domain guard's features in one pass,
+preprocessing included; images/s at batch 32 (1 for the naive scorer), the milliseconds of
+the whole machine per film, and the largest |dP| and |d domain score| against ``eager``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from screener.model import load_bundle
+from screener.model import Bundle, load_bundle
+from screener.model.bundle import _activation, raw_pneumonia
 from screener.model.preprocess import preprocess
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("SCREENER_DATA") or REPO.parent / "shared" / "data")
+
+
+def validation_films(bundle: Bundle, n: int) -> np.ndarray:
+    from screener.training import data
+    from screener.training.guard import bundle_split
+
+    _, val, root = bundle_split(bundle, DATA / "chest_xray" / "train")
+    return np.asarray(data.load_images(root, val[:n]))
+
+
+def timed(run: Callable[[], tuple[np.ndarray, np.ndarray]]) -> tuple[float, np.ndarray, np.ndarray]:
+    run()  # warm-up: tracing, kernel selection
+    start = time.perf_counter()
+    p, g = run()
+    return time.perf_counter() - start, p, g
+
+
+def in_batches(
+    bundle: Bundle, images: np.ndarray, forward: Callable[[Any], tuple[Any, list[Any]]], batch: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """P(pneumonia) and domain scores through ``forward`` (mean logit, pooled features)."""
+    assert bundle.guard is not None
+    probs, scores = [], []
+    for i in range(0, len(images), batch):
+        x = preprocess(images[i : i + batch], bundle.preprocessing)
+        z, features = forward(x)
+        z = np.asarray(z, dtype=np.float64)
+        probs.append(
+            bundle.calibration.apply(raw_pneumonia(_activation(z, bundle.task), bundle.task))
+        )
+        scores.append(bundle.guard.score([np.asarray(f, dtype=np.float64) for f in features]))
+    return np.concatenate(probs), np.concatenate(scores)
+
+
+def litert_forward(bundle: Bundle) -> Callable[[Any], tuple[Any, list[Any]]] | None:
+    """The graph engine's function converted to LiteRT fp32 and run by its interpreter."""
+    import tensorflow as tf
+
+    from screener.model.architectures import members_of
+    from screener.model.domain import feature_model
+
+    assert bundle.guard is not None
+    fms = [feature_model(m, bundle.guard.layers) for m in members_of(bundle.model)]
+
+    def graph(x: Any) -> Any:
+        outs = [fm(x, training=False) for fm in fms]
+        z = tf.reduce_mean(tf.stack([o[0] for o in outs]), axis=0)
+        feats = [tf.reduce_mean(m, axis=(1, 2)) for o in outs for m in o[1:]]
+        return {"z": z, **{f"f{k:02d}": f for k, f in enumerate(feats)}}
+
+    size = bundle.input_size
+    channels = fms[0].input_shape[-1]
+    fn = tf.function(
+        graph, input_signature=[tf.TensorSpec([None, size, size, channels], tf.float32)]
+    )
+    try:
+        converter = tf.lite.TFLiteConverter.from_concrete_functions(
+            [fn.get_concrete_function()], fn
+        )
+        flat = converter.convert()
+        runner = tf.lite.Interpreter(
+            model_content=flat, num_threads=os.cpu_count()
+        ).get_signature_runner()
+    except Exception as exc:  # the converter is optional here; say why and go on
+        print(f"  (LiteRT not measured: {str(exc)[:120]})")
+        return None
+
+    def run(x: Any) -> tuple[Any, list[Any]]:
+        out = runner(x=x)
+        return out["z"], [out[k] for k in sorted(out) if k.startswith("f")]
+
+    return run
+
+
+def measure(model: str, n: int, litert: bool) -> None:
+    from screener.model.architectures import members_of
+    from screener.model.domain import feature_model
+
+    eager = load_bundle(model, engine="eager")
+    graph = load_bundle(model, engine="graph")
+    if eager.guard is None:
+        raise SystemExit(f"{model}: no domain guard; this benchmark measures assess")
+    images = validation_films(eager, n)
+    cores = os.cpu_count() or 1
+    print(
+        f"bundle {eager.name} {eager.version}, input {eager.input_size} px, "
+        f"{len(images)} validation films, {cores} cores, TensorFlow on every core"
+    )
+    print(
+        f"{'engine':<34}{'batch':>6}{'images/s':>10}{'ms/film':>9}{'max |dP|':>11}{'max |d guard|':>15}"
+    )
+    fms = [feature_model(m, eager.guard.layers) for m in members_of(eager.model)]
+
+    def eager_forward(x: Any) -> tuple[Any, list[Any]]:
+        z: list[Any] = []
+        features: list[Any] = []
+        for fm in fms:
+            out = fm(x, training=False)
+            z.append(np.asarray(out[0], dtype=np.float64))
+            features.extend(np.asarray(m, dtype=np.float64).mean(axis=(1, 2)) for m in out[1:])
+        return np.mean(z, axis=0), features
+
+    def row(
+        name: str, batch: int, count: int, run: Callable[[], tuple[np.ndarray, np.ndarray]]
+    ) -> None:
+        seconds, p, g = timed(run)
+        print(
+            f"{name:<34}{batch:>6}{count / seconds:>10.1f}{1000 * seconds / count:>9.2f}"
+            f"{np.abs(p - ref_p[:count]).max():>11.1e}{np.abs(g - ref_g[:count]).max():>15.1e}"
+        )
+
+    ref_p, ref_g = in_batches(eager, images, eager_forward, 32)
+    few = images[: min(len(images), 128)]
+    row(
+        "Keras per image (naive peer)",
+        1,
+        len(few),
+        lambda: in_batches(eager, few, eager_forward, 1),
+    )
+    row(
+        "eager = Keras, batches (reference)",
+        32,
+        len(images),
+        lambda: in_batches(eager, images, eager_forward, 32),
+    )
+
+    def graph_assess() -> tuple[np.ndarray, np.ndarray]:
+        a = graph.assess(images)
+        assert a.domain_scores is not None
+        return a.probabilities, a.domain_scores
+
+    row("graph = tf.function (default)", 32, len(images), graph_assess)
+    if litert and (forward := litert_forward(eager)) is not None:
+        row(
+            "LiteRT fp32, XNNPACK (not used)",
+            32,
+            len(images),
+            lambda: in_batches(eager, images, forward, 32),
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", action="append", default=None, help="bundle (repeatable)")
-    parser.add_argument("--n", type=int, default=256, help="images per measurement")
+    parser.add_argument("--n", type=int, default=1036, help="validation films (at most)")
+    parser.add_argument("--no-litert", action="store_true", help="skip the LiteRT row")
     args = parser.parse_args()
-    for model in args.model or ["models/screener-default"]:
-        measure(model, args.n)
-
-
-def measure(model: str, n: int) -> None:
-    bundle = load_bundle(model)
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (n, 224, 224), dtype=np.uint8)
-    bundle.predict(images[:8])  # warm-up: graph tracing
-    start = time.perf_counter()
-    preprocess(images, bundle.preprocessing)
-    pre = time.perf_counter() - start
-    print(f"bundle {bundle.name} {bundle.version}, input {bundle.input_size} px")
-    print(f"preprocessing only   {n / pre:8.1f} images/s")
-    for batch in (1, 8, 32):
-        start = time.perf_counter()
-        for i in range(0, n, batch):
-            bundle.predict(images[i : i + batch])
-        elapsed = time.perf_counter() - start
-        print(f"predict, batch {batch:>3}   {n / elapsed:8.1f} images/s")
-    bundle.assess(images[:8])
-    start = time.perf_counter()
-    for i in range(0, n, 32):
-        bundle.assess(images[i : i + 32])
-    elapsed = time.perf_counter() - start
-    print(
-        f"assess, batch  32   {n / elapsed:8.1f} images/s = {1000 * elapsed / n:.1f} ms per film "
-        f"(score + domain guard: {bundle.guard is not None})"
-    )
+    if not (DATA / "chest_xray" / "train").is_dir():
+        raise SystemExit(
+            f"the training films are needed for the validation split ({DATA}; set SCREENER_DATA)"
+        )
+    for model in args.model or [str(REPO / "models" / "screener-default")]:
+        measure(model, args.n, not args.no_litert)
 
 
 if __name__ == "__main__":

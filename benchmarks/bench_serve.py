@@ -3,7 +3,7 @@ and the latency of a single study from C-STORE to SR delivered.
 
     .venv/bin/python benchmarks/bench_serve.py [--images 300] [--latency-runs 20] [--parts ...]
 
-1. Model only: ``Bundle.predict`` on canonical images at several batch sizes; the best
+1. Model only: ``Bundle.assess`` (graph engine) on canonical images at several batch sizes; the best
    images/s is the ceiling. Also the cost of decoding one film in one process, and from the
    two the best a machine whose model and decoding share the same cores could do:
    1 / (1 / ceiling + decode seconds per film / cores). Where the model runs on a GPU the
@@ -62,19 +62,21 @@ def wait(predicate, timeout: float, interval: float = 0.02):  # type: ignore[no-
 def model_rate(
     bundle_path: Path, films: list[Path], batch_sizes: tuple[int, ...]
 ) -> dict[int, float]:
-    """Images/s of ``Bundle.predict`` alone on canonical films, per batch size."""
+    """Images/s of ``Bundle.assess`` alone (score and domain guard, what a worker runs) on
+    canonical films, per batch size, with the fastest engine that reproduces the Keras
+    scores (``graph``, benchmarks/bench_model.py)."""
     from screener.imaging import load_image
     from screener.model import load_bundle
 
-    bundle = load_bundle(bundle_path)
+    bundle = load_bundle(bundle_path, engine="graph")
     canon = np.stack([load_image(f)[0] for f in films])
     rates: dict[int, float] = {}
     for bs in batch_sizes:
         batch = np.resize(canon, (bs, *canon.shape[1:])).astype(np.uint8)
-        bundle.predict(batch)  # warm-up (TensorFlow's kernel set-up)
+        bundle.assess(batch)  # warm-up (tracing, TensorFlow's kernel set-up)
         n, start = 0, time.perf_counter()
         while time.perf_counter() - start < 3.0:
-            bundle.predict(batch)
+            bundle.assess(batch)
             n += bs
         rates[bs] = n / (time.perf_counter() - start)
     return rates
