@@ -81,28 +81,37 @@ def litert_forward(bundle: Bundle) -> Callable[[Any], tuple[Any, list[Any]]] | N
         outs = [fm(x, training=False) for fm in fms]
         z = tf.reduce_mean(tf.stack([o[0] for o in outs]), axis=0)
         feats = [tf.reduce_mean(m, axis=(1, 2)) for o in outs for m in o[1:]]
-        return {"z": z, **{f"f{k:02d}": f for k, f in enumerate(feats)}}
+        return tf.concat([z, *feats], axis=1)  # one output: no question of output order
 
     size = bundle.input_size
     channels = fms[0].input_shape[-1]
-    fn = tf.function(
-        graph, input_signature=[tf.TensorSpec([None, size, size, channels], tf.float32)]
-    )
+    widths = [int(m.shape[-1]) for fm in fms for m in fm.outputs[1:]]
+    spec = tf.TensorSpec([None, size, size, channels], tf.float32)
+    fn = tf.function(graph, input_signature=[spec])
     try:
         converter = tf.lite.TFLiteConverter.from_concrete_functions(
             [fn.get_concrete_function()], fn
         )
-        flat = converter.convert()
-        runner = tf.lite.Interpreter(
-            model_content=flat, num_threads=os.cpu_count()
-        ).get_signature_runner()
+        interpreter = tf.lite.Interpreter(
+            model_content=converter.convert(), num_threads=os.cpu_count()
+        )
     except Exception as exc:  # the converter is optional here; say why and go on
         print(f"  (LiteRT not measured: {str(exc)[:120]})")
         return None
+    (inp,) = interpreter.get_input_details()
+    (out,) = interpreter.get_output_details()
+    shape: list[int] = []
 
     def run(x: Any) -> tuple[Any, list[Any]]:
-        out = runner(x=x)
-        return out["z"], [out[k] for k in sorted(out) if k.startswith("f")]
+        if list(x.shape) != shape:
+            interpreter.resize_tensor_input(inp["index"], list(x.shape))
+            interpreter.allocate_tensors()
+            shape[:] = list(x.shape)
+        interpreter.set_tensor(inp["index"], x)
+        interpreter.invoke()
+        y = interpreter.get_tensor(out["index"]).astype(np.float64)
+        cuts = np.cumsum([1, *widths])
+        return y[:, :1], np.split(y, cuts[:-1], axis=1)[1:]
 
     return run
 
