@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("SCREENER_DATA") or REPO.parent / "shared" / "data")
@@ -263,13 +264,15 @@ def pynetdicom_run(work: Path, files: list[Path], streams: int, nodelay: bool) -
     ae = AE("NOOP")
     ae.maximum_pdu_size = 0
     for context in AllStoragePresentationContexts:
-        ae.add_supported_context(context.abstract_syntax)
+        if context.abstract_syntax is not None:
+            ae.add_supported_context(context.abstract_syntax)
     port = free_port()
-    handlers = [
+    handlers: list[Any] = [
         (evt.EVT_C_STORE, lambda event: 0x0000),
         (evt.EVT_CONN_OPEN, partial(tune_socket, quick_ack=True)),
     ]
     server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=handlers)
+    assert server is not None
     try:
         return push(port, files, streams, nodelay, "NOOP")
     finally:
