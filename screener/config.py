@@ -179,7 +179,12 @@ class QueueSettings:
 class WorkerSettings:
     enabled: bool = _opt(True, "run a worker loop in `screener serve`")
     max_batch: int = _opt(32, "most jobs taken per batch", min=1, max=1024)
-    max_wait_ms: int = _opt(200, "how long to wait for a batch to fill before running it", min=0)
+    max_wait_ms: int = _opt(
+        200,
+        "longest a partial batch waits for more jobs while they keep arriving (a tick of 20 ms "
+        "without one runs it at once)",
+        min=0,
+    )
     poll_seconds: float = _opt(0.5, "idle poll interval of the worker loop", min=0.01)
     device: str = _opt(
         "auto", "inference device: auto, cpu or gpu:N", pattern=("auto", "cpu", "gpu:")

@@ -88,6 +88,10 @@ class SpoolCheckProcessor:
         return None
 
 
+#: How long a partial batch waits for the next job of a stream before it runs as it is.
+FILL_TICK_SECONDS = 0.02
+
+
 class Worker:
     def __init__(
         self,
@@ -119,17 +123,22 @@ class Worker:
             self.wake.clear()
 
     def take_batch(self, wait: bool = True) -> list[LeasedJob]:
-        """Up to max_batch jobs; with ``wait``, waits at most max_wait_ms for a partial batch to fill."""
+        """Up to max_batch jobs; with ``wait``, a partial batch waits for more while they keep
+        coming (a stream being received), at most max_wait_ms. A tick without a new job ends
+        the wait: a lone study is not held back for company that is not on its way."""
         w, q = self.settings.worker, self.settings.queue
         batch = queue.dequeue(self.db, self.owner, w.max_batch, q.lease_seconds, q.max_attempts)
         if not batch or not wait:
             return batch
         deadline = time.monotonic() + w.max_wait_ms / 1000
         while len(batch) < w.max_batch and time.monotonic() < deadline and not self._stop.is_set():
-            time.sleep(min(0.02, max(0.0, deadline - time.monotonic())))
-            batch += queue.dequeue(
+            time.sleep(min(FILL_TICK_SECONDS, max(0.0, deadline - time.monotonic())))
+            more = queue.dequeue(
                 self.db, self.owner, w.max_batch - len(batch), q.lease_seconds, q.max_attempts
             )
+            if not more:
+                break
+            batch += more
         return batch
 
     def _prepare(self, batch: list[LeasedJob]) -> Any:

@@ -139,3 +139,31 @@ def test_requeue_resets_attempts(db_url: str, make_settings: Callable[..., Setti
     (again,) = queue.dequeue(db, "w", 1, 60, 1)
     assert again.attempts == 1
     db.dispose()
+
+
+def test_a_lone_job_is_not_held_for_company(
+    db_url: str, make_settings: Callable[..., Settings]
+) -> None:
+    """With worker.max_wait_ms at ten minutes, a lone queued job is still taken at once: the
+    wait for a fuller batch ends at the first tick in which no new job arrives."""
+    from dataclasses import replace
+
+    from screener.worker import FILL_TICK_SECONDS, Worker
+
+    settings = make_settings(db_url)
+    settings = replace(settings, worker=replace(settings.worker, max_wait_ms=600_000))
+    db, ids = _setup(settings, 1)
+    worker = Worker(db, settings, processor=None)  # type: ignore[arg-type]
+    done = threading.Event()
+    taken: list[int] = []
+
+    def take() -> None:
+        taken.extend(j.job_id for j in worker.take_batch())
+        done.set()
+
+    thread = threading.Thread(target=take, daemon=True)
+    thread.start()
+    assert done.wait(60), "a lone job waited for company that was not coming"
+    assert taken == ids
+    assert settings.worker.max_wait_ms > FILL_TICK_SECONDS * 1000
+    db.dispose()
