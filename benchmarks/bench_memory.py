@@ -109,7 +109,6 @@ def main() -> None:
             "SCREENER_LISTENER_PORT": str(port),
             "SCREENER_RESCAN_SCHEDULE": "",
             "SCREENER_LOGGING_FORMAT": "json",
-            "SCREENER_LOGGING_LEVEL": "warning",
         }
         accept = serve(run, env, "--no-worker")
         start = time.perf_counter()
@@ -117,7 +116,6 @@ def main() -> None:
         print(f"{args.films} films pushed in {time.perf_counter() - start:.0f} s (storescu x4)")
         accept.terminate()
         accept.wait(120)
-        env["SCREENER_LOGGING_LEVEL"] = "info"  # worker_started marks the model loaded
         daemon = serve(run, env)
         db = run / "db.sqlite"
         try:
