@@ -70,6 +70,33 @@ def make_films(n: int, out: Path) -> list[Path]:
     return paths
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """CPU time of ``pid``, its descendants and its reaped children (``None``: this process)."""
+    if pid is None:
+        return time.process_time()
+    ticks = os.sysconf("SC_CLK_TCK")
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += sum(int(f) for f in fields[11:15]) / ticks  # utime stime cutime cstime
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo.extend(int(c) for c in (task / "children").read_text().split())
+        except OSError:
+            continue
+    return total
+
+
+def measured_push(
+    pid: int | None, port: int, files: list[Path], streams: int, nodelay: bool, aet: str
+) -> tuple[float, float]:
+    """Seconds of the push and CPU seconds the receiver (``pid``'s tree) spent meanwhile."""
+    before = cpu_seconds(pid)
+    seconds = push(port, files, streams, nodelay, aet)
+    return seconds, cpu_seconds(pid) - before
+
+
 def push(port: int, files: list[Path], streams: int, nodelay: bool, aet: str) -> float:
     """Seconds for ``streams`` concurrent storescu processes to send ``files``."""
     env = dict(os.environ)
@@ -94,7 +121,7 @@ def push(port: int, files: list[Path], streams: int, nodelay: bool, aet: str) ->
     return time.perf_counter() - t0
 
 
-def screener_run(work: Path, files: list[Path], streams: int, nodelay: bool) -> float:
+def screener_run(work: Path, files: list[Path], streams: int, nodelay: bool) -> tuple[float, float]:
     run = Path(tempfile.mkdtemp(dir=work))
     port = free_port()
     (run / "none.toml").write_text("")
@@ -127,7 +154,7 @@ def screener_run(work: Path, files: list[Path], streams: int, nodelay: bool) -> 
                         f"serve did not start: {(run / 'serve.log').read_text()[-2000:]}"
                     ) from None
                 time.sleep(0.2)
-        seconds = push(port, files, streams, nodelay, "SCREENER")
+        measured = measured_push(serve.pid, port, files, streams, nodelay, "SCREENER")
     finally:
         serve.terminate()
         serve.wait(120)
@@ -139,10 +166,10 @@ def screener_run(work: Path, files: list[Path], streams: int, nodelay: bool) -> 
     if n != len(files):
         raise SystemExit(f"{n} instances recorded of {len(files)} sent")
     shutil.rmtree(run, ignore_errors=True)
-    return seconds
+    return measured
 
 
-def storescp_run(work: Path, files: list[Path], streams: int, nodelay: bool) -> float:
+def storescp_run(work: Path, files: list[Path], streams: int, nodelay: bool) -> tuple[float, float]:
     out = Path(tempfile.mkdtemp(dir=work))
     port = free_port()
     scp = subprocess.Popen(
@@ -152,15 +179,16 @@ def storescp_run(work: Path, files: list[Path], streams: int, nodelay: bool) -> 
     )  # fmt: skip
     time.sleep(0.5)
     try:
-        return push(port, files, streams, nodelay, "STORESCP")
+        return measured_push(scp.pid, port, files, streams, nodelay, "STORESCP")
     finally:
         scp.terminate()
         scp.wait(30)
         shutil.rmtree(out, ignore_errors=True)
 
 
-def end_to_end(work: Path, files: list[Path], streams: int) -> float:
-    """Seconds from the first instance received to the last score, worker on, plain storescu."""
+def end_to_end(work: Path, files: list[Path], streams: int) -> tuple[float, float]:
+    """Seconds from the first instance received to the last score, worker on, plain storescu,
+    and the CPU seconds every serve process spent from the push to the last score."""
     import sqlite3
     from datetime import datetime
 
@@ -191,6 +219,7 @@ def end_to_end(work: Path, files: list[Path], streams: int) -> float:
             if time.monotonic() > deadline or serve.poll() is not None:
                 raise SystemExit(f"serve did not start: {log_path.read_text()[-2000:]}")
             time.sleep(0.2)
+        cpu_before = cpu_seconds(serve.pid)
         push(port, files, streams, False, "SCREENER")
         deadline = time.monotonic() + 1800
         while True:
@@ -199,6 +228,7 @@ def end_to_end(work: Path, files: list[Path], streams: int) -> float:
                     "select count(*) from jobs where state in ('done', 'failed')"
                 ).fetchone()
             if n >= len(files):
+                cpu = cpu_seconds(serve.pid) - cpu_before
                 break
             if time.monotonic() > deadline:
                 raise SystemExit(f"{n} of {len(files)} scored in 30 min")
@@ -215,10 +245,10 @@ def end_to_end(work: Path, files: list[Path], streams: int) -> float:
     if results != len(files):
         raise SystemExit(f"{results} results of {len(files)} films")
     shutil.rmtree(run, ignore_errors=True)
-    return (datetime.fromisoformat(last) - datetime.fromisoformat(first)).total_seconds()
+    return (datetime.fromisoformat(last) - datetime.fromisoformat(first)).total_seconds(), cpu
 
 
-def orthanc_run(work: Path, files: list[Path], streams: int, nodelay: bool) -> float:
+def orthanc_run(work: Path, files: list[Path], streams: int, nodelay: bool) -> tuple[float, float]:
     """Debian's Orthanc (SQLite index, files on disk), options as in /etc/orthanc/orthanc.json."""
     import json
 
@@ -245,14 +275,16 @@ def orthanc_run(work: Path, files: list[Path], streams: int, nodelay: bool) -> f
                 if time.monotonic() > deadline or orthanc.poll() is not None:
                     raise SystemExit("Orthanc did not start") from None
                 time.sleep(0.2)
-        return push(port, files, streams, nodelay, "ORTHANC")
+        return measured_push(orthanc.pid, port, files, streams, nodelay, "ORTHANC")
     finally:
         orthanc.terminate()
         orthanc.wait(60)
         shutil.rmtree(out, ignore_errors=True)
 
 
-def pynetdicom_run(work: Path, files: list[Path], streams: int, nodelay: bool) -> float:
+def pynetdicom_run(
+    work: Path, files: list[Path], streams: int, nodelay: bool
+) -> tuple[float, float]:
     """pynetdicom's own association server answering Success at once (nothing kept), with
     screener's socket tuning: the floor under any handler pynetdicom runs."""
     from functools import partial
@@ -274,7 +306,7 @@ def pynetdicom_run(work: Path, files: list[Path], streams: int, nodelay: bool) -
     server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=handlers)
     assert server is not None
     try:
-        return push(port, files, streams, nodelay, "NOOP")
+        return measured_push(None, port, files, streams, nodelay, "NOOP")
     finally:
         server.shutdown()
 
@@ -295,7 +327,10 @@ def main() -> None:
         print(
             f"ingest of {len(files)} CR films (224 px, 8 bit, Explicit VR LE), {os.cpu_count()} cores"
         )
-        print(f"{'receiver':<28}{'sender':<34}{'seconds':>9}{'instances/s':>13}")
+        print(
+            f"{'receiver':<28}{'sender':<34}{'seconds':>9}{'instances/s':>13}"
+            f"{'receiver CPU ms/instance':>26}"
+        )
         runs = [(1, False), (1, True), (4, False), (4, True)]
         receivers = [("screener serve (worker off)", screener_run)]
         if args.peers:
@@ -308,15 +343,24 @@ def main() -> None:
                 sender = f"storescu x{streams}, " + (
                     "TCP_NODELAY=1" if nodelay else "Nagle on (default)"
                 )
-                seconds = fn(work, files, streams, nodelay)
-                print(f"{name:<28}{sender:<34}{seconds:>9.1f}{len(files) / seconds:>13.0f}")
+                seconds, cpu = fn(work, files, streams, nodelay)
+                print(
+                    f"{name:<28}{sender:<34}{seconds:>9.1f}{len(files) / seconds:>13.0f}"
+                    f"{1000 * cpu / len(files):>26.2f}"
+                )
         if args.end_to_end:
-            print(f"end to end, worker on (first receipt to last score){'':>8}films/s")
+            cores = os.cpu_count() or 1
+            print(
+                f"end to end, worker on (first receipt to last score){'':>8}films/s"
+                f"{'serve CPU ms/film':>26}  bound: {cores} cores / CPU per film"
+            )
             for streams in (1, 4):
-                seconds = end_to_end(work, files, streams)
+                seconds, cpu = end_to_end(work, files, streams)
                 sender = f"storescu x{streams}, Nagle on (default)"
+                per_film = cpu / len(files)
                 print(
                     f"{'screener serve':<28}{sender:<34}{seconds:>9.1f}{len(files) / seconds:>13.0f}"
+                    f"{1000 * per_film:>26.2f}  {cores / per_film:.0f} films/s"
                 )
 
 
