@@ -35,6 +35,8 @@ COMMANDS = (
     "guard",
     "calibrate",
     "predict",
+    "web",
+    "web_password",
 )
 
 

@@ -314,6 +314,29 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True)
+class WebSettings:
+    port: int = _opt(
+        0,
+        "HTTP port of the radiologists' web worklist in `screener serve` (and the default of "
+        "`screener web`); 0 = off",
+        min=0,
+        max=65535,
+    )
+    host: str = _opt("127.0.0.1", "address the web worklist listens on (put TLS in front of it)")
+    users: list[str] = _opt(
+        [],
+        "who may log in: NAME:HASH entries, each made by `screener web-password NAME`",
+    )
+    trusted_user_header: str = _opt(
+        "",
+        "a reverse proxy's header naming the user it has authenticated (e.g. X-Remote-User); "
+        "only behind such a proxy; empty = log in with users",
+    )
+    session_hours: float = _opt(12.0, "a login lasts this long", min=0.1, max=720)
+    max_upload_mb: int = _opt(64, "largest request body accepted", min=1, max=4096)
+
+
+@dataclass(frozen=True)
 class LoggingSettings:
     format: str = _opt(
         "auto",
@@ -339,6 +362,7 @@ class Settings:
     rescan: RescanSettings = field(default_factory=RescanSettings)
     worklist: WorklistSettings = field(default_factory=WorklistSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    web: WebSettings = field(default_factory=WebSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     #: The configuration file read, if any (relative paths in it resolve against its folder).
     config_file: str | None = None

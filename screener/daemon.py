@@ -295,6 +295,7 @@ class Daemon:
     model: dict[str, str] = field(default_factory=dict)
     retention: RetentionTimer | None = None
     heart: Heart | None = None
+    web: Any = None  # screener.web.server.WebThread when [web] port is set
 
     def start(self) -> None:
         if self.listener or self.watcher:
@@ -318,6 +319,8 @@ class Daemon:
             self.health.start()
         if self.retention:
             self.retention.start()
+        if self.web:
+            self.web.start()
         if self.heart:
             self.heart.beat()
         log.info(
@@ -350,6 +353,8 @@ class Daemon:
             self.exporter.stop()
         if self.health:
             self.health.stop()
+        if self.web:
+            self.web.stop()
         if self.retention:
             self.retention.stop()
         metrics.cleanup(self.metrics_dir)
@@ -496,6 +501,10 @@ def compose(settings: Settings, processor: Processor | None = None) -> Daemon:
         daemon.retention = RetentionTimer(db, settings)
     if settings.metrics.port:
         daemon.health = _health_server(settings, daemon)
+    if settings.web.port:
+        from screener.web.server import WebThread
+
+        daemon.web = WebThread(settings, db)  # the users are checked here, before start
     return daemon
 
 

@@ -1,0 +1,1 @@
+"""The radiologists' web worklist: server-rendered pages over the same database as the CLI."""

@@ -1,0 +1,200 @@
+"""The web worklist in a real browser: Debian's chromium, headless, driven by Selenium through
+Debian's chromedriver (nothing downloaded). A film pushed by dcmtk's storescu to a real
+`screener serve` appears on the worklist page after login; its study page shows the film and
+the Grad-CAM overlay; a read is recorded with the user as reader; a POST without the CSRF
+token is refused. Screenshots of each page go to var/test-screenshots/ (or
+$SCREENER_SCREENSHOTS) to look at."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, text
+from support import ServeProcess, dcmtk_tool, free_port, serve_env, wait_for
+
+from screener.web.auth import hash_password, verify_password
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+PASSWORD = "correct horse battery"
+
+
+def test_password_hashes_verify_and_differ() -> None:
+    """scrypt hashes: the password verifies, another does not, a malformed hash matches nothing,
+    and two hashes of one password differ (salted)."""
+    a, b = hash_password(PASSWORD), hash_password(PASSWORD)
+    assert a != b and a.startswith("scrypt$")
+    assert verify_password(PASSWORD, a) and verify_password(PASSWORD, b)
+    assert not verify_password("correct horse", a)
+    assert not verify_password(PASSWORD, "scrypt$1$2$3$notbase64$x")
+    assert not verify_password(PASSWORD, "plain")
+
+
+def test_web_password_command_prints_a_users_entry() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "screener.cli", "web-password", "alice", "--stdin"],
+        input=PASSWORD + "\n",
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+        env={**os.environ, "SCREENER_CONFIG": os.devnull},
+    ).stdout.strip()
+    name, _, stored = out.partition(":")
+    assert name == "alice" and verify_password(PASSWORD, stored)
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
+        pytest.skip(
+            "Debian's chromium and chromium-driver are needed (apt-get install chromium chromium-driver)"
+        )
+    webdriver = pytest.importorskip("selenium.webdriver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,1000",
+    ):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(CHROMEDRIVER))
+    driver.set_page_load_timeout(120)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _shots() -> Path:
+    folder = Path(os.environ.get("SCREENER_SCREENSHOTS") or REPO / "var" / "test-screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _count(db_url: str, sql: str) -> int:
+    engine = create_engine(db_url)
+    try:
+        with engine.connect() as c:
+            return int(c.execute(text(sql)).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def test_a_pushed_film_is_read_in_the_browser(
+    tmp_path: Path, dicom_dir: Path, browser: Any
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    storescu = dcmtk_tool("storescu")
+    if storescu is None:
+        pytest.skip("dcmtk's storescu is needed")
+    # a SIIM film the domain guard passes (tests/model/test_golden.py), so it gets a score
+    film = (
+        dicom_dir / "siim_chest_cr" / "1.2.276.0.7230010.3.1.4.8323329.1314.1517875167.222290.dcm"
+    )
+    db_url = f"sqlite:///{tmp_path / 'screener.db'}"
+    port, web_port = free_port(), free_port()
+    users = json.dumps([f"alice:{hash_password(PASSWORD)}"])
+    env = serve_env(
+        tmp_path, db_url, port, screener_web_port=str(web_port), screener_web_users=users
+    )
+    serve = ServeProcess(tmp_path, env).start()
+    try:
+        profile = REPO / "deploy" / "storescu-screener.cfg"  # as README says: JPEG as sent
+        subprocess.run(
+            [
+                storescu,
+                "-xf",
+                str(profile),
+                "Screener",
+                "-aec",
+                "SCREENER",
+                "127.0.0.1",
+                str(port),
+                str(film),
+            ],
+            check=True,
+            timeout=60,
+        )
+        wait_for(lambda: _count(db_url, "select count(*) from results") >= 1, 120)
+        base = f"http://127.0.0.1:{web_port}"
+        shots = _shots()
+
+        # a page without login goes to the login page, and back after it
+        browser.get(f"{base}/worklist")
+        assert urllib.parse.urlparse(browser.current_url).path == "/login"
+        browser.find_element(By.ID, "username").send_keys("alice")
+        browser.find_element(By.ID, "password").send_keys("wrong password")
+        browser.find_element(By.ID, "login").click()
+        assert "wrong password" in browser.find_element(By.ID, "login-error").text
+        browser.save_screenshot(str(shots / "1-login.png"))
+        browser.find_element(By.ID, "username").send_keys("alice")
+        browser.find_element(By.ID, "password").send_keys(PASSWORD)
+        browser.find_element(By.ID, "login").click()
+        assert urllib.parse.urlparse(browser.current_url).path == "/worklist"
+
+        # the film is on the worklist, with its score
+        table = browser.find_element(By.ID, "worklist")
+        assert "#1" in table.text and "CR" in table.text
+        browser.save_screenshot(str(shots / "2-worklist.png"))
+
+        # its study page shows the film, and the overlay when asked
+        browser.find_element(By.LINK_TEXT, "#1").click()
+        film_img = browser.find_element(By.CSS_SELECTOR, "img.film")
+        wait_for(
+            lambda: browser.execute_script("return arguments[0].naturalWidth", film_img) > 0, 60
+        )
+        probability = browser.find_element(By.ID, "probability").text
+        assert 0.0 <= float(probability) <= 1.0
+        browser.save_screenshot(str(shots / "3-study.png"))
+        browser.find_element(By.CSS_SELECTOR, "label[for=overlay-1]").click()
+        overlay = browser.find_element(By.CSS_SELECTOR, "img.overlay")
+        wait_for(
+            lambda: browser.execute_script("return arguments[0].naturalWidth", overlay) > 0, 120
+        )
+        assert overlay.is_displayed() and not film_img.is_displayed()
+        browser.save_screenshot(str(shots / "4-study-overlay.png"))
+
+        # a read, recorded with the user as reader
+        browser.find_element(By.NAME, "note").send_keys("consolidation right lower lobe")
+        browser.find_element(By.ID, "agree").click()
+        assert "recorded" in browser.find_element(By.ID, "recorded").text
+        assert "alice" in browser.find_element(By.ID, "reviews").text
+        browser.save_screenshot(str(shots / "5-read-recorded.png"))
+        assert (
+            _count(
+                db_url,
+                "select count(*) from reviews where reader = 'alice' and verdict = 'agree' and note like 'consolidation%'",
+            )
+            == 1
+        )
+
+        # the same POST without the CSRF token, with the logged-in session: refused
+        cookie = "; ".join(f"{c['name']}={c['value']}" for c in browser.get_cookies())
+        request = urllib.request.Request(
+            f"{base}/study/%231/review",
+            data=urllib.parse.urlencode({"verdict": "disagree"}).encode(),
+            headers={"Cookie": cookie},
+            method="POST",
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=30)
+        assert refused.value.code == 403
+        assert _count(db_url, "select count(*) from reviews") == 1
+    finally:
+        serve.terminate()
+    assert shutil.which  # screenshots stay for a person to look at
