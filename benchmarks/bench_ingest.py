@@ -121,39 +121,47 @@ def push(port: int, files: list[Path], streams: int, nodelay: bool, aet: str) ->
     return time.perf_counter() - t0
 
 
-def screener_run(work: Path, files: list[Path], streams: int, nodelay: bool) -> tuple[float, float]:
-    run = Path(tempfile.mkdtemp(dir=work))
-    port = free_port()
+def wait_listening(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
+    """Until ``port`` accepts a connection (60 s at most, and not after ``proc`` exits)."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise SystemExit(f"{what} did not start") from None
+            time.sleep(0.2)
+
+
+def serve_env(run: Path, port: int, **extra: str) -> dict[str, str]:
+    """The environment of a `screener serve` with its database and spool in ``run``, no
+    configuration file, listening on 127.0.0.1:``port``, no watch folder, no rescans."""
     (run / "none.toml").write_text("")
-    env = {
+    return {
         **os.environ,
         "SCREENER_CONFIG": str(run / "none.toml"),
         "SCREENER_DATABASE_URL": f"sqlite:///{run / 'db.sqlite'}",
         "SCREENER_STORAGE_SPOOL_DIR": str(run / "spool"),
+        "SCREENER_STORAGE_PURGE_INTERVAL_MINUTES": "0",
         "SCREENER_WATCH_ENABLED": "false",
-        "SCREENER_WORKER_ENABLED": "false",
         "SCREENER_LISTENER_HOST": "127.0.0.1",
         "SCREENER_LISTENER_PORT": str(port),
-        "SCREENER_STORAGE_PURGE_INTERVAL_MINUTES": "0",
         "SCREENER_RESCAN_SCHEDULE": "",
-        "SCREENER_LOGGING_LEVEL": "warning",
+        **extra,
     }
+
+
+def screener_run(work: Path, files: list[Path], streams: int, nodelay: bool) -> tuple[float, float]:
+    run = Path(tempfile.mkdtemp(dir=work))
+    port = free_port()
+    env = serve_env(run, port, SCREENER_WORKER_ENABLED="false", SCREENER_LOGGING_LEVEL="warning")
     log = (run / "serve.log").open("wb")
     serve = subprocess.Popen(
         [sys.executable, "-m", "screener.cli", "serve"], env=env, stdout=log, stderr=log
     )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or serve.poll() is not None:
-                    raise SystemExit(
-                        f"serve did not start: {(run / 'serve.log').read_text()[-2000:]}"
-                    ) from None
-                time.sleep(0.2)
+        wait_listening(port, serve, f"serve ({run / 'serve.log'})")
         measured = measured_push(serve.pid, port, files, streams, nodelay, "SCREENER")
     finally:
         serve.terminate()
@@ -194,19 +202,7 @@ def end_to_end(work: Path, files: list[Path], streams: int) -> tuple[float, floa
 
     run = Path(tempfile.mkdtemp(dir=work))
     port = free_port()
-    (run / "none.toml").write_text("")
-    env = {
-        **os.environ,
-        "SCREENER_CONFIG": str(run / "none.toml"),
-        "SCREENER_DATABASE_URL": f"sqlite:///{run / 'db.sqlite'}",
-        "SCREENER_STORAGE_SPOOL_DIR": str(run / "spool"),
-        "SCREENER_WATCH_ENABLED": "false",
-        "SCREENER_LISTENER_HOST": "127.0.0.1",
-        "SCREENER_LISTENER_PORT": str(port),
-        "SCREENER_STORAGE_PURGE_INTERVAL_MINUTES": "0",
-        "SCREENER_RESCAN_SCHEDULE": "",
-        "SCREENER_LOGGING_FORMAT": "json",
-    }
+    env = serve_env(run, port, SCREENER_LOGGING_FORMAT="json")
     log_path = run / "serve.log"
     log = log_path.open("wb")
     serve = subprocess.Popen(
@@ -266,15 +262,7 @@ def orthanc_run(work: Path, files: list[Path], streams: int, nodelay: bool) -> t
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or orthanc.poll() is not None:
-                    raise SystemExit("Orthanc did not start") from None
-                time.sleep(0.2)
+        wait_listening(port, orthanc, "Orthanc")
         return measured_push(orthanc.pid, port, files, streams, nodelay, "ORTHANC")
     finally:
         orthanc.terminate()

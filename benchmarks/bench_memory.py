@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_ingest import free_port, make_films, push
+from bench_ingest import free_port, make_films, push, serve_env
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -97,19 +97,7 @@ def main() -> None:
         run = Path(tmp)
         files = make_films(args.films, run / "films")
         port = free_port()
-        (run / "none.toml").write_text("")
-        env = {
-            **os.environ,
-            "SCREENER_CONFIG": str(run / "none.toml"),
-            "SCREENER_DATABASE_URL": f"sqlite:///{run / 'db.sqlite'}",
-            "SCREENER_STORAGE_SPOOL_DIR": str(run / "spool"),
-            "SCREENER_STORAGE_PURGE_INTERVAL_MINUTES": "0",
-            "SCREENER_WATCH_ENABLED": "false",
-            "SCREENER_LISTENER_HOST": "127.0.0.1",
-            "SCREENER_LISTENER_PORT": str(port),
-            "SCREENER_RESCAN_SCHEDULE": "",
-            "SCREENER_LOGGING_FORMAT": "json",
-        }
+        env = serve_env(run, port, SCREENER_LOGGING_FORMAT="json")
         accept = serve(run, env, "--no-worker")
         start = time.perf_counter()
         push(port, files, 4, False, "SCREENER")
