@@ -73,6 +73,7 @@ def browser() -> Iterator[Any]:
         options.add_argument(arg)
     driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(CHROMEDRIVER))
     driver.set_page_load_timeout(120)
+    driver.implicitly_wait(60)  # an element is looked for until the page that has it is loaded
     try:
         yield driver
     finally:
@@ -145,7 +146,7 @@ def test_a_pushed_film_is_read_in_the_browser(
         browser.find_element(By.ID, "username").send_keys("alice")
         browser.find_element(By.ID, "password").send_keys(PASSWORD)
         browser.find_element(By.ID, "login").click()
-        assert urllib.parse.urlparse(browser.current_url).path == "/worklist"
+        wait_for(lambda: urllib.parse.urlparse(browser.current_url).path == "/worklist", 60)
 
         # the film is on the worklist, with its score
         table = browser.find_element(By.ID, "worklist")
@@ -154,6 +155,7 @@ def test_a_pushed_film_is_read_in_the_browser(
 
         # its study page shows the film, and the overlay when asked
         browser.find_element(By.LINK_TEXT, "#1").click()
+        wait_for(lambda: urllib.parse.urlparse(browser.current_url).path.startswith("/study/"), 60)
         film_img = browser.find_element(By.CSS_SELECTOR, "img.film")
         wait_for(
             lambda: browser.execute_script("return arguments[0].naturalWidth", film_img) > 0, 60
