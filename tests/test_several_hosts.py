@@ -66,6 +66,7 @@ def test_three_worker_hosts_drain_a_backlog_through_a_sigkill(tmp_path: Path, pg
         "SCREENER_EXPORT_DESTINATIONS": f"PACS@127.0.0.1:{pacs_port}",  # workers plan the SRs
         "SCREENER_QUEUE_LEASE_SECONDS": "8",
         "SCREENER_WORKER_MAX_BATCH": "4",
+        "SCREENER_WORKER_POLL_SECONDS": "0.05",
         "SCREENER_WORKER_DECODE_PROCESSES": "1",
         "SCREENER_WORKER_INFERENCE_THREADS": "1",
         "SCREENER_POPULATION_MAX_AGE_YEARS": "120",
@@ -85,6 +86,15 @@ def test_three_worker_hosts_drain_a_backlog_through_a_sigkill(tmp_path: Path, pg
             films[-1].write_bytes(build_dicom(rows=96, columns=96, seed=i))
         assert c_store(port, films) == [0] * FILMS
         assert one("select count(*) from jobs where state = 'queued'") == FILMS  # a backlog
+        # held back until every worker host has loaded its model, so that they share it (the
+        # first one up would otherwise drain 36 small films before the others are ready)
+        with engine.begin() as c:
+            c.execute(
+                text(
+                    "update jobs set state = 'processing', lease_owner = 'test-hold', "
+                    "lease_expires_at = now() + interval '1 hour' where state = 'queued'"
+                )
+            )
 
         for n in range(3):
             host = tmp_path / f"worker{n}"
@@ -96,6 +106,21 @@ def test_three_worker_hosts_drain_a_backlog_through_a_sigkill(tmp_path: Path, pg
                     env={**os.environ, **common},
                     stdout=(host / "log").open("wb"),
                     stderr=subprocess.STDOUT,
+                )
+            )
+        wait_for(
+            lambda: all(
+                '"worker_started"' in (tmp_path / f"worker{n}" / "log").read_text()
+                for n in range(3)
+            ),
+            240,
+            0.2,
+        )
+        with engine.begin() as c:
+            c.execute(
+                text(
+                    "update jobs set state = 'queued', lease_owner = null, "
+                    "lease_expires_at = null where lease_owner = 'test-hold'"
                 )
             )
         wait_for(lambda: one("select count(*) from jobs where state = 'done'") >= 8, 240, 0.2)
