@@ -2,7 +2,7 @@
 Debian's chromedriver (nothing downloaded). A film pushed by dcmtk's storescu to a real
 `screener serve` appears on the worklist page after login; its study page shows the film and
 the Grad-CAM overlay; a read is recorded with the user as reader; a POST without the CSRF
-token is refused. Screenshots of each page go to var/test-screenshots/ (or
+token is refused; the status page sends a dead-lettered SR again. Screenshots of each page go to var/test-screenshots/ (or
 $SCREENER_SCREENSHOTS) to look at."""
 
 from __future__ import annotations
@@ -197,6 +197,25 @@ def test_a_pushed_film_is_read_in_the_browser(
             urllib.request.urlopen(request, timeout=30)
         assert refused.value.code == 403
         assert _count(db_url, "select count(*) from reviews") == 1
+
+        # the status page; a dead-lettered SR is sent again from it
+        engine = create_engine(db_url)
+        with engine.begin() as c:
+            c.execute(
+                text(
+                    "insert into exports (result_id, destination, state, attempts, last_error, "
+                    "created_at) select id, 'PACS@127.0.0.1:1', 'dead', 8, 'association refused', "
+                    "scored_at from results limit 1"
+                )
+            )
+        engine.dispose()
+        browser.find_element(By.LINK_TEXT, "Status").click()
+        assert "done" in browser.find_element(By.ID, "queue").text
+        assert "association refused" in browser.find_element(By.ID, "dead").text
+        browser.save_screenshot(str(shots / "6-status.png"))
+        browser.find_element(By.ID, "retry").click()
+        assert "1 dead-lettered" in browser.find_element(By.ID, "retried").text
+        assert _count(db_url, "select count(*) from exports where state = 'pending'") == 1
     finally:
         serve.terminate()
     assert shutil.which  # screenshots stay for a person to look at

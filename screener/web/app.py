@@ -3,7 +3,8 @@
 Pages: login, worklist (the order and filters of ``screener worklist``), study (each image
 through screener's pixel pipeline, the Grad-CAM overlay toggled, the score against the
 threshold with the model, SR deliveries, earlier reads, and agree / disagree recorded as
-``screener review`` records them, with the user as reader).
+``screener review`` records them, with the user as reader), status (what ``screener status``
+says, and the dead-lettered SRs with a button to send them again).
 
 Every page needs a user (a session from the login form, or a trusted proxy's header); every
 POST carries the session's CSRF token (refused with 403 without it). Images are read from
@@ -260,6 +261,28 @@ def create_app(settings: Settings, db: Database, *, session_secret: str | None =
         )
         return overlay(film, np.clip(heat, 0.0, 1.0))
 
+    async def status_page(request: Request, user: str) -> Response:
+        from screener.report.ledger import list_exports
+        from screener.status import build_report, render_processes
+
+        report = build_report(db)
+        return page(
+            request,
+            "status.html",
+            r=report,
+            processes=render_processes(report.processes),
+            dead=list_exports(db, state="dead", limit=50),
+            retried=request.query_params.get("retried"),
+        )
+
+    async def retry_exports(request: Request, user: str) -> Response:
+        from screener.report.ledger import retry_dead
+
+        await form_checked(request)
+        count = retry_dead(db)
+        log.info("web_exports_retried", count=count, user=user)
+        return RedirectResponse(f"/status?retried={count}", status_code=303)
+
     async def home(request: Request) -> Response:
         return RedirectResponse("/worklist", status_code=303)
 
@@ -271,6 +294,8 @@ def create_app(settings: Settings, db: Database, *, session_secret: str | None =
         Route("/study/{key}", login_required(study_page)),
         Route("/study/{key}/review", login_required(review), methods=["POST"]),
         Route("/study/{key}/image/{sop}.png", login_required(image)),
+        Route("/status", login_required(status_page)),
+        Route("/exports/retry", login_required(retry_exports), methods=["POST"]),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
     middleware = [
