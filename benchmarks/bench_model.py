@@ -29,6 +29,7 @@ import numpy as np
 
 from screener.model import Bundle, load_bundle
 from screener.model.bundle import _activation, raw_pneumonia
+from screener.model.engine import forward as engine_forward
 from screener.model.preprocess import preprocess
 
 REPO = Path(__file__).resolve().parents[1]
@@ -135,14 +136,7 @@ def measure(model: str, n: int, litert: bool) -> None:
     )
     fms = [feature_model(m, eager.guard.layers) for m in members_of(eager.model)]
 
-    def eager_forward(x: Any) -> tuple[Any, list[Any]]:
-        z: list[Any] = []
-        features: list[Any] = []
-        for fm in fms:
-            out = fm(x, training=False)
-            z.append(np.asarray(out[0], dtype=np.float64))
-            features.extend(np.asarray(m, dtype=np.float64).mean(axis=(1, 2)) for m in out[1:])
-        return np.mean(z, axis=0), features
+    eager_forward = engine_forward(fms, "eager")  # the reference, as the bundle runs it
 
     def row(
         name: str, batch: int, count: int, run: Callable[[], tuple[np.ndarray, np.ndarray]]

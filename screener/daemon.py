@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from multiprocessing.process import BaseProcess
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from sqlalchemy.orm import Session
@@ -50,6 +50,9 @@ from screener.scoring import ResultHook, load_heatmap
 from screener.tls import server_context
 from screener.wakeup import PipeEvent, Wakeable
 from screener.worker import Processor, Worker
+
+if TYPE_CHECKING:
+    from screener.web.server import WebThread
 
 log = structlog.get_logger(__name__)
 
@@ -295,7 +298,7 @@ class Daemon:
     model: dict[str, str] = field(default_factory=dict)
     retention: RetentionTimer | None = None
     heart: Heart | None = None
-    web: Any = None  # screener.web.server.WebThread when [web] port is set
+    web: WebThread | None = None  # when [web] port is set
 
     def start(self) -> None:
         if self.listener or self.watcher:

@@ -35,6 +35,10 @@ TABLE = ["id", "accession", "date", "mod", "imgs", "prob", "flag", "waited", "st
 UID_TAIL = 18
 
 
+#: The worklist's read-status filters (``--status``; the web worklist offers the same).
+STATUSES = ("unread", "reviewed", "all")
+
+
 def _since(text: str) -> datetime:
     """An ISO date/time, or a duration back from now such as 24h or 7d."""
     from screener.db import utcnow
@@ -77,7 +81,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument(
         "--status",
-        choices=["unread", "reviewed", "all"],
+        choices=list(STATUSES),
         default="unread",
         help="unread (default): not yet reviewed, or reopened by a new result; reviewed; all",
     )

@@ -31,6 +31,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
+from screener.commands.worklist import STATUSES
 from screener.config import Settings
 from screener.db import Database, Instance, utcnow
 from screener.errors import ScreenerError
@@ -39,7 +40,6 @@ from screener.web.auth import new_token, parse_users, same_token, verify_passwor
 log = structlog.get_logger(__name__)
 
 HERE = Path(__file__).resolve().parent
-STATUSES = ("unread", "reviewed", "all")
 SINCE = {"": None, "1h": 1, "24h": 24, "7d": 24 * 7, "30d": 24 * 30}
 
 
