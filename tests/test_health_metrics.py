@@ -67,8 +67,12 @@ def test_metrics_move_during_an_end_to_end_run(tmp_path: Path) -> None:
         assert c_store(port, [sr]) == [0x0122]
 
         def scored() -> str | None:
+            # a worker observes its batch after the batch's commit: the database's count of
+            # done jobs can show 4 a moment before the worker's histograms do
             text = _get(mport, "/metrics")[1]
-            return text if _value(text, "screener_queue_jobs", state="done") == 4 else None
+            done = _value(text, "screener_queue_jobs", state="done") == 4
+            observed = _value(text, "screener_job_latency_seconds_count") >= 4
+            return text if done and observed else None
 
         after = wait_for(scored, timeout=180, interval=0.5)
         assert (
