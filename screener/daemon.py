@@ -507,7 +507,7 @@ def compose(settings: Settings, processor: Processor | None = None) -> Daemon:
     if settings.web.port:
         from screener.web.server import WebThread
 
-        daemon.web = WebThread(settings, db)  # the users are checked here, before start
+        daemon.web = WebThread(settings, db, acceptor)  # the users are checked here, before start
     return daemon
 
 

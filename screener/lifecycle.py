@@ -19,15 +19,17 @@ import threading
 PR_SET_PDEATHSIG = 1
 
 
-def die_with_parent(parent_pid: int) -> None:
+def die_with_parent(parent_pid: int, *, watch_only: bool = False) -> None:
     """Kill this process (SIGKILL) as soon as ``parent_pid`` is no longer its parent.
 
     Call first thing in a child. The kernel signal fires when the parent *thread* that
     started this process ends, so children are started from a thread that lives as long
-    as the parent process does (the main thread, or the worker's loop).
+    as the parent process does (the main thread, or the worker's loop). A child started
+    from a short-lived thread (a web request's) passes ``watch_only``: a thread of its own
+    then checks the parent's pid every second instead.
     """
     armed = False
-    if sys.platform.startswith("linux"):
+    if sys.platform.startswith("linux") and not watch_only:
         try:
             libc = ctypes.CDLL(None, use_errno=True)
             armed = libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0

@@ -502,3 +502,21 @@ def reviewed_reads(db: Database, model_uids: set[str], aging_hours: float) -> li
         reads = [r for sid, r in chosen.items() if sid not in outside]
         session.expunge_all()
         return reads
+
+
+Curve = tuple[list[int], list[float], list[bool]]
+
+
+def review_curves(db: Database, aging_hours: float) -> dict[str, Curve]:
+    """Per model UID, the reads as labels (1: read as pneumonia), the model's P and its flag
+    for the same studies: what the stats page's ROC and calibration pictures are drawn from.
+    Studies outside the model's domain are left out (the model gave them no score)."""
+    with db.transaction() as session:
+        uids = set(session.scalars(select(Review.model_uid).distinct()))
+    curves: dict[str, Curve] = {}
+    for read in reviewed_reads(db, uids, aging_hours):
+        labels, probs, flags = curves.setdefault(read.model_uid, ([], [], []))
+        labels.append(int(read.radiologist_positive))
+        probs.append(float(read.probability))
+        flags.append(bool(read.model_positive))
+    return curves

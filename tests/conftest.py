@@ -171,3 +171,32 @@ def _no_serve_outlives_its_test() -> Iterator[None]:
             serve.proc.kill()
             serve.proc.wait(timeout=30)
     ServeProcess.started.clear()
+
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    """Debian's chromium, headless, driven by Selenium through Debian's chromedriver."""
+    if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
+        pytest.skip(
+            "Debian's chromium and chromium-driver are needed (apt-get install chromium chromium-driver)"
+        )
+    webdriver = pytest.importorskip("selenium.webdriver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,1000",
+    ):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(CHROMEDRIVER))
+    driver.set_page_load_timeout(120)
+    driver.implicitly_wait(60)  # an element is looked for until the page that has it is loaded
+    try:
+        yield driver
+    finally:
+        driver.quit()

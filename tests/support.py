@@ -52,29 +52,32 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: floa
 
 
 class ServeProcess:
-    """``screener serve`` as a real child process, configured by environment variables."""
+    """``screener serve`` (or ``screener web``) as a real child process, configured by
+    environment variables."""
 
     #: every one started, so that conftest can kill what a failed test left running
     started: ClassVar[list[ServeProcess]] = []
 
-    def __init__(self, tmp_path: Path, env: dict[str, str]) -> None:
+    def __init__(self, tmp_path: Path, env: dict[str, str], command: str = "serve") -> None:
         self.tmp_path = tmp_path
         self.env = env
-        self.log_path = tmp_path / f"serve-{uuid.uuid4().hex[:6]}.log"
+        self.command = command  # or "web": `screener web` alone
+        self.log_path = tmp_path / f"{command}-{uuid.uuid4().hex[:6]}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, *extra: str) -> ServeProcess:
+        ready = "daemon_started" if self.command == "serve" else "web_started"
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "screener.cli", "serve", *extra],
+                [sys.executable, "-m", "screener.cli", self.command, *extra],
                 cwd=self.tmp_path,
                 env={**os.environ, **self.env},
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
         ServeProcess.started.append(self)
-        wait_for(lambda: "daemon_started" in self.log() or self.proc.poll() is not None, 60)
-        assert self.proc.poll() is None, f"screener serve exited early:\n{self.log()}"
+        wait_for(lambda: ready in self.log() or self.proc.poll() is not None, 60)
+        assert self.proc.poll() is None, f"screener {self.command} exited early:\n{self.log()}"
         return self
 
     def log(self) -> str:
@@ -89,6 +92,15 @@ class ServeProcess:
         assert self.proc is not None
         self.proc.terminate()
         return self.proc.wait(timeout=60)
+
+
+def screenshots() -> Path:
+    """Where browser tests leave screenshots for a person to look at: var/test-screenshots/
+    (or $SCREENER_SCREENSHOTS)."""
+    repo = Path(__file__).resolve().parents[1]
+    folder = Path(os.environ.get("SCREENER_SCREENSHOTS") or repo / "var" / "test-screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def serve_env(tmp_path: Path, db_url: str, port: int, **extra: str) -> dict[str, str]:

@@ -2,7 +2,8 @@
 Debian's chromedriver (nothing downloaded). A film pushed by dcmtk's storescu to a real
 `screener serve` appears on the worklist page after login; its study page shows the film and
 the Grad-CAM overlay; a read is recorded with the user as reader; a POST without the CSRF
-token is refused; the status page sends a dead-lettered SR again. Screenshots of each page go to var/test-screenshots/ (or
+token is refused; the status page sends a dead-lettered SR again; a DICOM film queued from
+the upload page is scored by the daemon's workers. Screenshots of each page go to var/test-screenshots/ (or
 $SCREENER_SCREENSHOTS) to look at."""
 
 from __future__ import annotations
@@ -15,18 +16,27 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+from PIL import Image
 from sqlalchemy import create_engine, text
-from support import ServeProcess, dcmtk_tool, free_port, serve_env, wait_for
+from support import (
+    ServeProcess,
+    data_root,
+    dcmtk_tool,
+    film_dicom,
+    free_port,
+    screenshots,
+    serve_env,
+    wait_for,
+)
 
 from screener.web.auth import hash_password, verify_password
 
 REPO = Path(__file__).resolve().parents[1]
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 PASSWORD = "correct horse battery"
 
 
@@ -55,35 +65,11 @@ def test_web_password_command_prints_a_users_entry() -> None:
     assert name == "alice" and verify_password(PASSWORD, stored)
 
 
-@pytest.fixture
-def browser() -> Iterator[Any]:
-    if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
-        pytest.skip(
-            "Debian's chromium and chromium-driver are needed (apt-get install chromium chromium-driver)"
-        )
-    webdriver = pytest.importorskip("selenium.webdriver")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-dev-shm-usage",
-        "--window-size=1280,1000",
-    ):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(CHROMEDRIVER))
-    driver.set_page_load_timeout(120)
-    driver.implicitly_wait(60)  # an element is looked for until the page that has it is loaded
-    try:
-        yield driver
-    finally:
-        driver.quit()
-
-
-def _shots() -> Path:
-    folder = Path(os.environ.get("SCREENER_SCREENSHOTS") or REPO / "var" / "test-screenshots")
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+def _pediatric_film() -> Path:
+    folder = data_root() / "chest_xray" / "train" / "NORMAL"
+    if not folder.is_dir():
+        pytest.skip(f"the chest X-ray training films are not at {folder} (set SCREENER_DATA)")
+    return sorted(folder.glob("*.jpeg"))[0]
 
 
 def _count(db_url: str, sql: str) -> int:
@@ -133,7 +119,7 @@ def test_a_pushed_film_is_read_in_the_browser(
         )
         wait_for(lambda: _count(db_url, "select count(*) from results") >= 1, 120)
         base = f"http://127.0.0.1:{web_port}"
-        shots = _shots()
+        shots = screenshots()
 
         # a page without login goes to the login page, and back after it
         browser.get(f"{base}/worklist")
@@ -216,6 +202,20 @@ def test_a_pushed_film_is_read_in_the_browser(
         browser.find_element(By.ID, "retry").click()
         assert "1 dead-lettered" in browser.find_element(By.ID, "retried").text
         assert _count(db_url, "select count(*) from exports where state = 'pending'") == 1
+
+        # a DICOM film dropped on the upload page and queued: the daemon's workers score it
+        # like a received one, and it is on the worklist
+        film_pixels = np.asarray(Image.open(_pediatric_film()).convert("L"))
+        upload = tmp_path / "upload.dcm"
+        upload.write_bytes(film_dicom(film_pixels, patient_age="004Y", accession="UPL1"))
+        browser.find_element(By.LINK_TEXT, "Upload").click()
+        browser.find_element(By.ID, "film").send_keys(str(upload))
+        browser.find_element(By.ID, "queue").click()
+        browser.find_element(By.ID, "score").click()
+        assert "Queued: queued" in browser.find_element(By.ID, "queued").text
+        wait_for(lambda: _count(db_url, "select count(*) from results") >= 2, 120)
+        browser.find_element(By.LINK_TEXT, "Worklist").click()
+        assert "UPL1" in browser.find_element(By.ID, "worklist").text
     finally:
         serve.terminate()
     assert shutil.which  # screenshots stay for a person to look at

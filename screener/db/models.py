@@ -88,7 +88,9 @@ class Instance(Base):
     spool_path: Mapped[str] = mapped_column(String(1024))
     content_sha256: Mapped[str] = mapped_column(String(64))
     size_bytes: Mapped[int] = mapped_column(BigInteger)
-    source: Mapped[str] = mapped_column(String(16))  # "dicom" (C-STORE) or "folder"
+    source: Mapped[str] = mapped_column(
+        String(16)
+    )  # "dicom" (C-STORE), "folder", "recovered" or "web"
     calling_ae_title: Mapped[str | None] = mapped_column(AE)
     receive_count: Mapped[int] = mapped_column(Integer, default=1)
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -56,6 +56,21 @@ def resize_canonical(
     return np.asarray(resized, dtype=np.uint8)
 
 
+def _check_raster_size(width: int, height: int, bands: int) -> None:
+    """The header's size against the decode budget (``worker.decode_max_pixels``), before a
+    byte of the image is decoded: a few hundred bytes of PNG can declare gigabytes."""
+    from screener.imaging import limits
+
+    pixels = width * height * bands
+    budget = limits.current().max_pixels
+    if pixels > budget:
+        raise ImageError(
+            "image_too_large",
+            f"The image is {width} x {height} px with {bands} band(s): {pixels:,} pixels, over "
+            f"the budget of {budget:,} (worker.decode_max_pixels).",
+        )
+
+
 def load_raster(source: str | Path | bytes, size: int = CANONICAL_SIZE) -> Grey8:
     """Read a JPEG or PNG (path or bytes) into the canonical image.
 
@@ -63,6 +78,7 @@ def load_raster(source: str | Path | bytes, size: int = CANONICAL_SIZE) -> Grey8
     """
     try:
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
+            _check_raster_size(im.width, im.height, len(im.getbands()))
             im.load()
             if im.mode in ("RGB", "RGBA", "CMYK", "YCbCr"):
                 grey = np.asarray(im.convert("RGB"))[:, :, 0]
@@ -73,7 +89,9 @@ def load_raster(source: str | Path | bytes, size: int = CANONICAL_SIZE) -> Grey8
                 grey = np.round((arr - lo) * scale).astype(np.uint8)
             else:
                 grey = np.asarray(im.convert("L"))
-    except (UnidentifiedImageError, OSError) as exc:
+    except Image.DecompressionBombError as exc:  # PIL's own cap, above ours when ours is raised
+        raise ImageError("image_too_large", f"refused by the image decoder: {exc}") from exc
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise ImageError("unreadable_image", f"not a readable JPEG or PNG image: {exc}") from exc
     if min(grey.shape) < MIN_SIDE:
         raise ImageError(

@@ -29,7 +29,7 @@ from sqlalchemy.exc import IntegrityError
 from screener.db import AuditEvent, Database, Instance, Job, JobState, Study, utcnow
 from screener.ingest.selection import Skip
 
-Source = Literal["dicom", "folder", "recovered"]
+Source = Literal["dicom", "folder", "recovered", "web"]  # "web": the upload page
 Outcome = Literal["queued", "skipped", "duplicate", "replaced"]
 
 _STUDIES = cast(Table, Study.__table__)

@@ -88,12 +88,14 @@ def overlay(image: npt.NDArray[np.uint8], heat: npt.NDArray[np.float32], alpha: 
 DISPLAY_LONG_SIDE = 1024
 
 
-def display_frames(source: str | Path, long_side: int = DISPLAY_LONG_SIDE) -> list[Any]:
+def display_frames(source: str | Path | bytes, long_side: int = DISPLAY_LONG_SIDE) -> list[Any]:
     """The film's frames through screener's pixel pipeline at a readable size, in the film's
-    own proportions (the model's input is square; the picture is not)."""
+    own proportions (the model's input is square; the picture is not). ``source`` is a file
+    or the file's bytes."""
     from screener.imaging import load_image
 
-    frames = load_image(str(source), size=long_side, fast=False)
+    frames = load_image(source if isinstance(source, bytes) else str(source), size=long_side,
+                        fast=False)  # fmt: skip
     rows, columns = _proportions(source, frames[0].shape)
     scale = long_side / max(rows, columns)
     size = (max(1, round(columns * scale)), max(1, round(rows * scale)))
@@ -103,15 +105,20 @@ def display_frames(source: str | Path, long_side: int = DISPLAY_LONG_SIDE) -> li
     ]
 
 
-def _proportions(source: str | Path, fallback: tuple[int, ...]) -> tuple[int, int]:
+def _proportions(source: str | Path | bytes, fallback: tuple[int, ...]) -> tuple[int, int]:
+    import io
+
+    def readable() -> Any:
+        return io.BytesIO(source) if isinstance(source, bytes) else str(source)
+
     try:
         import pydicom
 
-        ds = pydicom.dcmread(str(source), stop_before_pixels=True)
+        ds = pydicom.dcmread(readable(), stop_before_pixels=True)
         return int(ds.Rows), int(ds.Columns)
     except Exception:  # a JPEG or PNG: its own size
         try:
-            with Image.open(source) as im:
+            with Image.open(readable()) as im:
                 return im.height, im.width
         except Exception:
             return fallback[0], fallback[1]
@@ -143,12 +150,11 @@ def write_heatmap(
                 (film.shape[1], film.shape[0]), Image.Resampling.BILINEAR
             )
         )
-    from screener.model.plots import _pyplot
+    from screener.model.plots import _figure
 
-    plt = _pyplot()
     h, w = film.shape
     dpi = 100
-    fig = plt.figure(figsize=(w / dpi + 1.6, h / dpi + 0.9), dpi=dpi)
+    fig = _figure(w / dpi + 1.6, h / dpi + 0.9)
     ax = fig.add_axes((0.2 / (w / dpi + 1.6), 0.15 / (h / dpi + 0.9), w / dpi / (w / dpi + 1.6),
                        h / dpi / (h / dpi + 0.9)))  # fmt: skip
     ax.imshow(film, cmap="gray", vmin=0, vmax=255)
@@ -180,5 +186,4 @@ def write_heatmap(
         fontsize=9,
     )
     fig.savefig(path, format="png")
-    plt.close(fig)
     return path

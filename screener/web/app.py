@@ -4,7 +4,12 @@ Pages: login, worklist (the order and filters of ``screener worklist``), study (
 through screener's pixel pipeline, the Grad-CAM overlay toggled, the score against the
 threshold with the model, SR deliveries, earlier reads, and agree / disagree recorded as
 ``screener review`` records them, with the user as reader), status (what ``screener status``
-says, and the dead-lettered SRs with a button to send them again).
+says, and the dead-lettered SRs with a button to send them again), stats (``screener stats``
+per model version, with the ROC and a calibration plot of the reads), upload (a DICOM, PNG or
+JPEG scored at once with its heatmap; a DICOM object can be queued like a received one).
+
+Model work (overlays, uploads) runs in a child process (:mod:`screener.web.modelwork`);
+the request body is limited to ``web.max_upload_mb`` before anything reads it.
 
 Every page needs a user (a session from the login form, or a trusted proxy's header); every
 POST carries the session's CSRF token (refused with 403 without it). Images are read from
@@ -23,6 +28,8 @@ from urllib.parse import quote
 
 import structlog
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
@@ -30,12 +37,15 @@ from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from screener.commands.worklist import STATUSES
 from screener.config import Settings
 from screener.db import Database, Instance, utcnow
 from screener.errors import ScreenerError
+from screener.ingest.accept import Acceptor
 from screener.web.auth import new_token, parse_users, same_token, verify_password
+from screener.web.modelwork import WEB_LONG_SIDE, ModelWork, ModelWorkFailed
 
 log = structlog.get_logger(__name__)
 
@@ -47,15 +57,89 @@ class Forbidden(Exception):
     pass
 
 
-def create_app(settings: Settings, db: Database, *, session_secret: str | None = None) -> Starlette:
+class _TooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """Refuse (413) a request whose body is over ``max_bytes``: by its Content-Length before
+    reading, and by counting as it arrives (a chunked body declares no length)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        refusal = PlainTextResponse(
+            f"the upload is larger than web.max_upload_mb ({self.max_bytes >> 20} MB)",
+            status_code=413,
+        )
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            log.warning("web_request_too_large", path=scope.get("path"))
+            await refusal(scope, receive, send)
+            return
+        seen = 0
+        started = False
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise _TooLarge
+            return message
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, tracked)
+        except _TooLarge:
+            log.warning("web_request_too_large", path=scope.get("path"))
+            if not started:
+                await refusal(scope, receive, send)
+
+
+def _data_uri(png: bytes) -> str:
+    import base64
+
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def create_app(
+    settings: Settings,
+    db: Database,
+    *,
+    session_secret: str | None = None,
+    model_work: ModelWork | None = None,
+    acceptor: Acceptor | None = None,
+) -> Starlette:
     """The web app over ``db``; ``session_secret`` signs session cookies (random per start
-    unless given: a restart logs everyone out)."""
+    unless given: a restart logs everyone out). ``model_work`` runs overlays and uploads
+    (one is made if not given: its owner stops it); ``acceptor`` queues uploaded DICOM
+    objects (the daemon's own under ``screener serve``; one over the configured spool is
+    made on first use otherwise)."""
     users = parse_users(settings.web.users)
     header = settings.web.trusted_user_header.strip()
     templates = Jinja2Templates(directory=str(HERE / "templates"))
-    max_body = settings.web.max_upload_mb * 1024 * 1024
     aging = settings.worklist.aging_hours
-    bundle_cache: dict[str, Any] = {}
+    work = model_work or ModelWork(settings)
+    accepting: dict[str, Acceptor] = {} if acceptor is None else {"acceptor": acceptor}
+
+    def acceptor_of() -> Acceptor:
+        if "acceptor" not in accepting:
+            from screener.ingest.spool import Spool
+
+            spool = Spool(settings.storage.spool_dir, settings.storage.min_free_mb)
+            accepting["acceptor"] = Acceptor(db, spool, settings)
+        return accepting["acceptor"]
 
     def user_of(request: Request) -> str | None:
         if header:
@@ -73,21 +157,20 @@ def create_app(settings: Settings, db: Database, *, session_secret: str | None =
             token = request.session["csrf"] = new_token()
         return str(token)
 
-    def page(request: Request, name: str, **context: Any) -> Response:
+    def page(request: Request, name: str, status_code: int = 200, **context: Any) -> Response:
         return templates.TemplateResponse(
             request,
             name,
             {"user": user_of(request), "csrf": csrf(request), **context},
+            status_code=status_code,
         )
 
     async def form_checked(request: Request) -> Any:
-        length = int(request.headers.get("content-length") or 0)
-        if length > max_body:
-            raise Forbidden(
-                f"request larger than web.max_upload_mb ({settings.web.max_upload_mb} MB)"
-            )
-        form = await request.form()
+        """The form (its size already limited by :class:`BodyLimit`), once its CSRF token
+        is the session's."""
+        form = await request.form(max_files=1, max_fields=20)
         if not same_token(str(form.get("csrf") or ""), request.session.get("csrf")):
+            await form.close()
             raise Forbidden("the form's CSRF token is missing or wrong: reload the page")
         return form
 
@@ -225,41 +308,14 @@ def create_app(settings: Settings, db: Database, *, session_secret: str | None =
             ).one_or_none()
         if row is None or row.purged_at is not None or not Path(row.spool_path).is_file():
             return PlainTextResponse("the image is not in the spool", status_code=404)
-        png = _render(row.spool_path, request.query_params.get("overlay") == "1")
-        return Response(png, media_type="image/png", headers={"Cache-Control": "private"})
-
-    def _render(path: str, with_overlay: bool) -> bytes:
-        from PIL import Image
-
-        from screener.model.gradcam import display_frames
-
-        film = display_frames(path, long_side=768)[0]
-        if with_overlay:
-            film = _overlay(path, film)
-            picture = Image.fromarray(film, mode="RGB")
+        if request.query_params.get("overlay") == "1":
+            try:
+                png = await run_in_threadpool(work.call, "overlay_png", row.spool_path)
+            except ModelWorkFailed as exc:
+                return PlainTextResponse(f"no overlay: {exc}", status_code=503)
         else:
-            picture = Image.fromarray(film, mode="L")
-        out = io.BytesIO()
-        picture.save(out, format="PNG")
-        return out.getvalue()
-
-    def _overlay(path: str, film: Any) -> Any:
-        import numpy as np
-        from PIL import Image
-
-        from screener.imaging import load_image
-        from screener.model import load_bundle
-        from screener.model.gradcam import gradcam, overlay
-
-        if "bundle" not in bundle_cache:
-            bundle_cache["bundle"] = load_bundle(settings.model.bundle)
-        heat = gradcam(bundle_cache["bundle"], load_image(path)[0])
-        heat = np.asarray(
-            Image.fromarray(heat, mode="F").resize(
-                (film.shape[1], film.shape[0]), Image.Resampling.BILINEAR
-            )
-        )
-        return overlay(film, np.clip(heat, 0.0, 1.0))
+            png = await run_in_threadpool(_film_png, row.spool_path)
+        return Response(png, media_type="image/png", headers={"Cache-Control": "private"})
 
     async def status_page(request: Request, user: str) -> Response:
         from screener.report.ledger import list_exports
@@ -283,6 +339,96 @@ def create_app(settings: Settings, db: Database, *, session_secret: str | None =
         log.info("web_exports_retried", count=count, user=user)
         return RedirectResponse(f"/status?retried={count}", status_code=303)
 
+    async def stats_page(request: Request, user: str) -> Response:
+        from screener.model.metrics import brier, expected_calibration_error, roc_auc
+        from screener.worklist import review_curves, review_stats
+
+        stats = await run_in_threadpool(review_stats, db)
+        curves = await run_in_threadpool(review_curves, db, aging)
+        drawn = {}
+        for uid, (labels, probs, _flags) in curves.items():
+            both = 0 < sum(labels) < len(labels)
+            drawn[uid] = {
+                "n": len(labels),
+                "positives": sum(labels),
+                "auc": roc_auc(labels, probs) if both else None,
+                "brier": brier(labels, probs),
+                "ece": expected_calibration_error(labels, probs),
+                "roc": both,
+            }
+        return page(request, "stats.html", stats=stats, drawn=drawn)
+
+    async def stats_picture(request: Request, user: str) -> Response:
+        from screener.worklist import review_curves, review_stats
+
+        uid, what = request.path_params["uid"], request.path_params["what"]
+        curves = await run_in_threadpool(review_curves, db, aging)
+        if uid not in curves or what not in ("roc", "calibration"):
+            return PlainTextResponse("no reads of that model", status_code=404)
+        labels, probs, flags = curves[uid]
+        found = [s for s in await run_in_threadpool(review_stats, db) if s.model_uid == uid]
+        if what == "roc" and not 0 < sum(labels) < len(labels):
+            return PlainTextResponse("a ROC needs reads of both kinds", status_code=404)
+        name = f"{found[0].model_name} {found[0].model_version}" if found else "model"
+        png = await run_in_threadpool(_stats_png, what, labels, probs, flags, name)
+        return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
+
+    async def upload_page(request: Request, user: str) -> Response:
+        return page(request, "upload.html", result=None)
+
+    async def upload(request: Request, user: str) -> Response:
+        form = await form_checked(request)
+        try:
+            item = form.get("film")
+            data = await item.read() if isinstance(item, UploadFile) else b""
+            queue = form.get("queue") == "1"
+        finally:
+            await form.close()
+        if not data:
+            return page(request, "upload.html", result=None, error="choose a file first")
+        error = result = queued = None
+        try:
+            result = await run_in_threadpool(work.call, "assess_upload", data)
+        except ModelWorkFailed as exc:
+            error = f"not assessed ({exc.reason}): {exc}"
+        if queue and (result is None or result.kind == "DICOM"):
+            queued = await run_in_threadpool(_queue_upload, data)
+        log.info(
+            "web_upload",
+            user=user,
+            size=len(data),
+            kind=None if result is None else result.kind,
+            frames=None if result is None else result.n_frames,
+            probability=(
+                round(result.frames[0].probability, 4) if result and result.frames else None
+            ),
+            error=error and error.split(":")[0],
+            queued=queued and queued["outcome"],
+        )
+        return page(
+            request,
+            "upload.html",
+            result=result,
+            error=error,
+            queued=queued,
+            uri=_data_uri,
+            status_code=200 if error is None else 422,
+        )
+
+    def _queue_upload(data: bytes) -> dict[str, Any]:
+        from screener.errors import IngestError
+
+        try:
+            accepted = acceptor_of().accept(data, source="web")
+        except IngestError as exc:
+            reason = getattr(exc, "reason", type(exc).__name__)
+            return {"outcome": "refused", "reason": reason, "message": str(exc)}
+        return {
+            "outcome": accepted.outcome,
+            "study": accepted.study_instance_uid,
+            "skip": accepted.skip.reason if accepted.skip else None,
+        }
+
     async def home(request: Request) -> Response:
         return RedirectResponse("/worklist", status_code=303)
 
@@ -295,10 +441,15 @@ def create_app(settings: Settings, db: Database, *, session_secret: str | None =
         Route("/study/{key}/review", login_required(review), methods=["POST"]),
         Route("/study/{key}/image/{sop}.png", login_required(image)),
         Route("/status", login_required(status_page)),
+        Route("/stats", login_required(stats_page)),
+        Route("/stats/{uid}/{what}.png", login_required(stats_picture)),
+        Route("/upload", login_required(upload_page)),
+        Route("/upload", login_required(upload), methods=["POST"]),
         Route("/exports/retry", login_required(retry_exports), methods=["POST"]),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
     middleware = [
+        Middleware(BodyLimit, max_bytes=settings.web.max_upload_mb * 1024 * 1024),
         Middleware(
             SessionMiddleware,
             secret_key=session_secret or new_token(),
@@ -306,9 +457,50 @@ def create_app(settings: Settings, db: Database, *, session_secret: str | None =
             max_age=int(settings.web.session_hours * 3600),
             same_site="strict",
             https_only=False,
-        )
+        ),
     ]
     return Starlette(routes=routes, middleware=middleware)
 
 
-__all__ = ["create_app"]
+def _film_png(path: str) -> bytes:
+    """A spooled film's first frame through screener's pixel pipeline, as PNG."""
+    from PIL import Image
+
+    from screener.model.gradcam import display_frames
+
+    out = io.BytesIO()
+    Image.fromarray(display_frames(path, long_side=WEB_LONG_SIDE)[0], mode="L").save(
+        out, format="PNG"
+    )
+    return out.getvalue()
+
+
+def _stats_png(
+    what: str, labels: list[int], probs: list[float], flags: list[bool], name: str
+) -> bytes:
+    """The ROC (with the point the model's flags made) or the calibration plot, as PNG."""
+    from screener.model.metrics import bootstrap_auc_ci, roc_auc
+    from screener.model.plots import plot_calibration, plot_roc
+
+    out = io.BytesIO()
+    if what == "roc":
+        positives = [f for f, y in zip(flags, labels, strict=True) if y]
+        negatives = [f for f, y in zip(flags, labels, strict=True) if not y]
+        point = (sum(negatives) / len(negatives), sum(positives) / len(positives))
+        plot_roc(
+            labels,
+            probs,
+            out,
+            None,
+            f"ROC against reads (n={len(labels)})\n{name}",
+            roc_auc(labels, probs),
+            bootstrap_auc_ci(labels, probs),
+            point=point,
+            point_label="its flags",
+        )
+    else:
+        plot_calibration(labels, probs, out, f"Calibration against reads\n{name}")
+    return out.getvalue()
+
+
+__all__ = ["BodyLimit", "create_app"]

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 
 import structlog
@@ -10,17 +11,21 @@ import structlog
 from screener.config import Settings
 from screener.db import Database
 from screener.errors import ConfigError
+from screener.ingest.accept import Acceptor
+from screener.web.modelwork import ModelWork
 
 log = structlog.get_logger(__name__)
 
 
-def _server(settings: Settings, db: Database) -> object:
+def _server(
+    settings: Settings, db: Database, work: ModelWork, acceptor: Acceptor | None = None
+) -> object:
     import uvicorn
 
     from screener.web.app import create_app
 
     config = uvicorn.Config(
-        create_app(settings, db),
+        create_app(settings, db, model_work=work, acceptor=acceptor),
         host=settings.web.host,
         port=settings.web.port,
         log_config=None,  # our own logging; uvicorn's access log stays off (no PHI in URLs)
@@ -32,17 +37,35 @@ def _server(settings: Settings, db: Database) -> object:
 
 
 def serve_forever(settings: Settings, db: Database) -> None:
-    server = _server(settings, db)
+    """``screener web``: the web app alone, until SIGINT / SIGTERM (uvicorn's handlers)."""
+    work = ModelWork(settings)
+    server = _server(settings, db, work)
+    # uvicorn handles SIGINT / SIGTERM itself, then raises the signal again once it has
+    # stopped: these handlers take it then, so the model process is stopped and the exit
+    # status is 0 (a stop asked for is not a failure)
+    received: list[int] = []
+    previous = {
+        s: signal.signal(s, lambda signum, _frame: received.append(signum))
+        for s in (signal.SIGINT, signal.SIGTERM)
+    }
     log.info("web_started", host=settings.web.host, port=settings.web.port)
-    server.run()  # type: ignore[attr-defined]
+    try:
+        server.run()  # type: ignore[attr-defined]
+    finally:
+        work.stop()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    log.info("web_stopped", signal=signal.Signals(received[0]).name if received else None)
 
 
 class WebThread:
-    """The web app in a thread of ``screener serve``; ``stop`` ends it."""
+    """The web app in a thread of ``screener serve`` (uploads queued through the daemon's
+    own acceptor); ``stop`` ends it and its model process."""
 
-    def __init__(self, settings: Settings, db: Database) -> None:
+    def __init__(self, settings: Settings, db: Database, acceptor: Acceptor | None = None) -> None:
         self.settings = settings
-        self.server = _server(settings, db)
+        self.work = ModelWork(settings)
+        self.server = _server(settings, db, self.work, acceptor)
         self.thread = threading.Thread(target=self._run, name="web", daemon=True)
 
     def _run(self) -> None:
@@ -64,4 +87,5 @@ class WebThread:
 
     def stop(self) -> None:
         self.server.should_exit = True  # type: ignore[attr-defined]
+        self.work.stop()  # a request waiting on it is answered at once
         self.thread.join(10)

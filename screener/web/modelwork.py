@@ -1,0 +1,305 @@
+"""The web app's model work in one child process: Grad-CAM overlays of stored films, and
+the upload page's scoring of a dropped DICOM, PNG or JPEG.
+
+Why a process of its own: TensorFlow stays out of the daemon's process (the listener and
+the web threads share its GIL), and a hostile upload that crashes a decoder or exhausts
+memory takes down only this child; the next request starts a new one. The child decodes
+under the workers' pixel budget (``worker.decode_max_pixels``), is started on first use,
+and dies with the daemon (it watches the parent's pid: it may be started from a request's
+thread, whose end would fire the kernel's parent-death signal).
+
+Calls are serialised (one model, one process); each waits at most ``timeout`` seconds, after
+which the child is killed and the caller told so.
+"""
+
+from __future__ import annotations
+
+import io
+import multiprocessing
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any
+
+import structlog
+
+from screener.config import Settings
+
+log = structlog.get_logger(__name__)
+
+#: The long side of the pictures the web shows, in pixels.
+WEB_LONG_SIDE = 768
+#: Frames of an uploaded multi-frame object that are scored and shown.
+MAX_UPLOAD_FRAMES = 4
+#: How long one call may take (the first one loads TensorFlow and the bundle).
+CALL_TIMEOUT_SECONDS = 180.0
+
+
+class ModelWorkFailed(Exception):
+    """A call that produced no answer: ``reason`` is machine-readable, the message says why."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One frame of an upload: the picture, the overlay, and what the model said."""
+
+    film_png: bytes
+    overlay_png: bytes
+    probability: float
+    flagged: bool
+    in_domain: bool
+    domain_score: float | None
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    kind: str  # "DICOM", "PNG" or "JPEG"
+    model: dict[str, Any]  # name, version, uid, threshold, domain_threshold
+    frames: list[Frame] = field(default_factory=list)
+    n_frames: int = 0
+    #: why the daemon would not score it (``population:age``, ``selection:modality``), or None
+    skip_reason: str | None = None
+    skip_message: str | None = None
+
+
+# --- the child -------------------------------------------------------------------------
+
+_state: dict[str, Any] = {}
+
+
+def _bundle() -> Any:
+    if "bundle" not in _state:
+        from screener.model import load_bundle
+        from screener.model.engine import named
+
+        settings: Settings = _state["settings"]
+        _state["bundle"] = load_bundle(settings.model.bundle, engine=named(settings.model.engine))
+    return _state["bundle"]
+
+
+def _png(picture: Any, mode: str) -> bytes:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.fromarray(picture, mode=mode).save(out, format="PNG")
+    return out.getvalue()
+
+
+def _overlay_on(bundle: Any, canonical: Any, film: Any) -> Any:
+    import numpy as np
+    from PIL import Image
+
+    from screener.model.gradcam import gradcam, overlay
+
+    heat = gradcam(bundle, canonical)
+    heat = np.asarray(
+        Image.fromarray(heat, mode="F").resize(
+            (film.shape[1], film.shape[0]), Image.Resampling.BILINEAR
+        )
+    )
+    return overlay(film, np.clip(heat, 0.0, 1.0))
+
+
+def overlay_png(path: str) -> bytes:
+    """The Grad-CAM overlay of a spooled film's first frame, as PNG."""
+    from screener.imaging import load_image
+    from screener.model.gradcam import display_frames
+
+    film = display_frames(path, long_side=WEB_LONG_SIDE)[0]
+    return _png(_overlay_on(_bundle(), load_image(path)[0], film), "RGB")
+
+
+def _kind(data: bytes) -> str:
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "PNG"
+    if data[:3] == b"\xff\xd8\xff":
+        return "JPEG"
+    return "DICOM"
+
+
+def _skip_of(data: bytes) -> Any:
+    """Why the daemon would skip this DICOM object (selection, population), or None."""
+    from screener.imaging.dicom import read_dataset
+    from screener.ingest.population import apply_population, screened_ages
+    from screener.ingest.selection import apply_selection
+
+    settings: Settings = _state["settings"]
+    ds = read_dataset(data)
+    return apply_selection(ds, settings.selection) or apply_population(
+        ds, screened_ages(settings), settings.population.allow_unknown_age
+    )
+
+
+def assess_upload(data: bytes) -> UploadResult:
+    """Score an uploaded file as the daemon would: its frames through the pixel pipeline,
+    the population and selection rules for a DICOM object, the domain guard, and the
+    Grad-CAM overlay of each frame shown."""
+    import numpy as np
+
+    from screener.imaging import load_image
+    from screener.model.gradcam import display_frames
+
+    settings: Settings = _state["settings"]
+    kind = _kind(data)
+    canonical = load_image(data)  # raises ImageError with a reason, before the model loads
+    bundle = _bundle()
+    model = {
+        "name": bundle.name,
+        "version": bundle.version,
+        "uid": bundle.uid,
+        "threshold": bundle.threshold,
+        "domain_threshold": bundle.guard.threshold if bundle.guard is not None else None,
+    }
+    skip = _skip_of(data) if kind == "DICOM" else None
+    if skip is not None:
+        return UploadResult(kind, model, [], len(canonical), skip.reason, skip.message)
+    shown = canonical[:MAX_UPLOAD_FRAMES]
+    assessed = bundle.assess(np.stack(shown))
+    films = display_frames(data, long_side=WEB_LONG_SIDE)
+    frames = []
+    for i, image in enumerate(shown):
+        p = float(assessed.probabilities[i])
+        inside = assessed.in_domain(i) or not settings.population.domain_guard
+        score = None if assessed.domain_scores is None else float(assessed.domain_scores[i])
+        frames.append(
+            Frame(
+                film_png=_png(films[i], "L"),
+                overlay_png=_png(_overlay_on(bundle, image, films[i]), "RGB"),
+                probability=p,
+                flagged=inside and p >= bundle.threshold,
+                in_domain=inside,
+                domain_score=score,
+            )
+        )
+    return UploadResult(kind, model, frames, len(canonical))
+
+
+_CALLS: dict[str, Callable[..., Any]] = {"overlay_png": overlay_png, "assess_upload": assess_upload}
+
+
+def child_main(conn: Connection, parent_pid: int, settings: Settings) -> None:
+    """The child's loop: answer ``(name, args)`` with ``("ok", value)`` or
+    ``("error", reason, message)`` until the pipe closes."""
+    from screener.errors import ScreenerError
+    from screener.lifecycle import die_with_parent
+    from screener.logs import configure_logging
+    from screener.scoring import configure_inference, decode_limits
+
+    die_with_parent(parent_pid, watch_only=True)
+    configure_logging(settings.logging)
+    configure_inference(settings.worker)
+    from screener.imaging import limits
+
+    limits.apply(decode_limits(settings.worker, memory_cap=False))
+    _state["settings"] = settings
+    while True:
+        try:
+            name, args = conn.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            conn.send(("ok", _CALLS[name](*args)))
+        except ScreenerError as exc:
+            conn.send(("error", getattr(exc, "reason", type(exc).__name__), str(exc)))
+        except MemoryError:
+            conn.send(("error", "out_of_memory", "the image needed more memory than there is"))
+        except Exception as exc:  # a decoder's own error on hostile bytes: said, not fatal
+            log.warning("web_model_call_failed", call=name, error=type(exc).__name__)
+            conn.send(("error", "decode_error", f"{type(exc).__name__}: {exc}"))
+
+
+# --- the parent ------------------------------------------------------------------------
+
+
+class ModelWork:
+    """The parent's handle on the child; ``call`` starts it when needed."""
+
+    def __init__(self, settings: Settings, timeout: float = CALL_TIMEOUT_SECONDS) -> None:
+        self.settings = settings
+        self.timeout = timeout
+        self._ctx = multiprocessing.get_context("spawn")
+        self._lock = threading.Lock()
+        self._process: Any = None
+        self._conn: Connection | None = None
+        self.stopped = False
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._process is None else int(self._process.pid)
+
+    def _start(self) -> None:
+        parent, child = self._ctx.Pipe()
+        proc = self._ctx.Process(
+            target=child_main,
+            args=(child, os.getpid(), self.settings),
+            name="screener-web-model",
+            daemon=True,  # ended at the daemon's exit; the pid watch covers a kill -9
+        )
+        proc.start()
+        child.close()
+        self._process, self._conn = proc, parent
+        log.info("web_model_process_started", pid=proc.pid)
+
+    def _kill(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+        if self._process is not None:
+            self._process.kill()
+            self._process.join(10)
+        self._process, self._conn = None, None
+
+    def call(self, name: str, *args: Any) -> Any:
+        """Run ``name`` in the child; raises :class:`ModelWorkFailed` with the reason."""
+        if not self._lock.acquire(timeout=self.timeout):
+            raise ModelWorkFailed("busy", "the model is busy with other requests: try again")
+        try:
+            if self.stopped:
+                raise ModelWorkFailed("stopping", "screener is stopping")
+            if self._process is None or not self._process.is_alive():
+                self._kill()
+                self._start()
+            assert self._conn is not None
+            try:
+                self._conn.send((name, args))
+                if not self._conn.poll(self.timeout):
+                    self._kill()
+                    raise ModelWorkFailed(
+                        "timeout", f"no answer within {self.timeout:.0f} s: the work was stopped"
+                    )
+                answer = self._conn.recv()
+            except (EOFError, OSError, BrokenPipeError) as exc:
+                code = None if self._process is None else self._process.exitcode
+                self._kill()
+                log.warning("web_model_process_ended", exit_code=code)
+                raise ModelWorkFailed(
+                    "decoder_crashed",
+                    "the process decoding the image ended (a decoder crash or out of memory); "
+                    "nothing else was affected",
+                ) from exc
+            if answer[0] == "ok":
+                return answer[1]
+            raise ModelWorkFailed(answer[1], answer[2])
+        finally:
+            self._lock.release()
+
+    def stop(self) -> None:
+        """Kill the child at once; a call waiting on it gets ``decoder_crashed``."""
+        self.stopped = True
+        proc = self._process
+        if proc is not None:
+            proc.kill()
+            proc.join(10)
+        if self._lock.acquire(timeout=5):
+            try:
+                self._kill()
+            finally:
+                self._lock.release()
+
+
+__all__ = ["Frame", "ModelWork", "ModelWorkFailed", "UploadResult"]

@@ -1,0 +1,323 @@
+"""The web's stats and upload pages, on `screener web` run alone against a database with
+reads recorded, in Debian's headless chromium; and what a hostile request gets: no CSRF
+token, a body over web.max_upload_mb (declared or chunked), a PNG that declares billions of
+pixels. Screenshots go to var/test-screenshots/."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import struct
+import subprocess
+import sys
+import urllib.parse
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+from sqlalchemy import create_engine, text
+from support import (
+    ServeProcess,
+    build_dicom,
+    data_root,
+    film_dicom,
+    free_port,
+    record_result,
+    screenshots,
+    serve_env,
+    wait_for,
+)
+
+from screener.db import Database
+from screener.db.migrate import upgrade
+from screener.ingest.accept import Acceptor
+from screener.ingest.spool import Spool
+from screener.model.bundle import read_metadata
+from screener.web.auth import hash_password
+from screener.worklist import record_review
+
+REPO = Path(__file__).resolve().parents[1]
+PASSWORD = "correct horse battery"
+MAX_UPLOAD_MB = 2
+
+
+def _seed_reads(db_url: str, settings: Any, model_bundle: Path) -> dict[str, Any]:
+    """40 reviewed studies scored by the shipped bundle (24 read as pneumonia, 16 normal, P
+    spread around the threshold as at a new site); returns the counts the page must show."""
+    meta = read_metadata(model_bundle)
+    threshold = float(meta["threshold"])
+    db = Database(db_url)
+    upgrade(db)
+    acceptor = Acceptor(db, Spool(settings.storage.spool_dir, 0), settings)
+    rng = np.random.default_rng(3)
+    probs = list(np.clip(rng.beta(8, 1, 24), 0.01, 0.999)) + list(
+        np.clip(rng.beta(1.5, 4, 16), 0.001, 0.99)
+    )
+    reads = [1] * 24 + [0] * 16
+    for i, (p, read) in enumerate(zip(probs, reads, strict=True)):
+        accepted = acceptor.accept(build_dicom(seed=i), source="dicom")
+        record_result(
+            db, accepted.sop_instance_uid, float(p), threshold,
+            (meta["name"], meta["version"], meta["uid"]),
+        )  # fmt: skip
+        flagged = p >= threshold
+        record_review(db, accepted.study_instance_uid, bool(read) == flagged, None, 12.0, "bob")
+    db.dispose()
+    flags = [p >= threshold for p in probs]
+    tp = sum(f and r for f, r in zip(flags, reads, strict=True))
+    tn = sum(not f and not r for f, r in zip(flags, reads, strict=True))
+    return {"uid": meta["uid"], "sensitivity": tp / 24, "specificity": tn / 16, "reads": 40}
+
+
+@pytest.fixture
+def web(
+    tmp_path: Path, sqlite_url: str, make_settings: Callable[..., Any], model_bundle: Path
+) -> Iterator[tuple[str, ServeProcess, dict[str, Any]]]:
+    """`screener web` alone on a database with reads; the bundle's own population (no
+    widening), uploads limited to MAX_UPLOAD_MB."""
+    expected = _seed_reads(sqlite_url, make_settings(sqlite_url), model_bundle)
+    port = free_port()
+    env = serve_env(
+        tmp_path,
+        sqlite_url,
+        free_port(),
+        screener_web_port=str(port),
+        screener_web_users=json.dumps([f"alice:{hash_password(PASSWORD)}"]),
+        screener_web_max_upload_mb=str(MAX_UPLOAD_MB),
+        screener_population_max_age_years="-1",
+    )
+    proc = ServeProcess(tmp_path, env, command="web").start()
+    base = f"http://127.0.0.1:{port}"
+
+    def answers() -> bool:
+        try:
+            return _get(base, "/login")[0] == 200
+        except OSError:
+            return False
+
+    wait_for(answers, 30)
+    try:
+        yield base, proc, expected
+    finally:
+        if proc.proc is not None and proc.proc.poll() is None:
+            proc.terminate()
+
+
+def _get(base: str, path: str, cookie: str = "") -> tuple[int, bytes]:
+    parts = urllib.parse.urlparse(base)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+    try:
+        conn.request("GET", path, headers={"Cookie": cookie})
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def _multipart(fields: dict[str, str], file: bytes, name: str) -> tuple[bytes, str]:
+    boundary = "screener-test-boundary"
+    out = b""
+    for key, value in fields.items():
+        out += (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{key}"\r\n\r\n{value}\r\n'
+        ).encode()
+    out += (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="film"; filename="{name}"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
+    out += file + f"\r\n--{boundary}--\r\n".encode()
+    return out, f"multipart/form-data; boundary={boundary}"
+
+
+def _post(
+    base: str, body: Any, content_type: str, cookie: str, headers: dict[str, str] | None = None
+) -> tuple[int, bytes]:
+    parts = urllib.parse.urlparse(base)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=120)
+    try:
+        conn.request(
+            "POST",
+            "/upload",
+            body=body,
+            headers={"Content-Type": content_type, "Cookie": cookie, **(headers or {})},
+            encode_chunked=not isinstance(body, bytes),
+        )
+        response = conn.getresponse()
+        return response.status, response.read()
+    except (BrokenPipeError, ConnectionResetError):
+        # the server may answer and close before the whole body is sent: read its answer
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def _png_declaring(width: int, height: int) -> bytes:
+    """A tiny PNG whose header declares ``width`` x ``height`` grey pixels."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 1024))
+        + chunk(b"IEND", b"")
+    )
+
+
+def _login(browser: Any, base: str) -> tuple[str, str]:
+    """Log in as alice; returns the session cookie and the page's CSRF token."""
+    from selenium.webdriver.common.by import By
+
+    browser.get(f"{base}/login?next=/upload")
+    browser.find_element(By.ID, "username").send_keys("alice")
+    browser.find_element(By.ID, "password").send_keys(PASSWORD)
+    browser.find_element(By.ID, "login").click()
+    wait_for(lambda: urllib.parse.urlparse(browser.current_url).path == "/upload", 60)
+    cookie = "; ".join(f"{c['name']}={c['value']}" for c in browser.get_cookies())
+    token = browser.find_element(By.NAME, "csrf").get_attribute("value")
+    return cookie, str(token)
+
+
+def _loaded(browser: Any, element: Any) -> bool:
+    return bool(browser.execute_script("return arguments[0].naturalWidth", element) > 0)
+
+
+def test_stats_and_upload_in_the_browser(
+    web: tuple[str, ServeProcess, dict[str, Any]], browser: Any, tmp_path: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    base, proc, expected = web
+    shots = screenshots()
+    train = data_root() / "chest_xray" / "train" / "PNEUMONIA"
+    if not train.is_dir():
+        pytest.skip(f"the chest X-ray training films are not at {train} (set SCREENER_DATA)")
+    _login(browser, base)
+
+    # stats: the counts of the reads, the ROC and the calibration plot as pictures
+    browser.find_element(By.LINK_TEXT, "Stats").click()
+    table = browser.find_element(By.ID, "stats").text
+    assert f"{100 * expected['sensitivity']:.1f}%" in table
+    assert f"{100 * expected['specificity']:.1f}%" in table
+    assert " 40 " in f" {table} "
+    roc = browser.find_element(By.CSS_SELECTOR, "img.roc")
+    calibration = browser.find_element(By.CSS_SELECTOR, "img.calibration")
+    wait_for(lambda: _loaded(browser, roc) and _loaded(browser, calibration), 60)
+    browser.save_screenshot(str(shots / "7-stats.png"))
+
+    # upload a training JPEG: scored at once, with its heatmap; the same P as `screener predict`
+    film = sorted(train.glob("*.jpeg"))[0]
+    browser.find_element(By.LINK_TEXT, "Upload").click()
+    browser.find_element(By.ID, "film").send_keys(str(film))
+    browser.find_element(By.ID, "score").click()
+    shown = float(browser.find_element(By.CSS_SELECTOR, ".probability").text)
+    overlay = browser.find_element(By.CSS_SELECTOR, "img.overlay")
+    wait_for(lambda: _loaded(browser, overlay), 60)
+    assert overlay.is_displayed()
+    browser.save_screenshot(str(shots / "8-upload.png"))
+
+    # a pediatric DICOM film of the same pixels, queued like a received one
+    pixels = np.asarray(Image.open(film).convert("L"))
+    child = tmp_path / "child.dcm"
+    child.write_bytes(film_dicom(pixels, patient_age="005Y", accession="WEB1"))
+    browser.find_element(By.ID, "film").send_keys(str(child))
+    browser.find_element(By.ID, "queue").click()
+    browser.find_element(By.ID, "score").click()
+    assert "Queued: queued" in browser.find_element(By.ID, "queued").text
+    from_dicom = float(browser.find_element(By.CSS_SELECTOR, ".probability").text)
+    engine = create_engine(proc.env["SCREENER_DATABASE_URL"])
+    with engine.connect() as c:
+        jobs = c.execute(
+            text(
+                "select j.state, i.source from jobs j join instances i on i.id = j.instance_id "
+                "where i.source = 'web'"
+            )
+        ).all()
+    engine.dispose()
+    assert [tuple(j) for j in jobs] == [("queued", "web")]
+
+    # an adult's film: outside the bundle's population, not assessed, nothing queued
+    adult = tmp_path / "adult.dcm"
+    adult.write_bytes(film_dicom(pixels, patient_age="045Y", accession="WEB2"))
+    browser.find_element(By.ID, "film").send_keys(str(adult))
+    browser.find_element(By.ID, "score").click()
+    verdict = browser.find_element(By.ID, "verdict").text
+    assert "NOT ASSESSED" in verdict and "population:age" in verdict
+    assert not browser.find_elements(By.CSS_SELECTOR, ".probability")
+    browser.save_screenshot(str(shots / "9-upload-adult.png"))
+
+    predicted = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "screener.cli", "predict", "--json", str(film), str(child)],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, **proc.env},
+            cwd=proc.tmp_path,
+            timeout=300,
+        ).stdout
+    )["results"]
+    assert shown == pytest.approx(predicted[0]["probability"], abs=6e-4)
+    assert from_dicom == pytest.approx(predicted[1]["probability"], abs=6e-4)
+
+
+def test_hostile_uploads_are_refused_and_the_web_lives_on(
+    web: tuple[str, ServeProcess, dict[str, Any]], browser: Any
+) -> None:
+    """No CSRF token: 403. Over web.max_upload_mb, by Content-Length or chunked: 413. PNGs
+    declaring 64 million and 3.6 billion pixels: 422, image_too_large, never decoded. A page still loads
+    after each; SIGTERM ends `screener web` and its model process."""
+    base, proc, _ = web
+    cookie, token = _login(browser, base)
+
+    body, kind = _multipart({}, _png_declaring(600, 600), "x.png")
+    status, answer = _post(base, body, kind, cookie)
+    assert status == 403 and b"CSRF" in answer
+
+    too_big = os.urandom((MAX_UPLOAD_MB << 20) + 1024)
+    body, kind = _multipart({"csrf": token}, too_big, "big.dcm")
+    assert _post(base, body, kind, cookie)[0] == 413
+
+    def chunks() -> Iterator[bytes]:
+        yield body[: 64 << 10]
+        for start in range(64 << 10, len(body), 256 << 10):
+            yield body[start : start + (256 << 10)]
+
+    assert _post(base, chunks(), kind, cookie)[0] == 413
+
+    # over the pixel budget (50 million): refused from the header, by screener's check or,
+    # far over it, by the image library's own
+    for side, said in ((8_000, b"8000 x 8000"), (60_000, b"decompression bomb")):
+        body, kind = _multipart({"csrf": token}, _png_declaring(side, side), "bomb.png")
+        status, answer = _post(base, body, kind, cookie)
+        assert status == 422, answer[:500]
+        assert b"image_too_large" in answer and said in answer
+
+    assert _get(base, "/upload", cookie)[0] == 200
+    started = re.findall(r'"event": "web_model_process_started", "pid": (\d+)', proc.log())
+    started = started or re.findall(r'"pid": (\d+)[^\n]*web_model_process_started', proc.log())
+    assert started, proc.log()[-3000:]
+    child = int(started[-1])
+    assert _alive(child)
+    assert proc.terminate() == 0
+    wait_for(lambda: not _alive(child), 30)
+
+
+def _alive(pid: int) -> bool:
+    """The process runs (a zombie waiting for init to reap it has ended)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
