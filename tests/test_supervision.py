@@ -78,16 +78,28 @@ def _events(serve: ServeProcess) -> list[dict[str, Any]]:
 def test_no_child_survives_a_sigkilled_serve(
     tmp_path: Path, serve_process: Callable[..., ServeProcess], sqlite_url: str
 ) -> None:
-    """After kill -9 of `screener serve`, its worker, decode and resource-tracker processes
-    are gone within 15 s."""
-    serve = serve_process(serve_env(tmp_path, sqlite_url, free_port())).start()
+    """After kill -9 of `screener serve`, its worker, decode, resource-tracker and web model
+    processes are gone within 15 s (the web model process is started by an upload, from a
+    request's thread: it watches serve's pid)."""
+    web_port = free_port()
+    env = serve_env(
+        tmp_path,
+        sqlite_url,
+        free_port(),
+        screener_web_port=str(web_port),
+        screener_web_trusted_user_header="X-Remote-User",
+    )
+    serve = serve_process(env).start()
     assert serve.proc is not None
     wait_for(lambda: "worker_started" in serve.log(), 120)
+    _upload_a_film(web_port)
     family = _descendants(serve.proc.pid)
     names = " | ".join(_cmdline(pid) for pid in family)
-    # the worker, its decode process, and multiprocessing's resource tracker
-    assert len(family) >= 3, f"expected at least 3 children, found: {names}"
+    # the worker, its decode process, multiprocessing's resource tracker, the web model process
+    assert len(family) >= 4, f"expected at least 4 children, found: {names}"
     assert "resource_tracker" in names
+    model = [e["pid"] for e in _events(serve) if e["event"] == "web_model_process_started"]
+    assert model and model[0] in family
     serve.proc.kill()
     serve.proc.wait(timeout=10)
     deadline = time.monotonic() + 15
@@ -99,6 +111,56 @@ def test_no_child_survives_a_sigkilled_serve(
     finally:
         for pid in left:
             os.kill(pid, signal.SIGKILL)
+
+
+def _upload_a_film(web_port: int) -> None:
+    """Score a small PNG on the upload page, as a user behind a trusted proxy."""
+    import http.client
+    import io
+    import re
+
+    import numpy as np
+    from PIL import Image
+
+    headers = {"X-Remote-User": "carol"}
+    conn = http.client.HTTPConnection("127.0.0.1", web_port, timeout=120)
+    try:
+        conn.request("GET", "/upload", headers=headers)
+        page = conn.getresponse()
+        cookie = page.getheader("set-cookie", "").split(";")[0]
+        token = re.search(rb'name="csrf" value="([^"]+)"', page.read())
+        assert token, "no CSRF token on the upload page"
+        png = io.BytesIO()
+        Image.fromarray(np.random.default_rng(1).integers(0, 255, (128, 128), np.uint8)).save(
+            png, format="PNG"
+        )
+        boundary = "b0undary"
+        body = (
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="csrf"\r\n\r\n'
+                f"{token.group(1).decode()}\r\n--{boundary}\r\n"
+                'Content-Disposition: form-data; name="film"; filename="f.png"\r\n'
+                "Content-Type: image/png\r\n\r\n"
+            ).encode()
+            + png.getvalue()
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
+        conn.request(
+            "POST",
+            "/upload",
+            body=body,
+            headers={
+                **headers,
+                "Cookie": cookie,
+                "Content-Type": f"multipart/form-data; boundary={boundary}",
+            },
+        )
+        answer = conn.getresponse()
+        text = answer.read()
+        # noise: outside the model's domain, said as such
+        assert answer.status == 200 and b"outside the model's domain" in text, text[-800:]
+    finally:
+        conn.close()
 
 
 def test_dead_worker_is_restarted_recorded_and_scores_again(
