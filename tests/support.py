@@ -103,6 +103,23 @@ def screenshots() -> Path:
     return folder
 
 
+def multipart_form(fields: dict[str, str], file: bytes, filename: str) -> tuple[bytes, str]:
+    """A multipart/form-data body with ``fields`` and ``file`` as the field ``film`` (the
+    upload page's form); returns the body and its Content-Type."""
+    boundary = "screener-test-boundary"
+    out = b""
+    for key, value in fields.items():
+        out += (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{key}"\r\n\r\n{value}\r\n'
+        ).encode()
+    out += (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="film"; filename="{filename}"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
+    out += file + f"\r\n--{boundary}--\r\n".encode()
+    return out, f"multipart/form-data; boundary={boundary}"
+
+
 def serve_env(tmp_path: Path, db_url: str, port: int, **extra: str) -> dict[str, str]:
     """Environment variables that configure a ``screener serve`` child in tmp_path."""
     env = {

@@ -14,7 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import ServeProcess, build_dicom, c_store, free_port, run_screener, serve_env, wait_for
+from support import (
+    ServeProcess,
+    build_dicom,
+    c_store,
+    free_port,
+    multipart_form,
+    run_screener,
+    serve_env,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -134,16 +143,8 @@ def _upload_a_film(web_port: int) -> None:
         Image.fromarray(np.random.default_rng(1).integers(0, 255, (128, 128), np.uint8)).save(
             png, format="PNG"
         )
-        boundary = "b0undary"
-        body = (
-            (
-                f'--{boundary}\r\nContent-Disposition: form-data; name="csrf"\r\n\r\n'
-                f"{token.group(1).decode()}\r\n--{boundary}\r\n"
-                'Content-Disposition: form-data; name="film"; filename="f.png"\r\n'
-                "Content-Type: image/png\r\n\r\n"
-            ).encode()
-            + png.getvalue()
-            + f"\r\n--{boundary}--\r\n".encode()
+        body, content_type = multipart_form(
+            {"csrf": token.group(1).decode()}, png.getvalue(), "f.png"
         )
         conn.request(
             "POST",
@@ -152,7 +153,7 @@ def _upload_a_film(web_port: int) -> None:
             headers={
                 **headers,
                 "Cookie": cookie,
-                "Content-Type": f"multipart/form-data; boundary={boundary}",
+                "Content-Type": content_type,
             },
         )
         answer = conn.getresponse()

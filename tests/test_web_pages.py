@@ -28,6 +28,7 @@ from support import (
     data_root,
     film_dicom,
     free_port,
+    multipart_form,
     record_result,
     screenshots,
     serve_env,
@@ -118,21 +119,6 @@ def _get(base: str, path: str, cookie: str = "") -> tuple[int, bytes]:
         return response.status, response.read()
     finally:
         conn.close()
-
-
-def _multipart(fields: dict[str, str], file: bytes, name: str) -> tuple[bytes, str]:
-    boundary = "screener-test-boundary"
-    out = b""
-    for key, value in fields.items():
-        out += (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="{key}"\r\n\r\n{value}\r\n'
-        ).encode()
-    out += (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="film"; filename="{name}"\r\n'
-        "Content-Type: application/octet-stream\r\n\r\n"
-    ).encode()
-    out += file + f"\r\n--{boundary}--\r\n".encode()
-    return out, f"multipart/form-data; boundary={boundary}"
 
 
 def _post(
@@ -281,12 +267,12 @@ def test_hostile_uploads_are_refused_and_the_web_lives_on(
     base, proc, _ = web
     cookie, token = _login(browser, base)
 
-    body, kind = _multipart({}, _png_declaring(600, 600), "x.png")
+    body, kind = multipart_form({}, _png_declaring(600, 600), "x.png")
     status, answer = _post(base, body, kind, cookie)
     assert status == 403 and b"CSRF" in answer
 
     too_big = os.urandom((MAX_UPLOAD_MB << 20) + 1024)
-    body, kind = _multipart({"csrf": token}, too_big, "big.dcm")
+    body, kind = multipart_form({"csrf": token}, too_big, "big.dcm")
     assert _post(base, body, kind, cookie)[0] == 413
 
     def chunks() -> Iterator[bytes]:
@@ -299,7 +285,7 @@ def test_hostile_uploads_are_refused_and_the_web_lives_on(
     # over the pixel budget (50 million): refused from the header, by screener's check or,
     # far over it, by the image library's own
     for side, said in ((8_000, b"8000 x 8000"), (60_000, b"decompression bomb")):
-        body, kind = _multipart({"csrf": token}, _png_declaring(side, side), "bomb.png")
+        body, kind = multipart_form({"csrf": token}, _png_declaring(side, side), "bomb.png")
         status, answer = _post(base, body, kind, cookie)
         assert status == 422, answer[:500]
         assert b"image_too_large" in answer and said in answer
@@ -321,3 +307,41 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def test_the_model_process_dies_alone_and_is_started_again(
+    tmp_path: Path, make_settings: Callable[..., Any]
+) -> None:
+    """The web's model process killed in the middle of a call (here: blocked reading a FIFO
+    no one writes) answers that call `decoder_crashed`; the next call starts a new process,
+    which refuses a PNG over the pixel budget from its header; stop() ends it."""
+    import signal
+    import threading
+
+    from screener.web.modelwork import ModelWork, ModelWorkFailed
+
+    work = ModelWork(make_settings(), timeout=120)
+    fifo = tmp_path / "never-written"
+    os.mkfifo(fifo)
+    failures: list[ModelWorkFailed] = []
+
+    def blocked_call() -> None:
+        try:
+            work.call("overlay_png", str(fifo))
+        except ModelWorkFailed as exc:
+            failures.append(exc)
+
+    caller = threading.Thread(target=blocked_call)
+    caller.start()
+    first = wait_for(lambda: work.pid, 60)
+    os.kill(first, signal.SIGKILL)
+    caller.join(60)
+    assert [f.reason for f in failures] == ["decoder_crashed"]
+
+    with pytest.raises(ModelWorkFailed) as refused:
+        work.call("assess_upload", _png_declaring(8_000, 8_000))
+    assert refused.value.reason == "image_too_large"
+    second = work.pid
+    assert second is not None and second != first and _alive(second)
+    work.stop()
+    assert not _alive(second)

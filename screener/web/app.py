@@ -45,7 +45,7 @@ from screener.db import Database, Instance, utcnow
 from screener.errors import ScreenerError
 from screener.ingest.accept import Acceptor
 from screener.web.auth import new_token, parse_users, same_token, verify_password
-from screener.web.modelwork import WEB_LONG_SIDE, ModelWork, ModelWorkFailed
+from screener.web.modelwork import WEB_LONG_SIDE, ModelWork, ModelWorkFailed, kind_of
 
 log = structlog.get_logger(__name__)
 
@@ -391,7 +391,7 @@ def create_app(
             result = await run_in_threadpool(work.call, "assess_upload", data)
         except ModelWorkFailed as exc:
             error = f"not assessed ({exc.reason}): {exc}"
-        if queue and (result is None or result.kind == "DICOM"):
+        if queue and kind_of(data) == "DICOM":  # checked as any received object would be
             queued = await run_in_threadpool(_queue_upload, data)
         log.info(
             "web_upload",

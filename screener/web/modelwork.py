@@ -115,7 +115,8 @@ def overlay_png(path: str) -> bytes:
     return _png(_overlay_on(_bundle(), load_image(path)[0], film), "RGB")
 
 
-def _kind(data: bytes) -> str:
+def kind_of(data: bytes) -> str:
+    """What an upload is, by its first bytes: PNG, JPEG, or else (to be checked) DICOM."""
     if data[:8] == b"\x89PNG\r\n\x1a\n":
         return "PNG"
     if data[:3] == b"\xff\xd8\xff":
@@ -146,7 +147,7 @@ def assess_upload(data: bytes) -> UploadResult:
     from screener.model.gradcam import display_frames
 
     settings: Settings = _state["settings"]
-    kind = _kind(data)
+    kind = kind_of(data)
     canonical = load_image(data)  # raises ImageError with a reason, before the model loads
     bundle = _bundle()
     model = {
