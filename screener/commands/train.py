@@ -54,6 +54,14 @@ def register(subparsers: Any) -> None:
         "--input-size", type=int, default=224, metavar="PX", help="network input side (default 224)"
     )
     p.add_argument(
+        "--width",
+        type=int,
+        default=32,
+        metavar="N",
+        help="small_cnn's base width: filters of its first stage, later stages 2x, 4x, 8x "
+        "(default 32, about 0.3 M parameters; 48 about 0.6 M)",
+    )
+    p.add_argument(
         "--normalisation",
         default="equalize",
         choices=("equalize", "minmax", "none"),
@@ -128,6 +136,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.epochs < 1:
         raise ModelError(f"--epochs {args.epochs} must be at least 1")
+    if not 8 <= args.width <= 256 or args.width % 2:
+        raise ModelError(f"--width {args.width} must be an even number from 8 to 256")
+    if args.width != 32 and args.backbone != "small_cnn":
+        raise ModelError("--width applies to small_cnn only")
     if not 0.5 <= args.target_sensitivity < 1.0:
         raise ModelError(f"--target-sensitivity {args.target_sensitivity} must lie in [0.5, 1)")
     cfg = TrainConfig(
@@ -137,6 +149,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         weights=args.weights,
         task=args.task,
         input_size=args.input_size,
+        width=args.width,
         normalisation=args.normalisation,
         crop=args.crop,
         target_sensitivity=args.target_sensitivity,

@@ -142,15 +142,15 @@ def build_application(
 
 
 def build_model(
-    backbone: str, input_size: int, task: str, weights: str | None = None
+    backbone: str, input_size: int, task: str, weights: str | None = None, *, width: int = 32
 ) -> keras.Model:
-    """Build the network for ``backbone`` (see :data:`BACKBONES`)."""
+    """Build the network for ``backbone`` (see :data:`BACKBONES`); ``width`` is small_cnn's."""
     if task not in ("binary", "type"):
         raise ModelError(f"task {task!r} is not 'binary' or 'type'")
     if backbone == "small_cnn":
         if weights not in (None, "none"):
             raise ModelError("small_cnn is trained from scratch; --weights must be 'none'")
-        return build_small_cnn(input_size, task)
+        return build_small_cnn(input_size, task, width)
     return build_application(backbone, input_size, task, weights)
 
 

@@ -32,6 +32,8 @@ def _reproduce(meta: dict[str, Any]) -> str:
         f"--seed {t.get('seed', split['seed'])}",
         f"--val-fraction {split['val_fraction']}",
     ]
+    if meta.get("width", 32) != 32:
+        parts.append(f"--width {meta['width']}")
     crop = meta["preprocessing"].get("crop", 1.0)
     if crop < 1.0:
         parts.append(f"--crop {crop}")

@@ -46,6 +46,8 @@ class TrainConfig:
     weights: str = "none"
     task: str = "binary"
     input_size: int = 224
+    #: small_cnn's base width (filters of its first full stage; later stages 2x, 4x, 8x)
+    width: int = 32
     normalisation: str = "equalize"
     #: Fraction of each side kept by the centred crop before normalisation (1.0: none).
     crop: float = 1.0
@@ -194,7 +196,9 @@ def train_member(
             log.info("member_already_trained", member=index, seed=seed)
             return record
     started = time.monotonic()
-    model = architectures.build_model(cfg.backbone, cfg.input_size, cfg.task, weights)
+    model = architectures.build_model(
+        cfg.backbone, cfg.input_size, cfg.task, weights, width=cfg.width
+    )
     log.info("member_start", member=index, seed=seed, parameters=int(model.count_params()))
     done_model.parent.mkdir(parents=True, exist_ok=True)
     checkpoint = done_model.with_suffix(".checkpoint.keras")
@@ -228,7 +232,15 @@ def train_member(
 
 def recipe(cfg: TrainConfig) -> dict[str, Any]:
     """What a finished member must share with the run that wants to reuse it."""
-    keep = ("backbone", "weights", "task", "input_size", "normalisation", "crop", "val_fraction")
+    keep = (
+        "backbone",
+        "weights",
+        "task",
+        "input_size",
+        "normalisation",
+        "crop",
+        "val_fraction",
+    )
     return {
         **{k: getattr(cfg, k) for k in keep},
         "data_dir": str(cfg.data_dir),
@@ -236,6 +248,8 @@ def recipe(cfg: TrainConfig) -> dict[str, Any]:
         "limit": cfg.limit,
         "exclude_family": cfg.exclude_family,
         "fit": asdict(cfg.fit),
+        # recorded only when not the default, so members trained before --width still match
+        **({"width": cfg.width} if cfg.width != 32 else {}),
     }
 
 
@@ -291,6 +305,7 @@ def base_metadata(
         "classes": list(data.TYPE_CLASSES) if cfg.task == "type" else ["normal", "pneumonia"],
         "output": "calibrated P(pneumonia)",
         "backbone": cfg.backbone,
+        **({"width": cfg.width} if cfg.backbone == "small_cnn" else {}),
         "parameters": int(model.count_params()),
         "initialisation": {
             "weights": cfg.weights,

@@ -1,4 +1,5 @@
-"""Tests of the Keras-application code paths: local weights files, ImageNet, type task."""
+"""Tests of the network choices: local weights files, ImageNet, the type task, small_cnn's
+width."""
 
 from __future__ import annotations
 
@@ -72,3 +73,24 @@ def test_type_task_trains_three_classes(chest_train: Path, tmp_path: Path) -> No
     assert bundle.metadata["classes"] == ["normal", "bacterial", "viral"]
     probs = bundle.predict(np.full((2, 224, 224), 128, np.uint8))
     assert np.all((probs >= 0) & (probs <= 1))
+
+
+def test_width_widens_small_cnn_and_is_recorded(chest_train: Path, tmp_path: Path) -> None:
+    """--width 16 builds small_cnn with half the filters of the default (a quarter or so of
+    the parameters), records the width in model.json and in the card's reproduce command;
+    a width on another backbone, or an odd one, is refused before any training."""
+    from screener.model.architectures import build_small_cnn, members_of
+
+    out = tmp_path / "narrow"
+    argv = ["train", "--data", str(chest_train), "--out", str(out)]
+    assert (
+        main([*argv, "--width", "16", "--limit", "40", "--epochs", "1", "--input-size", "48"]) == 0
+    )
+    bundle = load_bundle(out)
+    assert bundle.metadata["width"] == 16
+    assert "--width 16" in (out / "MODEL_CARD.md").read_text()
+    network = members_of(bundle.model)[0]
+    assert network.get_layer("features_relu").output.shape[-1] == 16 * 8
+    assert bundle.metadata["parameters"] < build_small_cnn(48, "binary").count_params() / 2
+    assert main([*argv, "--backbone", "vgg16", "--width", "48"]) == 1
+    assert main([*argv, "--width", "7"]) == 1
