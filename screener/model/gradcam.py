@@ -74,6 +74,15 @@ def _member_cam(model: Any, x: Any, task: str) -> npt.NDArray[np.float64]:
     return result
 
 
+def heat_at(heat: npt.NDArray[np.float32], shape: tuple[int, ...]) -> npt.NDArray[np.float32]:
+    """The heat map resized (bilinear) to a picture of ``shape`` (rows, columns), in [0, 1]."""
+    if heat.shape != shape[:2]:
+        heat = np.asarray(
+            Image.fromarray(heat, mode="F").resize((shape[1], shape[0]), Image.Resampling.BILINEAR)
+        )
+    return np.clip(heat, 0.0, 1.0)
+
+
 def overlay(image: npt.NDArray[np.uint8], heat: npt.NDArray[np.float32], alpha: float = 0.4) -> Any:
     """RGB ``uint8`` picture: the grey film with the heat map in the jet colour map on top."""
     import matplotlib
@@ -144,12 +153,7 @@ def write_heatmap(
         )
     heat = gradcam(bundle, image)
     film = image if display is None else display
-    if film.shape != heat.shape:
-        heat = np.asarray(
-            Image.fromarray(heat, mode="F").resize(
-                (film.shape[1], film.shape[0]), Image.Resampling.BILINEAR
-            )
-        )
+    heat = heat_at(heat, film.shape)
     from screener.model.plots import _figure
 
     h, w = film.shape

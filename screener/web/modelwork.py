@@ -92,18 +92,9 @@ def _png(picture: Any, mode: str) -> bytes:
 
 
 def _overlay_on(bundle: Any, canonical: Any, film: Any) -> Any:
-    import numpy as np
-    from PIL import Image
+    from screener.model.gradcam import gradcam, heat_at, overlay
 
-    from screener.model.gradcam import gradcam, overlay
-
-    heat = gradcam(bundle, canonical)
-    heat = np.asarray(
-        Image.fromarray(heat, mode="F").resize(
-            (film.shape[1], film.shape[0]), Image.Resampling.BILINEAR
-        )
-    )
-    return overlay(film, np.clip(heat, 0.0, 1.0))
+    return overlay(film, heat_at(gradcam(bundle, canonical), film.shape))
 
 
 def overlay_png(path: str) -> bytes:
