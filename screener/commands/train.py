@@ -51,6 +51,21 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--patience", type=int, default=8, help="early-stopping patience (epochs)")
     p.add_argument(
+        "--ema",
+        type=float,
+        default=0.0,
+        metavar="MOMENTUM",
+        help="keep an exponential moving average of the weights with this momentum "
+        "(e.g. 0.998) and validate, checkpoint and ship the averaged weights (default 0: off)",
+    )
+    p.add_argument(
+        "--label-smoothing",
+        type=float,
+        default=0.0,
+        metavar="EPS",
+        help="smooth the binary targets towards 0.5 by EPS (e.g. 0.1; default 0: off)",
+    )
+    p.add_argument(
         "--input-size", type=int, default=224, metavar="PX", help="network input side (default 224)"
     )
     p.add_argument(
@@ -140,6 +155,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         raise ModelError(f"--width {args.width} must be an even number from 8 to 256")
     if args.width != 32 and args.backbone != "small_cnn":
         raise ModelError("--width applies to small_cnn only")
+    if not (args.ema == 0 or 0.9 <= args.ema < 1.0):
+        raise ModelError(f"--ema {args.ema} must be 0 (off) or a momentum in [0.9, 1)")
+    if not 0 <= args.label_smoothing <= 0.3:
+        raise ModelError(f"--label-smoothing {args.label_smoothing} must lie in [0, 0.3]")
+    if args.label_smoothing and args.task != "binary":
+        raise ModelError("--label-smoothing applies to the binary task only")
     if not 0.5 <= args.target_sensitivity < 1.0:
         raise ModelError(f"--target-sensitivity {args.target_sensitivity} must lie in [0.5, 1)")
     cfg = TrainConfig(
@@ -167,6 +188,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             batch_size=args.batch_size,
             learning_rate=args.learning_rate,
             patience=args.patience,
+            ema=args.ema,
+            label_smoothing=args.label_smoothing,
         ),
     )
     remove_stale(cfg.out_dir)

@@ -34,6 +34,10 @@ def _reproduce(meta: dict[str, Any]) -> str:
     ]
     if meta.get("width", 32) != 32:
         parts.append(f"--width {meta['width']}")
+    if opt.get("ema"):
+        parts.append(f"--ema {opt['ema']}")
+    if opt.get("label_smoothing"):
+        parts.append(f"--label-smoothing {opt['label_smoothing']}")
     crop = meta["preprocessing"].get("crop", 1.0)
     if crop < 1.0:
         parts.append(f"--crop {crop}")
@@ -49,6 +53,19 @@ def _reproduce(meta: dict[str, Any]) -> str:
     if t.get("exclude_family"):
         parts.append(f"--exclude-family {t['exclude_family']}")
     return " \\\n    ".join(parts)
+
+
+def _averaging(opt: dict[str, Any]) -> str:
+    """The weight averaging and label smoothing a run used, as a clause of the card."""
+    out = ""
+    if opt.get("ema"):
+        out += (
+            f", weights averaged (exponential moving average, momentum {opt['ema']}; the "
+            "averaged weights validated, checkpointed and shipped)"
+        )
+    if opt.get("label_smoothing"):
+        out += f", label smoothing {opt['label_smoothing']}"
+    return out
 
 
 def _probe_section(meta: dict[str, Any]) -> str:
@@ -219,7 +236,7 @@ learning.
 from the borders), resize to {meta["input_size"]} px, scale to [0, 1].
 - AdamW with warm-up and cosine learning-rate decay, balanced class weights, augmentation \
 (rotation, shift, zoom, gamma, contrast, brightness, blur, noise; no flips), checkpoint and \
-early stopping on validation AUC: best epoch {t["best_epoch"]} of {t["epochs_run"]}, \
+early stopping on validation AUC{_averaging(t["optimiser"])}: best epoch {t["best_epoch"]} of {t["epochs_run"]}, \
 {t["seconds"] / 60:.0f} min on {t["host"]["cpus"]} CPU cores, no GPU.
 {_members_line(t)}{_cost_line(meta)}- Calibration: Platt scaling fitted on the {cal.get("fitted_on", "validation split")} \
 (a = {cal["a"]:.3f}, b = {cal["b"]:.3f}); validation log-loss {cal["val_log_loss_before"]:.4f} before, \

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +35,20 @@ class FitParams:
     patience: int = 8
     head_epochs: int = 2
     fine_tune_fraction: float = 0.3
+    #: Momentum of an exponential moving average of the weights (Polyak averaging); the
+    #: averaged weights are the ones validated, checkpointed and kept. 0 turns it off.
+    ema: float = 0.0
+    #: Label smoothing of the cross-entropy targets (0 turns it off).
+    label_smoothing: float = 0.0
+
+    def recorded(self) -> dict[str, Any]:
+        """The settings as a member's recipe records them: ``ema`` and ``label_smoothing``
+        only when used, so members trained before they existed still match."""
+        out = asdict(self)
+        for key in ("ema", "label_smoothing"):
+            if not out[key]:
+                del out[key]
+        return out
 
 
 def class_weights(targets: npt.NDArray[np.int64], n_classes: int) -> dict[int, float]:
@@ -118,15 +132,21 @@ def validation_callback(
     return ValidationAUC()
 
 
-def _compile(model: keras.Model, task: str, lr: Any, weight_decay: float) -> None:
+def _compile(model: keras.Model, task: str, lr: Any, fit: FitParams) -> None:
     import keras
 
     loss = (
-        keras.losses.SparseCategoricalCrossentropy()
+        keras.losses.SparseCategoricalCrossentropy()  # integer targets: no smoothing
         if task == "type"
-        else keras.losses.BinaryCrossentropy()
+        else keras.losses.BinaryCrossentropy(label_smoothing=fit.label_smoothing)
     )
-    model.compile(optimizer=keras.optimizers.AdamW(lr, weight_decay=weight_decay), loss=loss)
+    optimizer = keras.optimizers.AdamW(
+        lr,
+        weight_decay=fit.weight_decay,
+        use_ema=fit.ema > 0,
+        ema_momentum=fit.ema if fit.ema > 0 else 0.99,
+    )
+    model.compile(optimizer=optimizer, loss=loss)
 
 
 def _schedule(lr: float, epochs: int, steps: int) -> Any:
@@ -196,7 +216,7 @@ def fit_model(
             else:
                 n = _set_trainable_top(model, backbone_name, fit.fine_tune_fraction)
                 log.info("fine_tune_start", unfrozen_layers=n)
-        _compile(model, task, _schedule(lr, epochs, steps), fit.weight_decay)
+        _compile(model, task, _schedule(lr, epochs, steps), fit)
         stopper = keras.callbacks.EarlyStopping(
             monitor="val_auc", mode="max", patience=fit.patience, restore_best_weights=True
         )
@@ -204,13 +224,16 @@ def fit_model(
             checkpoint, monitor="val_auc", mode="max", save_best_only=True
         )
         saver.best = best["auc"] if best["auc"] >= 0 else saver.best
+        # With weight averaging the averaged weights are swapped in at each epoch's end, so
+        # validation, the checkpoint and early stopping all see them (Keras SwapEMAWeights).
+        ema_swap = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if fit.ema > 0 else []
         log.info("phase_start", phase=phase, epochs=epochs, learning_rate=lr, steps=steps)
         result = model.fit(
             batches.stream(first_epoch=done),
             steps_per_epoch=steps,
             epochs=epochs,
             shuffle=False,  # the stream shuffles, deterministically
-            callbacks=[validation_callback(x_val, y_val, task), saver, stopper],
+            callbacks=[*ema_swap, validation_callback(x_val, y_val, task), saver, stopper],
             verbose=verbose,
         )
         aucs = result.history.get("val_auc", [])

@@ -7,7 +7,7 @@ import json
 import platform
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -247,7 +247,7 @@ def recipe(cfg: TrainConfig) -> dict[str, Any]:
         "split_seed": cfg.data_split_seed,
         "limit": cfg.limit,
         "exclude_family": cfg.exclude_family,
-        "fit": asdict(cfg.fit),
+        "fit": cfg.fit.recorded(),
         # recorded only when not the default, so members trained before --width still match
         **({"width": cfg.width} if cfg.width != 32 else {}),
     }
@@ -335,7 +335,7 @@ def base_metadata(
             "augmentation": aug.to_json(),
             "optimiser": {
                 "name": "AdamW",
-                **asdict(cfg.fit),
+                **cfg.fit.recorded(),
                 "schedule": "1 epoch linear warm-up from lr/10, then cosine decay to 2%",
                 "early_stopping": "on validation AUC",
                 "checkpoint": "best validation AUC",

@@ -94,3 +94,41 @@ def test_width_widens_small_cnn_and_is_recorded(chest_train: Path, tmp_path: Pat
     assert bundle.metadata["parameters"] < build_small_cnn(48, "binary").count_params() / 2
     assert main([*argv, "--backbone", "vgg16", "--width", "48"]) == 1
     assert main([*argv, "--width", "7"]) == 1
+
+
+def test_ema_ships_the_averaged_weights(chest_train: Path, tmp_path: Path) -> None:
+    """--ema keeps an exponential moving average of the weights and ships it: with momentum
+    0.999 over a few steps the averaged trainable weights have barely left their first
+    step's values (Keras starts the average there), while the same run without it has moved
+    them further; both options are recorded in model.json and the card."""
+    import keras
+
+    from screener.model.architectures import build_model, members_of
+
+    keras.utils.set_random_seed(42)  # what train does before building its first member
+    initial = [
+        keras.ops.convert_to_numpy(w)
+        for w in build_model("small_cnn", 48, "binary", None, width=16).trainable_weights
+    ]
+
+    def moved(out: Path) -> float:
+        network = members_of(load_bundle(out).model)[0]
+        weights = [keras.ops.convert_to_numpy(w) for w in network.trainable_weights]
+        return float(sum(np.abs(w - w0).sum() for w, w0 in zip(weights, initial, strict=True)))
+
+    argv = ["train", "--data", str(chest_train), "--width", "16", "--limit", "80"]
+    argv += ["--epochs", "2", "--input-size", "48", "--batch-size", "8", "--seed", "42"]
+    plain, averaged = tmp_path / "plain", tmp_path / "ema"
+    assert main([*argv, "--out", str(plain)]) == 0
+    assert main([*argv, "--out", str(averaged), "--ema", "0.999", "--label-smoothing", "0.1"]) == 0
+    assert moved(averaged) < 0.3 * moved(plain)
+    optimiser = json.loads((averaged / "model.json").read_text())["training"]["optimiser"]
+    assert optimiser["ema"] == 0.999 and optimiser["label_smoothing"] == 0.1
+    assert "ema" not in json.loads((plain / "model.json").read_text())["training"]["optimiser"]
+    card = (averaged / "MODEL_CARD.md").read_text()
+    assert "--ema 0.999" in card and "--label-smoothing 0.1" in card
+    assert main([*argv, "--out", str(tmp_path / "x"), "--ema", "0.5"]) == 1
+    assert (
+        main([*argv, "--out", str(tmp_path / "x"), "--label-smoothing", "0.1", "--task", "type"])
+        == 1
+    )
