@@ -66,6 +66,14 @@ def register(subparsers: Any) -> None:
         help="smooth the binary targets towards 0.5 by EPS (e.g. 0.1; default 0: off)",
     )
     p.add_argument(
+        "--mixup",
+        type=float,
+        default=0.0,
+        metavar="ALPHA",
+        help="mixup: blend each training image and its target with another's, "
+        "lambda ~ Beta(ALPHA, ALPHA) (e.g. 0.2; default 0: off)",
+    )
+    p.add_argument(
         "--input-size", type=int, default=224, metavar="PX", help="network input side (default 224)"
     )
     p.add_argument(
@@ -161,6 +169,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         raise ModelError(f"--label-smoothing {args.label_smoothing} must lie in [0, 0.3]")
     if args.label_smoothing and args.task != "binary":
         raise ModelError("--label-smoothing applies to the binary task only")
+    if not 0 <= args.mixup <= 1:
+        raise ModelError(f"--mixup {args.mixup} must lie in [0, 1]")
+    if args.mixup and args.task != "binary":
+        raise ModelError("--mixup applies to the binary task only")
     if not 0.5 <= args.target_sensitivity < 1.0:
         raise ModelError(f"--target-sensitivity {args.target_sensitivity} must lie in [0.5, 1)")
     cfg = TrainConfig(
@@ -190,6 +202,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             patience=args.patience,
             ema=args.ema,
             label_smoothing=args.label_smoothing,
+            mixup=args.mixup,
         ),
     )
     remove_stale(cfg.out_dir)

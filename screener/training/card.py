@@ -38,6 +38,8 @@ def _reproduce(meta: dict[str, Any]) -> str:
         parts.append(f"--ema {opt['ema']}")
     if opt.get("label_smoothing"):
         parts.append(f"--label-smoothing {opt['label_smoothing']}")
+    if opt.get("mixup"):
+        parts.append(f"--mixup {opt['mixup']}")
     crop = meta["preprocessing"].get("crop", 1.0)
     if crop < 1.0:
         parts.append(f"--crop {crop}")
@@ -65,6 +67,8 @@ def _averaging(opt: dict[str, Any]) -> str:
         )
     if opt.get("label_smoothing"):
         out += f", label smoothing {opt['label_smoothing']}"
+    if opt.get("mixup"):
+        out += f", mixup (Beta({opt['mixup']}, {opt['mixup']}))"
     return out
 
 

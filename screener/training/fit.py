@@ -40,12 +40,14 @@ class FitParams:
     ema: float = 0.0
     #: Label smoothing of the cross-entropy targets (0 turns it off).
     label_smoothing: float = 0.0
+    #: Mixup's Beta(alpha, alpha) (Zhang et al., ICLR 2018); 0 turns it off.
+    mixup: float = 0.0
 
     def recorded(self) -> dict[str, Any]:
-        """The settings as a member's recipe records them: ``ema`` and ``label_smoothing``
-        only when used, so members trained before they existed still match."""
+        """The settings as a member's recipe records them: ``ema``, ``label_smoothing`` and
+        ``mixup`` only when used, so members trained before they existed still match."""
         out = asdict(self)
-        for key in ("ema", "label_smoothing"):
+        for key in ("ema", "label_smoothing", "mixup"):
             if not out[key]:
                 del out[key]
         return out
@@ -78,11 +80,13 @@ class Batches:
         aug: AugmentParams,
         batch_size: int,
         seed: int,
+        mixup: float = 0.0,
     ) -> None:
         self.images, self.targets = images, targets
         self.sample_weight = np.array([weights[int(t)] for t in targets], dtype=np.float32)
         self.params, self.aug = params, aug
         self.batch_size, self.seed = batch_size, seed
+        self.mixup = mixup
 
     def __len__(self) -> int:
         return int(np.ceil(len(self.images) / self.batch_size))
@@ -92,7 +96,10 @@ class Batches:
         idx = np.sort(order[index * self.batch_size : (index + 1) * self.batch_size])
         rng = np.random.default_rng([self.seed, epoch, index])
         x = augment_batch(self.images[idx], self.params, self.aug, rng)
-        return x, self.targets[idx].astype(np.float32), self.sample_weight[idx]
+        y, weight = self.targets[idx].astype(np.float32), self.sample_weight[idx]
+        if self.mixup > 0:
+            x, y, weight = mix(x, y, weight, self.mixup, rng)
+        return x, y, weight
 
     def stream(self, first_epoch: int = 0) -> Iterator[tuple[Any, Any, Any]]:
         epoch = first_epoch
@@ -100,6 +107,28 @@ class Batches:
             for index in range(len(self)):
                 yield self.batch(epoch, index)
             epoch += 1
+
+
+def mix(
+    x: npt.NDArray[np.float32],
+    y: npt.NDArray[np.float32],
+    weight: npt.NDArray[np.float32],
+    alpha: float,
+    rng: np.random.Generator,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """Mixup (Zhang et al., ICLR 2018): each image blended with another of its batch, its
+    binary target and class weight blended alike. ``lambda ~ Beta(alpha, alpha)`` is folded
+    to at least 0.5, so each image stays mostly itself."""
+    partner = rng.permutation(len(x))
+    lam = rng.beta(alpha, alpha, size=len(x)).astype(np.float32)
+    lam = np.maximum(lam, 1.0 - lam)
+    shape = (-1,) + (1,) * (x.ndim - 1)
+    mixed = lam.reshape(shape) * x + (1.0 - lam.reshape(shape)) * x[partner]
+    return (
+        mixed.astype(np.float32),
+        lam * y + (1.0 - lam) * y[partner],
+        lam * weight + (1.0 - lam) * weight[partner],
+    )
 
 
 def validation_callback(

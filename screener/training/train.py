@@ -137,7 +137,7 @@ def train(cfg: TrainConfig) -> Bundle:
     for index in range(cfg.members):
         seed = cfg.seed + index
         keras.utils.set_random_seed(seed)
-        batches = Batches(x_train, targets, cw, pre, aug, cfg.fit.batch_size, seed)
+        batches = Batches(x_train, targets, cw, pre, aug, cfg.fit.batch_size, seed, cfg.fit.mixup)
         results.append(train_member(cfg, index, seed, weights, batches, x_val, y_val))
     model = load_members(cfg.out_dir, cfg.members, cfg.task)
     result = ensemble_result(results)

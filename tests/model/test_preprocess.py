@@ -66,3 +66,36 @@ def test_centre_crop_drops_the_borders() -> None:
     assert PreprocessParams.from_json(legacy).crop == 1.0
     with pytest.raises(ModelError, match="crop"):
         PreprocessParams(crop=0.3)
+
+
+def test_mixup_blends_images_targets_and_weights_alike() -> None:
+    """With --mixup a batch's images are blends of two films, each mostly itself: its target
+    and class weight are the same blend, so a normal film mixed with a pneumonia gets a
+    target below 0.5 and a weight between the two classes'; the stream stays seeded, and
+    without mixup the batch is the augmented films alone."""
+    from screener.training.fit import Batches
+
+    dark, bright = np.full((224, 224), 30, np.uint8), np.full((224, 224), 220, np.uint8)
+    images = np.stack([dark, bright] * 8)
+    targets = np.array([0, 1] * 8, dtype=np.int64)
+    params = PreprocessParams(input_size=32, normalisation="none")
+    aug = AugmentParams(noise_p=0.0, blur_p=0.0, brightness=0.0)
+    weights = {0: 3.0, 1: 1.0}
+    plain = Batches(images, targets, weights, params, aug, 16, seed=3)
+    mixed = Batches(images, targets, weights, params, aug, 16, seed=3, mixup=0.4)
+    x0, y0, w0 = plain.batch(0, 0)
+    x, y, w = mixed.batch(0, 0)
+    assert set(y0.tolist()) == {0.0, 1.0} and set(w0.tolist()) == {1.0, 3.0}
+    blended = (y > 0) & (y < 1)
+    assert blended.sum() >= 4  # half of the partners have the other label
+    assert np.all(np.round(y) == y0)  # lambda >= 0.5: each film stays mostly itself
+    assert np.allclose(w[blended], 3.0 - 2.0 * y[blended])  # the weight blended as the target
+    # each blended image's mean is lam * its own film's + (1 - lam) * a film of the other class
+    lam = 1.0 - np.abs(y - y0)
+    means, own = x.mean(axis=(1, 2, 3)), x0.mean(axis=(1, 2, 3))
+    partner = (means - lam * own)[blended] / (1.0 - lam[blended])
+    for p, label in zip(partner, y0[blended], strict=True):
+        others = own[y0 != label]
+        assert others.min() - 1e-4 <= p <= others.max() + 1e-4
+    again = Batches(images, targets, weights, params, aug, 16, seed=3, mixup=0.4).batch(0, 0)
+    assert all(np.array_equal(a, b) for a, b in zip((x, y, w), again, strict=True))
