@@ -140,6 +140,16 @@ def register(subparsers: Any) -> None:
         "into the card and the calibration is fitted on its unseen-family scores",
     )
     p.add_argument(
+        "--with-members",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="add the finished ensemble members of another run (same data, split, input size, "
+        "normalisation and task; another optimisation, augmentation or width) to this run's: "
+        "a diverse ensemble (repeatable)",
+    )
+    p.add_argument(
         "--population-age",
         type=int,
         nargs=2,
@@ -195,6 +205,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         split_seed=args.split_seed,
         probe_dir=args.probe,
         population_age=(args.population_age[0], args.population_age[1]),
+        with_members=tuple(args.with_members),
         fit=FitParams(
             epochs=args.epochs,
             batch_size=args.batch_size,

@@ -12,7 +12,7 @@ from typing import Any
 from screener.model.bundle import CARD_FILE
 
 
-def _reproduce(meta: dict[str, Any]) -> str:
+def reproduce_command(meta: dict[str, Any]) -> str:
     t, opt = meta["training"], meta["training"]["optimiser"]
     split = t["split"]
     parts = [
@@ -43,9 +43,11 @@ def _reproduce(meta: dict[str, Any]) -> str:
     crop = meta["preprocessing"].get("crop", 1.0)
     if crop < 1.0:
         parts.append(f"--crop {crop}")
-    members = t.get("members") or []
+    members = [m for m in t.get("members") or [] if "from" not in m]
     if len(members) > 1:
         parts.append(f"--members {len(members)}")
+    for index, _ in enumerate(t.get("with_members") or []):
+        parts.append(f"--with-members <run {index + 1}>")
     if t.get("seed", split["seed"]) != split["seed"]:
         parts.append(f"--split-seed {split['seed']}")
     if (meta.get("shift_proxy") or {}).get("probe_bundle"):
@@ -55,6 +57,15 @@ def _reproduce(meta: dict[str, Any]) -> str:
     if t.get("exclude_family"):
         parts.append(f"--exclude-family {t['exclude_family']}")
     return " \\\n    ".join(parts)
+
+
+def _joined_runs(meta: dict[str, Any]) -> str:
+    """The commands that made the runs whose members joined this one (--with-members)."""
+    text = ""
+    for index, run in enumerate(meta["training"].get("with_members") or []):
+        command = run.get("reproduce") or "(not recorded: the run had not finished as a bundle)"
+        text += f"\n`<run {index + 1}>` is the folder of:\n\n```\n{command}\n```\n"
+    return text
 
 
 def _averaging(opt: dict[str, Any]) -> str:
@@ -252,8 +263,9 @@ specificity played no part in the choice.
 Reproduce (same data and seed; bit-identical only with the same software and CPU):
 
 ```
-{_reproduce(meta)}
+{reproduce_command(meta)}
 ```
+{_joined_runs(meta)}
 
 ## Validation metrics (patient-level validation split, shipped threshold)
 
@@ -312,12 +324,20 @@ def _members_line(t: dict[str, Any]) -> str:
     members = t.get("members") or []
     if len(members) <= 1:
         return ""
-    seeds = ", ".join(str(m["seed"]) for m in members)
+    seeds = ", ".join(
+        str(m["seed"]) + (f" ({m['variant']})" if m.get("variant") else "") for m in members
+    )
     epochs = ", ".join(f"{m['best_epoch']}/{m['epochs_run']}" for m in members)
     minutes = sum(m["seconds"] for m in members) / 60
+    how = (
+        "trained on one split, those marked in brackets by another recipe in another run "
+        "(`--with-members`)"
+        if any(m.get("from") for m in members)
+        else "trained alike on one split"
+    )
     return (
         f"- **Deep ensemble of {len(members)} networks** (seeds {seeds}; best epoch / epochs run "
-        f"{epochs}; {minutes:.0f} min in all), trained alike on one split; the bundle averages "
+        f"{epochs}; {minutes:.0f} min in all), {how}; the bundle averages "
         "their logits (Lakshminarayanan et al., NeurIPS 2017). The figures above for epochs "
         "are the first member's.\n"
     )

@@ -219,9 +219,16 @@ def candidate_figures(
 
 def member_candidates(probe_dir: Path, target: float) -> list[dict[str, Any]]:
     """Each probe member alone, then the ensembles of the first 2, 3, ... members."""
+    from screener.model.bundle import read_metadata
+
     scores = load_scores(probe_dir)
     val, y, unseen = scores["val_logits"], scores["val_labels"], scores["unseen_logits"]
-    subsets = [([k], f"single network (member {k})") for k in range(len(val))]
+    records = read_metadata(probe_dir)["training"].get("members") or []
+    variants = [r.get("variant", "") for r in records] + [""] * len(val)
+    subsets = [
+        ([k], f"single network (member {k}{', ' + variants[k] if variants[k] else ''})")
+        for k in range(len(val))
+    ]
     subsets += [(list(range(n)), f"ensemble of {n}") for n in range(2, len(val) + 1)]
     return [
         {"name": name, "members": index, **candidate_figures(val[index], y, unseen[index], target)}

@@ -7,6 +7,7 @@ import json
 import platform
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,9 @@ class TrainConfig:
     #: The training films' age range in completed years, declared in the bundle for the
     #: population guard (the Kermany films: children one to five years old).
     population_age: tuple[int, int] = (1, 5)
+    #: Other runs' folders whose finished members join this run's in the ensemble (a
+    #: diverse ensemble: members of another recipe on the same data, split and input).
+    with_members: tuple[Path, ...] = ()
 
     @property
     def data_split_seed(self) -> int:
@@ -118,6 +122,8 @@ def train(cfg: TrainConfig) -> Bundle:
         raise ModelError(f"--members {cfg.members} must be at least 1")
 
     samples = select_samples(cfg)
+    for folder in cfg.with_members:  # refuse a mismatch before hours of training
+        borrowed_members(folder, cfg)
     train_s, val_s = data.split_by_patient(samples, cfg.val_fraction, cfg.data_split_seed)
     split = data.split_description(train_s, val_s, cfg.val_fraction, cfg.data_split_seed)
     log.info("split_done", **{k: v for k, v in split.items() if k in ("train", "validation")})
@@ -139,8 +145,9 @@ def train(cfg: TrainConfig) -> Bundle:
         keras.utils.set_random_seed(seed)
         batches = Batches(x_train, targets, cw, pre, aug, cfg.fit.batch_size, seed, cfg.fit.mixup)
         results.append(train_member(cfg, index, seed, weights, batches, x_val, y_val))
-    model = load_members(cfg.out_dir, cfg.members, cfg.task)
-    result = ensemble_result(results)
+    borrowed = [m for folder in cfg.with_members for m in borrowed_members(folder, cfg)]
+    model = load_members(cfg.out_dir, cfg.members, cfg.task, [path for path, _ in borrowed])
+    result = ensemble_result(results + [record for _, record in borrowed])
     train_seconds = time.monotonic() - started
     log.info("training_done", seconds=round(train_seconds), members=cfg.members)
 
@@ -253,14 +260,90 @@ def recipe(cfg: TrainConfig) -> dict[str, Any]:
     }
 
 
-def load_members(out_dir: Path, count: int, task: str) -> Any:
-    """The trained members as one network (a single member is returned as it is)."""
+def load_members(out_dir: Path, count: int, task: str, extra: Sequence[Path] = ()) -> Any:
+    """The trained members (this run's, then ``extra`` member files) as one network (a
+    single member is returned as it is)."""
     import keras
 
-    members = [
-        keras.models.load_model(member_path(out_dir, i), compile=False) for i in range(count)
-    ]
+    paths = [member_path(out_dir, i) for i in range(count)] + list(extra)
+    members = [keras.models.load_model(path, compile=False) for path in paths]
     return architectures.build_ensemble(members, task)
+
+
+#: What members joined from another run must share with this run: the data, the split,
+#: the input and the task (the optimisation, augmentation and width may differ).
+SHARED_RECIPE = (
+    "backbone",
+    "weights",
+    "task",
+    "input_size",
+    "normalisation",
+    "crop",
+    "val_fraction",
+    "data_dir",
+    "split_seed",
+    "limit",
+    "exclude_family",
+)
+
+
+def borrowed_members(folder: Path, cfg: TrainConfig) -> list[tuple[Path, dict[str, Any]]]:
+    """The finished members of another run (``--with-members``), each with its training
+    record marked with where it came from and how its recipe differs from this run's.
+
+    Refused unless every member was trained on the same data, split, input and task.
+    """
+    mine = recipe(cfg)
+    found: list[tuple[Path, dict[str, Any]]] = []
+    index = 0
+    while member_path(folder, index).is_file():
+        path = member_path(folder, index)
+        record_path = path.with_suffix(".json")
+        if not record_path.is_file():
+            break
+        record: dict[str, Any] = json.loads(record_path.read_text())
+        theirs = record.get("recipe") or {}
+        differs = [k for k in SHARED_RECIPE if theirs.get(k) != mine.get(k)]
+        if cfg.limit and record.get("seed") != cfg.seed:  # --limit samples by the seed
+            differs.append("seed")
+            theirs, mine = {**theirs, "seed": record.get("seed")}, {**mine, "seed": cfg.seed}
+        if differs:
+            raise ModelError(
+                f"--with-members {folder}: member {index} differs from this run in "
+                + ", ".join(f"{k} ({theirs.get(k)!r} vs {mine.get(k)!r})" for k in differs)
+            )
+        found.append((path, {**record, "from": str(folder), "variant": variant(theirs, mine)}))
+        index += 1
+    if not found:
+        raise ModelError(
+            f"--with-members {folder}: no finished members under {folder / MEMBERS_DIR}"
+        )
+    return found
+
+
+def joined_run(folder: Path) -> dict[str, Any]:
+    """What model.json records of a run whose members joined: its folder and, where it
+    finished as a bundle, its name, UID and the command that reproduces it."""
+    from screener.model.bundle import read_metadata
+    from screener.training.card import reproduce_command
+
+    out: dict[str, Any] = {"folder": folder.name}
+    if (folder / "model.json").is_file():
+        meta = read_metadata(folder)
+        out.update(name=meta["name"], uid=meta["uid"], reproduce=reproduce_command(meta))
+    return out
+
+
+def variant(theirs: dict[str, Any], mine: dict[str, Any]) -> str:
+    """How a joined member's recipe differs from this run's, in words (``""``: it does not)."""
+    parts = []
+    fit_theirs, fit_mine = theirs.get("fit") or {}, mine.get("fit") or {}
+    for key in sorted(set(fit_theirs) | set(fit_mine)):
+        if fit_theirs.get(key) != fit_mine.get(key):
+            parts.append(f"{key.replace('_', ' ')} {fit_theirs.get(key, 0)}")
+    if theirs.get("width", 32) != mine.get("width", 32):
+        parts.append(f"width {theirs.get('width', 32)}")
+    return ", ".join(parts)
 
 
 def ensemble_result(results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -272,7 +355,12 @@ def ensemble_result(results: list[dict[str, Any]]) -> dict[str, Any]:
         "best_val_auc": first["best_val_auc"],
         "epochs_run": first["epochs_run"],
         "members": [
-            {k: r[k] for k in ("seed", "best_epoch", "best_val_auc", "epochs_run", "seconds")}
+            {
+                **{
+                    k: r[k] for k in ("seed", "best_epoch", "best_val_auc", "epochs_run", "seconds")
+                },
+                **{k: r[k] for k in ("from", "variant") if k in r},
+            }
             for r in results
         ],
     }
@@ -345,6 +433,11 @@ def base_metadata(
             "epochs_run": result["epochs_run"],
             "best_val_auc_uncalibrated": result["best_val_auc"],
             "members": result["members"],
+            **(
+                {"with_members": [joined_run(f) for f in cfg.with_members]}
+                if cfg.with_members
+                else {}
+            ),
             "history": result["history"],
             "seconds": round(seconds, 1),
             "host": {"cpus": _cpus(), "machine": platform.machine(), "accelerator": "none"},

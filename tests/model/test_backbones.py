@@ -132,3 +132,37 @@ def test_ema_ships_the_averaged_weights(chest_train: Path, tmp_path: Path) -> No
         main([*argv, "--out", str(tmp_path / "x"), "--label-smoothing", "0.1", "--task", "type"])
         == 1
     )
+
+
+def test_with_members_joins_another_runs_members(chest_train: Path, tmp_path: Path) -> None:
+    """--with-members DIR adds another run's finished members (another recipe: mixup) to
+    this run's ensemble: the bundle's member logits are this run's network's and then the
+    other run's, each member's recipe is recorded and the card says how to make both runs;
+    a run on another split or input size is refused before any training."""
+    from screener.training.train import member_path
+
+    argv = ["train", "--data", str(chest_train), "--width", "16", "--limit", "40"]
+    argv += ["--epochs", "1", "--input-size", "48", "--val-fraction", "0.4"]
+    other, joined = tmp_path / "mixup", tmp_path / "joined"
+    assert main([*argv, "--out", str(other), "--mixup", "0.2"]) == 0
+    assert main([*argv, "--out", str(joined), "--with-members", str(other)]) == 0
+
+    films = np.stack([np.full((224, 224), v, np.uint8) for v in (40, 120, 200)])
+    films[:, 60:160, 60:160] = 90
+    both = load_bundle(joined).member_logits(films)
+    assert both.shape == (2, 3)
+    assert np.allclose(both[1], load_bundle(other).member_logits(films)[0], atol=1e-5)
+    assert member_path(joined, 1).exists() is False  # joined members stay in their own run
+    members = json.loads((joined / "model.json").read_text())["training"]["members"]
+    assert [m.get("variant", "") for m in members] == ["", "mixup 0.2"]
+    assert members[1]["from"] == str(other)
+    card = (joined / "MODEL_CARD.md").read_text()
+    assert "--with-members <run 1>" in card and "--mixup 0.2" in card
+    assert "seeds 42, 42 (mixup 0.2)" in card
+
+    refused = tmp_path / "refused"
+    assert (
+        main([*argv, "--out", str(refused), "--with-members", str(other), "--split-seed", "7"]) == 1
+    )
+    assert main([*argv, "--out", str(refused), "--with-members", str(tmp_path / "none")]) == 1
+    assert not (refused / "members").exists()  # refused before training
