@@ -158,8 +158,8 @@ def train(cfg: TrainConfig) -> Bundle:
 
         shift_platt = shift_calibration(cfg.probe_dir)
         meta["shift_proxy"] = probe_record(cfg.probe_dir, shift_platt)
-        meta["model_selection"] = model_selection(
-            cfg.probe_dir, cfg.members, cfg.target_sensitivity
+        meta["model_selection"] = model_selection(  # the probe's members in the same order
+            cfg.probe_dir, cfg.members + len(borrowed), cfg.target_sensitivity
         )
     bundle = finalize(
         cfg.out_dir, model, meta, x_val_raw, y_val, cfg.target_sensitivity, shift_platt

@@ -97,3 +97,29 @@ def test_training_resumes_after_the_last_finished_member(
     assert (out / "members" / "member0.keras").read_bytes() == before
     assert (out / "members" / "member1.json").is_file()
     assert [m["seed"] for m in meta["training"]["members"]] == [1, 2]  # type: ignore[index]
+
+
+def test_probe_of_a_diverse_ensemble_judges_the_bundle_it_ships(
+    chest_train: Path, tmp_path: Path
+) -> None:
+    """A probe and a bundle each of one plain member and one joined by --with-members from a
+    mixup run: the probe's candidates are named by their recipe, and the bundle is judged as
+    the ensemble of both (its own member and the joined one), not its own member alone."""
+    base = ["train", "--data", str(chest_train), *ARGS, "--seed", "1", "--split-seed", "42"]
+    family = ["--exclude-family", "NORMAL2-IM"]
+    runs = tmp_path / "runs"
+    assert main([*base, *family, "--mixup", "0.2", "--out", str(runs / "probe-mixup")]) == 0
+    probe = ["--with-members", str(runs / "probe-mixup"), "--out", str(runs / "probe")]
+    assert main([*base, *family, *probe]) == 0
+    assert main([*base, "--mixup", "0.2", "--out", str(runs / "mixup")]) == 0
+    bundle = ["--with-members", str(runs / "mixup"), "--probe", str(runs / "probe")]
+    assert main([*base, *bundle, "--out", str(runs / "bundle")]) == 0
+
+    selection = json.loads((runs / "bundle" / "model.json").read_text())["model_selection"]
+    names = [c["name"] for c in selection["candidates"]]
+    assert names == [
+        "single network (member 0)",
+        "single network (member 1, mixup 0.2)",
+        "ensemble of 2",
+    ]
+    assert "the candidate 'ensemble of 2'" in selection["choice"]
