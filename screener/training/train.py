@@ -237,39 +237,6 @@ def train_member(
     return record
 
 
-def recipe(cfg: TrainConfig) -> dict[str, Any]:
-    """What a finished member must share with the run that wants to reuse it."""
-    keep = (
-        "backbone",
-        "weights",
-        "task",
-        "input_size",
-        "normalisation",
-        "crop",
-        "val_fraction",
-    )
-    return {
-        **{k: getattr(cfg, k) for k in keep},
-        "data_dir": str(cfg.data_dir),
-        "split_seed": cfg.data_split_seed,
-        "limit": cfg.limit,
-        "exclude_family": cfg.exclude_family,
-        "fit": cfg.fit.recorded(),
-        # recorded only when not the default, so members trained before --width still match
-        **({"width": cfg.width} if cfg.width != 32 else {}),
-    }
-
-
-def load_members(out_dir: Path, count: int, task: str, extra: Sequence[Path] = ()) -> Any:
-    """The trained members (this run's, then ``extra`` member files) as one network (a
-    single member is returned as it is)."""
-    import keras
-
-    paths = [member_path(out_dir, i) for i in range(count)] + list(extra)
-    members = [keras.models.load_model(path, compile=False) for path in paths]
-    return architectures.build_ensemble(members, task)
-
-
 #: What members joined from another run must share with this run: the data, the split,
 #: the input and the task (the optimisation, augmentation and width may differ).
 SHARED_RECIPE = (
@@ -285,6 +252,35 @@ SHARED_RECIPE = (
     "limit",
     "exclude_family",
 )
+
+
+def recipe(cfg: TrainConfig) -> dict[str, Any]:
+    """What a finished member must share with the run that wants to reuse it: the
+    :data:`SHARED_RECIPE`, the optimisation and the width."""
+    shared = {
+        **{k: getattr(cfg, k) for k in SHARED_RECIPE[:7]},
+        "data_dir": str(cfg.data_dir),
+        "split_seed": cfg.data_split_seed,
+        "limit": cfg.limit,
+        "exclude_family": cfg.exclude_family,
+    }
+    assert tuple(shared) == SHARED_RECIPE
+    return {
+        **shared,
+        "fit": cfg.fit.recorded(),
+        # recorded only when not the default, so members trained before --width still match
+        **({"width": cfg.width} if cfg.width != 32 else {}),
+    }
+
+
+def load_members(out_dir: Path, count: int, task: str, extra: Sequence[Path] = ()) -> Any:
+    """The trained members (this run's, then ``extra`` member files) as one network (a
+    single member is returned as it is)."""
+    import keras
+
+    paths = [member_path(out_dir, i) for i in range(count)] + list(extra)
+    members = [keras.models.load_model(path, compile=False) for path in paths]
+    return architectures.build_ensemble(members, task)
 
 
 def borrowed_members(folder: Path, cfg: TrainConfig) -> list[tuple[Path, dict[str, Any]]]:
