@@ -266,7 +266,6 @@ Reproduce (same data and seed; bit-identical only with the same software and CPU
 {reproduce_command(meta)}
 ```
 {_joined_runs(meta)}
-
 ## Validation metrics (patient-level validation split, shipped threshold)
 
 | metric | value |
