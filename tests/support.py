@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -71,12 +72,22 @@ class ServeProcess:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "screener.cli", self.command, *extra],
                 cwd=self.tmp_path,
-                env={**os.environ, **self.env},
+                # faulthandler: a start-up that hangs is dumped (below) rather than guessed at
+                env={**os.environ, "PYTHONFAULTHANDLER": "1", **self.env},
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
         ServeProcess.started.append(self)
-        wait_for(lambda: ready in self.log() or self.proc.poll() is not None, 60)
+        try:
+            wait_for(lambda: ready in self.log() or self.proc.poll() is not None, 60)
+        except AssertionError:
+            # SIGABRT makes faulthandler write every thread's stack to the log
+            self.proc.send_signal(signal.SIGABRT)
+            self.proc.wait(timeout=30)
+            raise AssertionError(
+                f"screener {self.command} did not log {ready} within 60 s; its log, ending "
+                f"with the stacks where it hung:\n{self.log()[-6000:]}"
+            ) from None
         assert self.proc.poll() is None, f"screener {self.command} exited early:\n{self.log()}"
         return self
 
