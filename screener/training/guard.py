@@ -86,6 +86,11 @@ def bundle_split(bundle: Bundle, data_dir: Path | None) -> tuple[list[Any], list
     if not split:
         raise ModelError(f"bundle {bundle.name!r} records no validation split in model.json")
     root = data_dir or Path(t["data_dir"])
+    if data_dir is None and not root.is_dir():
+        raise ModelError(
+            f"the bundle's training folder {str(root)!r} (as recorded in model.json, relative "
+            "to where training ran) is not here: give it with --data"
+        )
     cfg = TrainConfig(
         data_dir=root,
         out_dir=bundle.path,

@@ -61,6 +61,27 @@ def test_evaluate_validation_split_reproduces_model_json(tiny_bundle: Path, tmp_
     assert (out / "roc.png").is_file() and (out / "confusion.png").is_file()
 
 
+def test_evaluate_validation_split_asks_for_a_moved_training_folder(
+    tiny_bundle: Path, chest_train: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """model.json records the training folder as given to train (``../shared/...``): run from
+    elsewhere, evaluate says so and how to point at it, and --data does."""
+    import shutil
+
+    moved = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, moved)
+    meta = json.loads((moved / "model.json").read_text())
+    meta["training"]["data_dir"] = "../not-here/chest_xray/train"
+    (moved / "model.json").write_text(json.dumps(meta))
+    assert main(["evaluate", "--model", str(moved), "--split", "validation"]) != 0
+    err = capsys.readouterr().err
+    assert "'../not-here/chest_xray/train'" in err and "give it with --data" in err
+    out = tmp_path / "eval"
+    args = ["evaluate", "--model", str(moved), "--split", "validation", "--out", str(out)]
+    assert main([*args, "--data", str(chest_train)]) == 0
+    assert (out / "metrics.json").is_file()
+
+
 def test_evaluate_labels_csv(tiny_bundle: Path, chest_train: Path, tmp_path: Path) -> None:
     """A path,label CSV is scored; an unreadable file is skipped and reported, not fatal."""
     normals = sorted((chest_train / "NORMAL").iterdir())[:3]
