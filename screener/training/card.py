@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from screener.model.bundle import CARD_FILE
+from screener.model.metrics import wilson_interval
 
 
 def reproduce_command(meta: dict[str, Any]) -> str:
@@ -94,6 +95,12 @@ def _f(value: Any, digits: int = 3) -> str:
     return "-" if value is None else f"{float(value):.{digits}f}"
 
 
+def _with_interval(value: Any, successes: int | None, n: int) -> str:
+    """A proportion with its 95% Wilson interval, when the counts behind it are known."""
+    ci = wilson_interval(successes, n) if successes is not None else None
+    return _f(value) if ci is None else f"{_f(value)} ({ci[0]:.3f}-{ci[1]:.3f})"
+
+
 def _shift_section(meta: dict[str, Any]) -> str:
     """The shift proxy: the model-selection criterion, beside the flattering validation."""
     sp = meta.get("shift_proxy")
@@ -101,9 +108,17 @@ def _shift_section(meta: dict[str, Any]) -> str:
         return ""
     m = meta["validation_metrics"]
     under = sp.get("under_shift_calibration") or {}
+    c = m.get("confusion") or {}
+    normals = int(sp["unseen_normals"])
+    passed = normals - round(float(sp["flagged_unseen"]))
+    probe_ci = wilson_interval(passed, normals)
     rows = [
         ("AUC", _f(m["auc"], 4), _f(sp["auc"], 4)),
-        ("specificity at the threshold", _f(m["specificity"]), _f(sp["specificity_unseen"])),
+        (
+            "specificity at the threshold (95% CI, Wilson)",
+            _with_interval(m["specificity"], c.get("tn"), c.get("tn", 0) + c.get("fp", 0)),
+            _with_interval(sp["specificity_unseen"], passed, normals),
+        ),
         (
             "best specificity with sensitivity >= 0.95",
             _f(m.get("specificity_at_sensitivity_0_95")),
@@ -145,6 +160,15 @@ half they are {_f(under.get("cross_fitted_brier"), 4)} and {_f(under.get("cross_
                 f"{_f(c.get('specificity_at_sensitivity_0_95'))} | {c.get('note', '')} |"
             )
         text += "\nCandidates, all judged on the probe:\n\n" + "\n".join(lines) + "\n"
+        if probe_ci is not None:
+            lo, hi = probe_ci
+            text += (
+                f"\nThe probe has {normals} unseen normals: the 95% interval of this bundle's "
+                f"specificity on them is {lo:.3f}-{hi:.3f} (about {normals * (hi - lo) / 2:.0f} "
+                "films either way), the spread to expect on another batch like it. Candidates "
+                "are scored on the same films, so differences between them are measured more "
+                "finely than that; retraining one recipe moves them as well.\n"
+            )
         text += f"\n{selection['choice']}\n"
     return text
 
