@@ -108,7 +108,7 @@ def _shift_section(meta: dict[str, Any]) -> str:
         return ""
     m = meta["validation_metrics"]
     under = sp.get("under_shift_calibration") or {}
-    c = m.get("confusion") or {}
+    confusion = m.get("confusion") or {}
     normals = int(sp["unseen_normals"])
     passed = normals - round(float(sp["flagged_unseen"]))
     probe_ci = wilson_interval(passed, normals)
@@ -116,7 +116,11 @@ def _shift_section(meta: dict[str, Any]) -> str:
         ("AUC", _f(m["auc"], 4), _f(sp["auc"], 4)),
         (
             "specificity at the threshold (95% CI, Wilson)",
-            _with_interval(m["specificity"], c.get("tn"), c.get("tn", 0) + c.get("fp", 0)),
+            _with_interval(
+                m["specificity"],
+                confusion.get("tn"),
+                confusion.get("tn", 0) + confusion.get("fp", 0),
+            ),
             _with_interval(sp["specificity_unseen"], passed, normals),
         ),
         (

@@ -88,8 +88,8 @@ def bundle_split(bundle: Bundle, data_dir: Path | None) -> tuple[list[Any], list
     root = data_dir or Path(t["data_dir"])
     if data_dir is None and not root.is_dir():
         raise ModelError(
-            f"the bundle's training folder {str(root)!r} (as recorded in model.json, relative "
-            "to where training ran) is not here: give it with --data"
+            f"the bundle's training folder {str(root)!r} (recorded in model.json; a relative "
+            "one is read from the current folder) is not here: give it with --data"
         )
     cfg = TrainConfig(
         data_dir=root,
