@@ -52,6 +52,10 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: floa
         time.sleep(interval)
 
 
+#: how long a ``screener serve``/``web`` child may take to start (it takes about 2 s)
+START_SECONDS = 60
+
+
 class ServeProcess:
     """``screener serve`` (or ``screener web``) as a real child process, configured by
     environment variables."""
@@ -79,13 +83,13 @@ class ServeProcess:
             )
         ServeProcess.started.append(self)
         try:
-            wait_for(lambda: ready in self.log() or self.proc.poll() is not None, 60)
+            wait_for(lambda: ready in self.log() or self.proc.poll() is not None, START_SECONDS)
         except AssertionError:
             # SIGABRT makes faulthandler write every thread's stack to the log
             self.proc.send_signal(signal.SIGABRT)
             self.proc.wait(timeout=30)
             raise AssertionError(
-                f"screener {self.command} did not log {ready} within 60 s; its log, ending "
+                f"screener {self.command} did not log {ready} within {START_SECONDS} s; its log, ending "
                 f"with the stacks where it hung:\n{self.log()[-6000:]}"
             ) from None
         assert self.proc.poll() is None, f"screener {self.command} exited early:\n{self.log()}"
