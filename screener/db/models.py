@@ -222,6 +222,8 @@ class AuditEvent(Base):
     job_id: Mapped[int | None] = mapped_column(Integer)
     calling_ae_title: Mapped[str | None] = mapped_column(AE)
     path: Mapped[str | None] = mapped_column(String(1024))
+    #: the web user who did it (an upload queued, dead letters sent again); None otherwise
+    actor: Mapped[str | None] = mapped_column(String(64))
 
 
 class Review(Base):
@@ -242,3 +244,32 @@ class Review(Base):
     note: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     reader: Mapped[str | None] = mapped_column(String(64))  # login or web user; None before 0006
+
+
+class WebSession(Base):
+    """A login to the web worklist, held on the server: the browser's cookie carries a random
+    token whose SHA-256 is the key, so logging out (the row deleted) revokes every copy of it."""
+
+    __tablename__ = "web_sessions"
+
+    token_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user: Mapped[str] = mapped_column(String(64), index=True)
+    #: SHA-256 of the user's ``web.users`` entry at login: a changed password ends the session
+    credential: Mapped[str] = mapped_column(String(64))
+    csrf: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class WebCredential(Base):
+    """A password hash re-made with today's scrypt cost at a successful login, for a
+    ``web.users`` entry made with a weaker one; it answers for that entry (``source``, the
+    entry's SHA-256) until the entry changes."""
+
+    __tablename__ = "web_credentials"
+
+    user: Mapped[str] = mapped_column(String(64), primary_key=True)
+    source: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(256))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
