@@ -15,7 +15,13 @@ Two kinds of figures:
 
 ``/healthz`` answers 200 while the process serves HTTP; ``/readyz`` 200 only when the
 database answers, the model is loaded (every worker process has loaded the bundle) and the
-listener is bound, else 503 with the failed checks (JSON either way).
+listener is bound, else 503 with the failed checks (JSON either way), each with a fixed reason
+(a check that raises is logged, its text never served).
+
+The HTTP server is bounded: at most :data:`MAX_CONNECTIONS` connections are handled at once
+(one thread each); one more is answered ``503 busy`` and closed. A connection silent for
+:data:`IDLE_TIMEOUT_SECONDS` (sending nothing, or not reading its answer) is dropped, so idle
+connections free their slots within seconds.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -260,18 +267,85 @@ class _Forward:
         yield from self.source.collect()
 
 
-Check = Callable[[], str | None]  # None when fine, else why not
+Check = Callable[[], str | None]  # None when fine, else why not (a fixed sentence, no data)
+
+#: Connections handled at once; Prometheus and a few probes need two or three.
+MAX_CONNECTIONS = 8
+#: Seconds of silence (nothing sent, or the answer not read) before a connection is dropped.
+IDLE_TIMEOUT_SECONDS = 5.0
+#: What ``/readyz`` says of a check that raised (the exception goes to the log only).
+RAISED_REASONS = {"database": "database unreachable"}
+
+_BUSY = (
+    b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+    b"Content-Length: 5\r\nConnection: close\r\n\r\nbusy\n"
+)
+
+
+class BoundedHTTPServer(ThreadingHTTPServer):
+    """A thread per connection, at most ``max_connections`` of them; beyond: 503 and closed."""
+
+    daemon_threads = True
+    block_on_close = False  # stop() must not wait on a client that holds its connection open
+
+    def __init__(
+        self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], max_connections: int
+    ) -> None:
+        super().__init__(address, handler)
+        self.max_connections = max_connections
+        self._slots = threading.BoundedSemaphore(max_connections)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self._refuse(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no thread started: give the slot back
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def _refuse(self, request: socket.socket) -> None:
+        try:
+            request.settimeout(1.0)
+            request.sendall(_BUSY)
+        except OSError:
+            pass  # the client went, or does not read: it is closed either way
+        self.shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # a client that resets or stalls mid-request: not worth a traceback on stderr
+        log.debug("metrics_connection_error", exc_info=True)
 
 
 class HealthServer:
     """``/metrics``, ``/healthz`` and ``/readyz`` on ``[metrics] host:port`` (a thread)."""
 
-    def __init__(self, host: str, port: int, registry: Any, checks: dict[str, Check]) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        registry: Any,
+        checks: dict[str, Check],
+        *,
+        max_connections: int = MAX_CONNECTIONS,
+        idle_timeout: float = IDLE_TIMEOUT_SECONDS,
+    ) -> None:
         self.registry = registry
         self.checks = checks
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            # StreamRequestHandler.setup: settimeout on the connection; a read or a write
+            # silent this long raises, and the connection is closed
+            timeout = idle_timeout
+
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
@@ -295,10 +369,9 @@ class HealthServer:
                 self.wfile.write(body)
 
             def log_message(self, format: str, *args: Any) -> None:
-                pass  # scrapes every few seconds would flood the log
+                pass  # scrapes every few seconds would flood the log; paths are not logged
 
-        self.httpd = ThreadingHTTPServer((host, port), Handler)
-        self.httpd.daemon_threads = True
+        self.httpd = BoundedHTTPServer((host, port), Handler, max_connections)
         self._thread: threading.Thread | None = None
 
     @property
@@ -306,12 +379,14 @@ class HealthServer:
         return int(self.httpd.server_address[1])
 
     def failed_checks(self) -> dict[str, str]:
+        """Each failed check's fixed reason; a check that raises is logged, never quoted."""
         failed = {}
         for name, check in self.checks.items():
             try:
                 why = check()
-            except Exception as exc:  # a check that raises has failed
-                why = f"{type(exc).__name__}: {exc}"
+            except Exception:  # a check that raises has failed; its text may hold a URL or host
+                log.warning("readiness_check_raised", check=name, exc_info=True)
+                why = RAISED_REASONS.get(name, f"{name} check failed")
             if why:
                 failed[name] = why
         return failed
@@ -321,7 +396,12 @@ class HealthServer:
             target=self.httpd.serve_forever, name="metrics-http", daemon=True
         )
         self._thread.start()
-        log.info("metrics_started", host=self.httpd.server_address[0], port=self.port)
+        log.info(
+            "metrics_started",
+            host=self.httpd.server_address[0],
+            port=self.port,
+            max_connections=self.httpd.max_connections,
+        )
 
     def stop(self) -> None:
         self.httpd.shutdown()

@@ -5,12 +5,18 @@ from __future__ import annotations
 
 import json
 import re
+import socket
+import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
+from structlog.testing import capture_logs
 from support import ServeProcess, build_dicom, c_store, free_port, serve_env, wait_for
 
+from screener.config import load_settings
+from screener.db import Database
 from screener.metrics import HealthServer
 
 
@@ -117,3 +123,86 @@ def test_readyz_says_which_check_failed() -> None:
         assert _get(server.port, "/nowhere")[0] == 404
     finally:
         server.stop()
+
+
+def _answers(port: int, path: str) -> int | None:
+    """The status code, or None when the connection was refused, reset or timed out."""
+    try:
+        return _get(port, path)[0]
+    except OSError:  # URLError, ConnectionResetError, TimeoutError
+        return None
+
+
+def _handler_threads() -> int:
+    return sum("process_request_thread" in t.name for t in threading.enumerate())
+
+
+def test_idle_connections_are_bounded_dropped_and_do_not_stop_healthz() -> None:
+    """Twelve silent clients hold at most 4 handler threads, are dropped after the idle
+    timeout, and /healthz answers meanwhile (at once or once a slot frees)."""
+    server = HealthServer(
+        "127.0.0.1", 0, registry=None, checks={}, max_connections=4, idle_timeout=2.0
+    )
+    server.start()
+    idle = []
+    try:
+        for _ in range(12):
+            idle.append(socket.create_connection(("127.0.0.1", server.port), timeout=10))
+        busy = wait_for(lambda: _handler_threads() >= 4 and _handler_threads(), timeout=5)
+        assert busy == 4  # not one thread per connection
+        assert wait_for(lambda: _answers(server.port, "/healthz") == 200, timeout=10)
+        for conn in idle:  # each is answered "busy" or closed when its silence runs out
+            data = b""
+            while chunk := conn.recv(4096):  # b"" once the server closed it; 10 s at most
+                data += chunk
+            assert data == b"" or data.startswith(b"HTTP/1.0 503 Service Unavailable"), data
+        wait_for(lambda: _handler_threads() == 0, timeout=5)
+        assert _answers(server.port, "/healthz") == 200
+    finally:
+        for conn in idle:
+            conn.close()
+        server.stop()
+
+
+def test_a_client_that_stops_mid_request_is_dropped() -> None:
+    """A client that sends half a request and falls silent is closed after the idle timeout,
+    freeing the only slot for /healthz."""
+    server = HealthServer(
+        "127.0.0.1", 0, registry=None, checks={}, max_connections=1, idle_timeout=1.0
+    )
+    server.start()
+    try:
+        conn = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        conn.sendall(b"GET /healthz HTTP/1.0\r\n")  # the request line, then nothing
+        wait_for(lambda: _handler_threads() == 1, timeout=5)
+        assert wait_for(lambda: _answers(server.port, "/healthz") == 200, timeout=10)
+        assert conn.recv(4096) == b""  # closed by the server, nothing answered
+        conn.close()
+    finally:
+        server.stop()
+
+
+def test_readyz_gives_a_fixed_reason_when_the_database_is_gone(tmp_path: Path) -> None:
+    """With the daemon's own checks and nothing listening at the database's address, /readyz
+    says "database unreachable" (no exception text, host or port) and logs the exception."""
+    from screener.daemon import _health_server
+
+    gone = free_port()
+    db = Database(f"postgresql+psycopg://screener@127.0.0.1:{gone}/screener", create=False)
+    settings = load_settings(None, environ={"SCREENER_METRICS_PORT": "0"})
+    daemon = SimpleNamespace(db=db, worker_processes=None, listener=None, model={})
+    server = _health_server(settings, daemon)  # type: ignore[arg-type]
+    server.start()
+    try:
+        with capture_logs() as logs:
+            code, body = _get(server.port, "/readyz")
+        assert code == 503
+        assert json.loads(body) == {"ready": False, "failed": {"database": "database unreachable"}}
+        assert str(gone) not in body and "127.0.0.1" not in body
+        raised = [e for e in logs if e["event"] == "readiness_check_raised"]
+        assert raised and raised[0]["check"] == "database" and raised[0]["exc_info"]
+        code, text = _get(server.port, "/metrics")
+        assert code == 200 and "screener_database_up 0.0" in text
+    finally:
+        server.stop()
+        db.dispose()
