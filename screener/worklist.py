@@ -13,10 +13,10 @@ store them).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import case, false, select, true
 from sqlalchemy.orm import Session
 
 from screener.db import (
@@ -28,6 +28,7 @@ from screener.db import (
     Result,
     Review,
     Study,
+    StudyScoreRow,
     utcnow,
 )
 from screener.db.engine import as_utc
@@ -183,19 +184,85 @@ def worklist(
     min_prob: float | None = None,
     limit: int | None = 50,
 ) -> list[StudyScore]:
-    """Scored studies, flagged first, then by priority (probability + waiting time)."""
-    with db.transaction() as session:
-        rows = _scores(session, aging_hours)
+    """Scored studies, flagged first, then by priority (probability + waiting time).
+
+    One SELECT over the summary (``study_scores``, see :mod:`screener.db.summary`): the
+    filters, the order and the limit run in the database."""
+    now = utcnow()
+    s = StudyScoreRow
+    # priority = probability + hours waited / aging_hours, written over the stored epoch
+    # seconds (now is a constant): the same arithmetic in SQLite and PostgreSQL
+    waited = case(
+        (s.received_epoch > now.timestamp(), 0.0), else_=now.timestamp() - s.received_epoch
+    )
+    rank = case((s.assessment == OUTSIDE_DOMAIN, 0.0), else_=s.probability)
+    q = (
+        select(
+            s,
+            Study.study_instance_uid,
+            Study.accession_number,
+            Study.study_date,
+            Study.modality,
+        )
+        .join(Study, Study.id == s.study_id)
+        .order_by(
+            s.flagged.desc(),
+            (rank + waited / (3600.0 * aging_hours)).desc(),
+            s.received_at,
+            s.study_id,
+        )
+    )
     if since is not None:
-        rows = [r for r in rows if r.received_at >= as_utc(since)]
+        q = q.where(s.received_at >= as_utc(since).astimezone(UTC))
     if status == "unread":
-        rows = [r for r in rows if not r.reviewed]
+        q = q.where(s.reviewed == false())
     elif status == "reviewed":
-        rows = [r for r in rows if r.reviewed]
+        q = q.where(s.reviewed == true())
     if min_prob is not None:
-        rows = [r for r in rows if r.probability >= min_prob]
-    rows.sort(key=lambda r: (not r.flagged, -r.priority, r.received_at))
-    return rows[:limit] if limit else rows
+        q = q.where(s.probability >= min_prob)
+    if limit:
+        q = q.limit(limit)
+    with db.transaction() as session:
+        return [_listed(*row, now=now, aging_hours=aging_hours) for row in session.execute(q)]
+
+
+def _listed(
+    row: StudyScoreRow,
+    study_instance_uid: str,
+    accession_number: str | None,
+    study_date: str | None,
+    modality: str | None,
+    *,
+    now: datetime,
+    aging_hours: float,
+) -> StudyScore:
+    """A summary row as the worklist shows it (the same fields as :func:`_score`)."""
+    received_at = as_utc(row.received_at)
+    age_hours = max(0.0, (now - received_at).total_seconds() / 3600)
+    assessed = row.assessment != OUTSIDE_DOMAIN
+    return StudyScore(
+        study_id=row.study_id,
+        study_instance_uid=study_instance_uid,
+        accession_number=accession_number,
+        study_date=study_date,
+        modality=modality,
+        probability=row.probability,
+        flagged=row.flagged,
+        threshold=row.threshold,
+        model_name=row.model_name,
+        model_version=row.model_version,
+        model_uid=row.model_uid,
+        received_at=received_at,
+        age_hours=age_hours,
+        priority=(row.probability if assessed else 0.0) + age_hours / aging_hours,
+        reviewed=row.reviewed,
+        verdict=row.verdict if row.reviewed else None,
+        assessment=row.assessment,
+        images=row.images,
+        top_sop_instance_uid=row.top_sop_instance_uid,
+        reopened=row.reopened,
+        reader=row.reader,
+    )
 
 
 #: The shortest Study Instance UID prefix or suffix taken as a key (fewer would match by luck).

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+# summary is imported for its flush hook: every session keeps the worklist's study_scores
+from screener.db import summary
 from screener.db.engine import Database, utcnow
 from screener.db.models import (
     OUTSIDE_DOMAIN,
@@ -16,6 +18,7 @@ from screener.db.models import (
     Result,
     Review,
     Study,
+    StudyScoreRow,
 )
 
 __all__ = [
@@ -32,5 +35,7 @@ __all__ = [
     "Result",
     "Review",
     "Study",
+    "StudyScoreRow",
+    "summary",
     "utcnow",
 ]

@@ -7,12 +7,13 @@ no PatientName, PatientID or birth date.
 from __future__ import annotations
 
 import enum
-from datetime import datetime
+from datetime import date, datetime
 
 from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
+    Date,
     DateTime,
     Float,
     ForeignKey,
@@ -226,6 +227,18 @@ class AuditEvent(Base):
     actor: Mapped[str | None] = mapped_column(String(64))
 
 
+class AuditCount(Base):
+    """Audit events deleted by retention (``storage.audit_retention_days``), still counted:
+    one row per UTC day, event and reason, so totals (``screener status``) include them."""
+
+    __tablename__ = "audit_counts"
+
+    day: Mapped[date] = mapped_column(Date, primary_key=True)  # the events' UTC date
+    event: Mapped[str] = mapped_column(String(64), primary_key=True)
+    reason: Mapped[str] = mapped_column(String(64), primary_key=True)  # "" when none was given
+    events: Mapped[int] = mapped_column(BigInteger)
+
+
 class Review(Base):
     """A radiologist's read of a flagged (or unflagged) study: agreement with the model."""
 
@@ -244,6 +257,42 @@ class Review(Base):
     note: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     reader: Mapped[str | None] = mapped_column(String(64))  # login or web user; None before 0006
+
+
+class StudyScoreRow(Base):
+    """One scored study as the worklist lists it, kept in the transaction that adds a result,
+    a review or an image (:mod:`screener.db.summary`), so that the worklist is one indexed
+    SELECT ... ORDER BY ... LIMIT instead of a pass over every result."""
+
+    __tablename__ = "study_scores"
+    __table_args__ = (
+        Index("ix_study_scores_reviewed_flagged", "reviewed", "flagged"),
+        Index("ix_study_scores_received_at", "received_at"),
+        Index("ix_study_scores_probability", "probability"),
+    )
+
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), primary_key=True)
+    #: the top latest result's (see screener.worklist): its probability, threshold and model
+    probability: Mapped[float] = mapped_column(Float)
+    flagged: Mapped[bool] = mapped_column(Boolean)
+    threshold: Mapped[float] = mapped_column(Float)
+    model_name: Mapped[str] = mapped_column(String(64))
+    model_version: Mapped[str] = mapped_column(String(32))
+    model_uid: Mapped[str] = mapped_column(UID)
+    #: "assessed", "partly_outside_domain" or "outside_domain"
+    assessment: Mapped[str] = mapped_column(String(32))
+    images: Mapped[int] = mapped_column(Integer)
+    top_sop_instance_uid: Mapped[str | None] = mapped_column(UID)
+    #: the study's first instance's received_at, and the same as seconds since 1970 (UTC):
+    #: a number both databases do arithmetic on for the worklist's priority
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    received_epoch: Mapped[float] = mapped_column(Float)
+    #: the latest review still holds (it read the flag the study has now)
+    reviewed: Mapped[bool] = mapped_column(Boolean)
+    #: read before, but a newer result changed the flag
+    reopened: Mapped[bool] = mapped_column(Boolean)
+    verdict: Mapped[str | None] = mapped_column(String(16))  # the latest review's
+    reader: Mapped[str | None] = mapped_column(String(64))  # the latest review's
 
 
 class WebSession(Base):

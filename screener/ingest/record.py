@@ -26,7 +26,7 @@ from pydicom import Dataset
 from sqlalchemy import Connection, CursorResult, Table, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from screener.db import AuditEvent, Database, Instance, Job, JobState, Study, utcnow
+from screener.db import AuditEvent, Database, Instance, Job, JobState, Study, summary, utcnow
 from screener.ingest.selection import Skip
 
 Source = Literal["dicom", "folder", "recovered", "web"]  # "web": the upload page
@@ -236,7 +236,8 @@ def _enqueue(conn: Connection, a: Arrival, instance_id: int, now: datetime) -> i
 
 
 def _study_id(conn: Connection, h: Header, now: datetime) -> int:
-    """The study's row, made or brought up to date (PS3.3 C.7.2.1 attributes we list by)."""
+    """The study's row for a new instance, made or brought up to date (PS3.3 C.7.2.1
+    attributes we list by)."""
     found = conn.execute(_FIND_STUDY, {"uid": h.study_instance_uid}).scalar_one_or_none()
     if found is None:
         result = conn.execute(
@@ -263,6 +264,8 @@ def _study_id(conn: Connection, h: Header, now: datetime) -> int:
             "now": now,
         },
     )
+    # a new image in a study that may be scored already: the worklist's count of its images
+    summary.count_new_image(conn, int(found), now)
     return int(found)
 
 
