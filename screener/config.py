@@ -125,6 +125,12 @@ class StorageSettings:
         "how often `screener serve` applies retention; 0 = never (use `screener purge`)",
         min=0,
     )
+    audit_retention_days: float = _opt(
+        90.0,
+        "delete audit_events rows older than this with each retention run, keeping their counts "
+        "per day, event and reason (audit_counts: status totals include them); 0 = keep for ever",
+        min=0,
+    )
 
 
 @dataclass(frozen=True)

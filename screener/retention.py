@@ -8,26 +8,38 @@ jobs' ends and its SRs' deliveries), or earlier, oldest first, while the spool h
 in between leaves a row the next run completes, never a file no run would see. Results,
 reviews, exports and the audit trail stay; the heatmap overlay kept for a Secondary Capture
 goes with the image.
+
+Audit retention (:func:`prune_audit`, run with the spool's): ``audit_events`` rows older than
+``storage.audit_retention_days`` are deleted in batches of :data:`AUDIT_BATCH`, each batch
+counted per UTC day, event and reason into ``audit_counts`` in the same transaction, so totals
+stay whole and a crash never counts a row twice. Anyone who can connect adds rows (each refused
+association or C-STORE writes one): without this the table only grows.
 """
 
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import structlog
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session
 
 from screener.config import Settings
 from screener.db import AuditEvent, Database, Export, Instance, Job, JobState, Result, utcnow
 from screener.db.engine import as_utc
+from screener.db.models import AuditCount
 from screener.report.ledger import DELIVERED
 
 log = structlog.get_logger(__name__)
 
 BUSY = (JobState.QUEUED, JobState.PROCESSING)
+#: Audit rows deleted (and counted) per transaction.
+AUDIT_BATCH = 2000
 
 
 @dataclass(frozen=True)
@@ -177,8 +189,117 @@ def purge(
     return summary
 
 
+@dataclass
+class AuditPruneSummary:
+    """What an audit retention run deleted (or, dry, would delete); their counts are kept."""
+
+    dry_run: bool
+    events: int = 0
+    batches: int = 0
+    cutoff: datetime | None = None  # None: storage.audit_retention_days = 0, nothing goes
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "dry_run": self.dry_run,
+            "events": self.events,
+            "batches": self.batches,
+            "cutoff": self.cutoff.isoformat() if self.cutoff else None,
+        }
+
+
+def prune_audit(
+    db: Database,
+    settings: Settings,
+    *,
+    dry_run: bool = False,
+    now: datetime | None = None,
+    batch: int = AUDIT_BATCH,
+) -> AuditPruneSummary:
+    """Apply ``storage.audit_retention_days`` once: delete older audit rows, keep their counts."""
+    days = settings.storage.audit_retention_days
+    summary = AuditPruneSummary(dry_run=dry_run)
+    if days <= 0:
+        return summary
+    cutoff = (now or utcnow()) - timedelta(days=days)
+    summary.cutoff = cutoff
+    if dry_run:
+        with db.transaction() as session:
+            summary.events = int(
+                session.scalar(
+                    select(func.count()).select_from(AuditEvent).where(AuditEvent.at < cutoff)
+                )
+                or 0
+            )
+        return summary
+    while True:
+        with db.transaction() as session:
+            oldest = (
+                select(AuditEvent.id, AuditEvent.at, AuditEvent.event, AuditEvent.reason)
+                .where(AuditEvent.at < cutoff)
+                .order_by(AuditEvent.at)
+                .limit(batch)
+            )
+            if db.dialect == "postgresql":  # two hosts pruning at once never count a row twice
+                oldest = oldest.with_for_update(skip_locked=True)
+            rows = session.execute(oldest).all()
+            if not rows:
+                break
+            counts = Counter((as_utc(r.at).date(), r.event, r.reason or "") for r in rows)
+            _add_counts(session, db.dialect, counts)
+            session.execute(delete(AuditEvent).where(AuditEvent.id.in_([r.id for r in rows])))
+        summary.events += len(rows)
+        summary.batches += 1
+        if len(rows) < batch:
+            break
+    if summary.events:
+        log.info("audit_pruned", **summary.as_dict())
+    return summary
+
+
+def _add_counts(session: Session, dialect: str, counts: Counter[tuple[date, str, str]]) -> None:
+    """Add to ``audit_counts`` (INSERT ... ON CONFLICT DO UPDATE: SQLite and PostgreSQL)."""
+    insert: Any
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    stmt = insert(AuditCount).values(
+        [
+            {"day": day, "event": event, "reason": reason, "events": n}
+            for (day, event, reason), n in counts.items()
+        ]
+    )
+    session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["day", "event", "reason"],
+            set_={"events": AuditCount.events + stmt.excluded.events},
+        )
+    )
+
+
+def audit_totals(session: Session, events: list[str]) -> dict[str, int]:
+    """How many of each event ever happened: rows still kept plus rows retention counted."""
+    totals: dict[str, int] = {e: 0 for e in events}
+    for table_rows in (
+        session.execute(
+            select(AuditEvent.event, func.count())
+            .where(AuditEvent.event.in_(events))
+            .group_by(AuditEvent.event)
+        ).all(),
+        session.execute(
+            select(AuditCount.event, func.sum(AuditCount.events))
+            .where(AuditCount.event.in_(events))
+            .group_by(AuditCount.event)
+        ).all(),
+    ):
+        for event, n in table_rows:
+            totals[event] += int(n or 0)
+    return totals
+
+
 class RetentionTimer:
-    """Runs :func:`purge` every ``storage.purge_interval_minutes`` in ``screener serve``."""
+    """Runs :func:`purge` and :func:`prune_audit` every ``storage.purge_interval_minutes`` in
+    ``screener serve``."""
 
     def __init__(self, db: Database, settings: Settings) -> None:
         self.db = db
@@ -199,6 +320,10 @@ class RetentionTimer:
                 purge(self.db, self.settings)
             except Exception:  # stage boundary: retention must never take the daemon down
                 log.exception("purge_error")
+            try:
+                prune_audit(self.db, self.settings)
+            except Exception:  # stage boundary, as above
+                log.exception("audit_prune_error")
             if self._stop.wait(interval):
                 break
 

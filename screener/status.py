@@ -23,6 +23,7 @@ from screener.db import (
 )
 from screener.db.engine import as_utc
 from screener.report.ledger import export_counts
+from screener.retention import audit_totals
 
 #: Audit events that account for what was received but made no new job.
 RECEIVED_EVENTS = {
@@ -30,6 +31,7 @@ RECEIVED_EVENTS = {
     "changed_duplicate_ignored": "changed_resends_ignored",
     "instance_replaced": "changed_resends_replaced",
     "store_refused": "stores_refused",
+    "association_rejected": "associations_refused",
 }
 
 
@@ -93,26 +95,22 @@ def build_report(db: Database, limit: int = 10) -> StatusReport:
             .order_by(AuditEvent.id.desc())
             .limit(limit)
         ).all()
-        received_events = dict(
-            session.execute(
-                select(AuditEvent.event, func.count())
-                .where(AuditEvent.event.in_(list(RECEIVED_EVENTS)))
-                .group_by(AuditEvent.event)
-            ).all()
-        )
+        # rows kept plus rows audit retention deleted (counted in audit_counts)
+        received_events = audit_totals(session, list(RECEIVED_EVENTS))
         restart_rows = session.scalars(
             select(AuditEvent)
             .where(AuditEvent.event == "process_restarted")
             .order_by(AuditEvent.id.desc())
             .limit(limit)
         ).all()
-        total, last_24h = session.execute(
-            select(
-                func.count(),
-                func.count().filter(AuditEvent.at >= utcnow() - timedelta(hours=24)),
-            ).where(AuditEvent.event == "process_restarted")
-        ).one()
-        restarts = {"total": int(total), "last_24h": int(last_24h)}
+        last_24h = session.scalar(
+            select(func.count()).where(
+                AuditEvent.event == "process_restarted",
+                AuditEvent.at >= utcnow() - timedelta(hours=24),
+            )
+        )
+        total = audit_totals(session, ["process_restarted"])["process_restarted"]
+        restarts = {"total": total, "last_24h": int(last_24h or 0)}
         received = {
             "instances": int(session.scalar(select(func.count()).select_from(Instance)) or 0)
         }
