@@ -37,6 +37,7 @@ from screener.db.migrate import upgrade
 from screener.errors import ScreenerError
 from screener.heartbeat import Heart, HeartbeatThread
 from screener.ingest.accept import Acceptor
+from screener.ingest.exposure import listener_exposure, warn_if_open
 from screener.ingest.listener import Listener
 from screener.ingest.ownership import claim_spool
 from screener.ingest.spool import Spool
@@ -307,6 +308,7 @@ class Daemon:
             claim_spool(self.db, self.acceptor.spool, adopt=self.settings.storage.adopt_spool)
             self.acceptor.recover_spool()
         if self.listener:
+            warn_if_open(self.settings.listener, self.settings.tls)  # any caller, no TLS?
             self.listener.start()
         if self.watcher:
             self.watcher.start()
@@ -412,6 +414,9 @@ class Daemon:
                 " (TLS)" if listener.ssl_context else ""
             )
             details["last_c_store"] = listener.last_store_at
+            details["listener_exposure"] = listener_exposure(
+                self.settings.listener, self.settings.tls, listener.port
+            ).as_dict()  # screener status warns when it is open to any caller
         if procs is not None:
             details["workers_alive"] = (
                 f"{len([p for p in procs.processes if p.is_alive()])}/{len(procs.children)}"

@@ -52,6 +52,8 @@ class StatusReport:
     recent_restarts: list[dict[str, Any]] = field(default_factory=list)
     # serve and worker processes by their heartbeats: running, stopped, silent (killed?)
     processes: list[dict[str, Any]] = field(default_factory=list)
+    # running listeners open to any caller without TLS (screener.ingest.exposure), by process
+    exposed_listeners: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -128,6 +130,7 @@ def build_report(db: Database, limit: int = 10) -> StatusReport:
             reasons.setdefault(str(state), {})[reason or "(none)"] = int(n)
         report = StatusReport(
             processes=seen,
+            exposed_listeners=exposed_listeners(seen),
             counts=counts,
             oldest_queued_at=as_utc(oldest) if oldest else None,
             oldest_queued_age_seconds=(utcnow() - as_utc(oldest)).total_seconds()
@@ -167,6 +170,27 @@ def build_report(db: Database, limit: int = 10) -> StatusReport:
             ],
         )
     return report
+
+
+def exposed_listeners(procs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Running serve processes whose heartbeat says their listener is open to any caller."""
+    return [
+        {"process_host": p["host"], "pid": p["pid"], **p["details"]["listener_exposure"]}
+        for p in procs
+        if p["component"] == "serve"
+        and p["state"] == "running"
+        and p["details"].get("listener_exposure", {}).get("open")
+    ]
+
+
+def render_exposure(exposed: list[dict[str, Any]]) -> list[str]:
+    return [
+        f"WARNING: serve on {e['process_host']} pid {e['pid']} listens on {e['host']}:{e['port']} "
+        "for any calling AE title without TLS: anyone who reaches it can store studies and have "
+        "SRs sent to PACS. Set listener.allowed_calling_aets and listener.tls, or listener.host "
+        "= 127.0.0.1 (README: Security)"
+        for e in exposed
+    ]
 
 
 def _ago(seconds: float) -> str:
@@ -221,6 +245,7 @@ def render_processes(procs: list[dict[str, Any]]) -> list[str]:
 
 def render_text(report: StatusReport) -> str:
     lines = render_processes(report.processes)
+    lines += render_exposure(report.exposed_listeners)
     lines.append("received:")
     lines += [f"  {what:<24} {n:>7}" for what, n in report.received.items()]
     lines.append("queue:")
