@@ -1,7 +1,8 @@
 """The deployment files, checked as far as this machine can without a container runtime or a
 cluster: Kubernetes manifests against the Kubernetes schemas (strict, offline), the compose
 file's structure, every ``SCREENER_*`` variable a real setting, every command line a valid
-``screener`` command line, the bundled configurations loadable."""
+``screener`` command line, the bundled configurations loadable, and none of them shipping a
+DICOM listener open to any caller (TLS on with an allow-list placeholder, or loopback only)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ import yaml
 from support import REPO
 
 from screener.cli import build_parser
-from screener.config import load_settings
+from screener.config import Settings, load_settings
+from screener.ingest.exposure import is_loopback, listener_exposure
 
 DEPLOY = REPO / "deploy"
 MANIFESTS = sorted((DEPLOY / "kubernetes").glob("*.yaml"))
@@ -103,3 +105,87 @@ def test_the_containerfile_sets_only_real_settings() -> None:
     text = (DEPLOY / "Containerfile").read_text()
     _check_env(re.findall(r"\b(SCREENER_[A-Z_]+)=", text))
     assert 'ENTRYPOINT ["screener"]' in text and "COPY dist/screener-*.whl" in text
+
+
+def _configmap_settings(tmp_path: Path) -> Settings:
+    (config_map,) = [
+        d for d in _documents(DEPLOY / "kubernetes" / "config.yaml") if d["kind"] == "ConfigMap"
+    ]
+    toml = tmp_path / "screener.toml"
+    toml.write_text(config_map["data"]["screener.toml"])
+    return load_settings(toml, environ={})
+
+
+def test_the_kubernetes_listener_is_tls_only_with_an_allow_list(tmp_path: Path) -> None:
+    """The ConfigMap turns listener TLS on with an allow-list placeholder; the listener pod
+    mounts the certificate files from a Secret where [tls] names them and serves on the port
+    the configuration gives; the Service admits only listed source ranges and a
+    NetworkPolicy limits the DICOM and metrics ports."""
+    settings = _configmap_settings(tmp_path)
+    assert settings.listener.tls and settings.listener.require_called_aet
+    assert settings.listener.allowed_calling_aets == ["PACS_AE_TITLE"]
+    assert not listener_exposure(settings.listener, settings.tls).open
+    docs = {d["kind"]: d for d in _documents(DEPLOY / "kubernetes" / "listener.yaml")}
+    pod = docs["Deployment"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    secrets = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    for path in (settings.tls.certificate, settings.tls.private_key, settings.tls.ca_certificates):
+        assert mounts.get(str(Path(path).parent)) in secrets, path  # files from the Secret
+    assert secrets == {"tls": "screener-tls"}
+    (dicom,) = [p for p in container["ports"] if p["name"] == "dicom"]
+    assert dicom["containerPort"] == settings.listener.port
+    service = docs["Service"]["spec"]
+    if service.get("type") == "LoadBalancer":
+        assert service["loadBalancerSourceRanges"], "a LoadBalancer open to every address"
+    assert "0.0.0.0/0" not in service.get("loadBalancerSourceRanges", [])
+    policy = docs["NetworkPolicy"]["spec"]
+    assert (
+        policy["podSelector"]["matchLabels"]
+        == docs["Deployment"]["spec"]["selector"]["matchLabels"]
+    )
+    guarded = {p["port"] for rule in policy["ingress"] for p in rule["ports"]}
+    assert guarded == {"dicom", "metrics"}
+    assert all(rule.get("from") for rule in policy["ingress"])  # no rule admits everyone
+
+
+def test_the_compose_listener_is_published_on_loopback_unless_tls_is_on() -> None:
+    """screener-front accepts only listed calling AE titles, and its DICOM port is published on
+    all interfaces only with listener TLS on."""
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    front = compose["services"]["screener-front"]
+    settings = load_settings(REPO / "screener.toml", environ=dict(front["environment"]))
+    assert settings.listener.allowed_calling_aets == ["ORTHANC"]  # Orthanc, the PACS here
+    assert not listener_exposure(settings.listener, settings.tls).open
+    for published in front["ports"]:
+        parts = str(published).split(":")
+        if parts[-1] == str(settings.listener.port) and not settings.listener.tls:
+            assert len(parts) == 3 and is_loopback(parts[0]), published
+
+
+def test_the_packaged_configuration_is_tls_only_with_an_allow_list() -> None:
+    """deploy/screener.toml (systemd) turns listener TLS on with certificates under
+    /etc/screener/tls, an allow-list placeholder and metrics on loopback."""
+    settings = load_settings(DEPLOY / "screener.toml", environ={})
+    assert settings.listener.tls and settings.listener.allowed_calling_aets == ["PACS_AE_TITLE"]
+    assert not listener_exposure(settings.listener, settings.tls).open
+    for path in (settings.tls.certificate, settings.tls.private_key, settings.tls.ca_certificates):
+        assert path.startswith("/etc/screener/tls/"), path
+    assert is_loopback(settings.metrics.host)
+
+
+def test_the_exposure_checks_would_catch_an_open_deployment(tmp_path: Path) -> None:
+    """The ConfigMap without its allow-list and TLS lines is judged open (the checks above can
+    fail)."""
+    (config_map,) = [
+        d for d in _documents(DEPLOY / "kubernetes" / "config.yaml") if d["kind"] == "ConfigMap"
+    ]
+    text = "\n".join(
+        line
+        for line in config_map["data"]["screener.toml"].splitlines()
+        if not line.strip().startswith(("tls = true", "allowed_calling_aets"))
+    )
+    toml = tmp_path / "screener.toml"
+    toml.write_text(text)
+    settings = load_settings(toml, environ={})
+    assert listener_exposure(settings.listener, settings.tls).open
