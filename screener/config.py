@@ -65,6 +65,19 @@ class ListenerSettings:
     network_timeout: float = _opt(
         60.0, "seconds of network silence before an association is aborted", min=1
     )
+    # The largest legitimate data set is a big multi-frame DX at the pixel budget:
+    # worker.decode_max_pixels (50 million) 16-bit pixels are 100 MB of Pixel Data, so 256 MB
+    # leaves room for the header and a few frames more; a deflate bomb or a data set streamed
+    # without end is cut off there rather than at the host's memory.
+    max_dataset_mb: int = _opt(
+        256,
+        "largest data set taken, in MB, as received and (Deflated) as inflated: by C-STORE, "
+        "the watch folder and the web; above it: A700 or an aborted association, a rejected "
+        "file, a refused upload. 256 holds the largest legitimate one (worker.decode_max_pixels "
+        "16-bit pixels: 100 MB)",
+        min=1,
+        max=4096,
+    )
     tls: bool = _opt(
         False,
         "accept DICOM TLS only (PS3.15 B.9, BCP 195): needs tls.certificate and tls.private_key",
@@ -338,7 +351,25 @@ class WebSettings:
         "a reverse proxy's header naming the user it has authenticated (e.g. X-Remote-User); "
         "only behind such a proxy; empty = log in with users",
     )
+    trusted_proxies: list[str] = _opt(
+        [],
+        "addresses or networks (CIDR) of the reverse proxies whose trusted_user_header, "
+        "X-Forwarded-For and X-Forwarded-Proto are believed; empty = loopback only, and then "
+        "trusted_user_header needs a loopback host",
+    )
+    admins: list[str] = _opt(
+        [],
+        "users who may send dead-lettered SRs again and queue uploads for PACS; the others read",
+    )
     session_hours: float = _opt(12.0, "a login lasts this long", min=0.1, max=720)
+    idle_minutes: float = _opt(
+        30.0, "a login unused this long ends (the next page asks to log in again)", min=1, max=1440
+    )
+    secure_cookies: bool = _opt(
+        False,
+        "send the session cookie only over HTTPS (Secure): set it when TLS is in front; a "
+        "request a trusted proxy marks X-Forwarded-Proto: https gets Secure cookies anyway",
+    )
     max_upload_mb: int = _opt(64, "largest request body accepted", min=1, max=4096)
 
 

@@ -97,7 +97,12 @@ def test_a_pushed_film_is_read_in_the_browser(
     port, web_port = free_port(), free_port()
     users = json.dumps([f"alice:{hash_password(PASSWORD)}"])
     env = serve_env(
-        tmp_path, db_url, port, screener_web_port=str(web_port), screener_web_users=users
+        tmp_path,
+        db_url,
+        port,
+        screener_web_port=str(web_port),
+        screener_web_users=users,
+        screener_web_admins=json.dumps(["alice"]),  # resends dead letters, queues uploads
     )
     serve = ServeProcess(tmp_path, env).start()
     try:

@@ -90,6 +90,7 @@ def web(
         free_port(),
         screener_web_port=str(port),
         screener_web_users=json.dumps([f"alice:{hash_password(PASSWORD)}"]),
+        screener_web_admins=json.dumps(["alice"]),  # she may queue uploads for PACS
         screener_web_max_upload_mb=str(MAX_UPLOAD_MB),
         screener_population_max_age_years="-1",
     )

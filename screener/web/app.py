@@ -11,15 +11,17 @@ JPEG scored at once with its heatmap; a DICOM object can be queued like a receiv
 Model work (overlays, uploads) runs in a child process (:mod:`screener.web.modelwork`);
 the request body is limited to ``web.max_upload_mb`` before anything reads it.
 
-Every page needs a user (a session from the login form, or a trusted proxy's header); every
-POST carries the session's CSRF token (refused with 403 without it). Images are read from
-the spool by the database's path, never by a name from the request.
+Every page needs a user: a login held on the server (:mod:`screener.web.sessions`), or a
+trusted proxy's header (:mod:`screener.web.guard`). Every POST carries the visitor's CSRF
+token (refused with 403 without it). Users in ``web.admins`` may also send dead-lettered SRs
+again and queue uploads for PACS. Images are read from the spool by the database's path,
+never by a name from the request. No handler does blocking work on the event loop: database
+work and password hashing run in worker threads, pixels in the model process.
 """
 
 from __future__ import annotations
 
 import io
-import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
@@ -31,21 +33,28 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.middleware import Middleware
-from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from screener.commands.worklist import STATUSES
 from screener.config import Settings
-from screener.db import Database, Instance, utcnow
+from screener.db import AuditEvent, Database, Instance, utcnow
 from screener.errors import ScreenerError
 from screener.ingest.accept import Acceptor
-from screener.web.auth import new_token, parse_users, same_token, verify_password
+from screener.web.auth import LoginThrottle, new_token, parse_users, same_token
+from screener.web.guard import (
+    CSRF_COOKIE,
+    SESSION_COOKIE,
+    BodyLimit,
+    Proxies,
+    SecurityHeaders,
+    Visitor,
+)
 from screener.web.modelwork import WEB_LONG_SIDE, ModelWork, ModelWorkFailed, kind_of
+from screener.web.sessions import SessionStore
 
 log = structlog.get_logger(__name__)
 
@@ -55,56 +64,6 @@ SINCE = {"": None, "1h": 1, "24h": 24, "7d": 24 * 7, "30d": 24 * 30}
 
 class Forbidden(Exception):
     pass
-
-
-class _TooLarge(Exception):
-    pass
-
-
-class BodyLimit:
-    """Refuse (413) a request whose body is over ``max_bytes``: by its Content-Length before
-    reading, and by counting as it arrives (a chunked body declares no length)."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        refusal = PlainTextResponse(
-            f"the upload is larger than web.max_upload_mb ({self.max_bytes >> 20} MB)",
-            status_code=413,
-        )
-        declared = dict(scope["headers"]).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.max_bytes:
-            log.warning("web_request_too_large", path=scope.get("path"))
-            await refusal(scope, receive, send)
-            return
-        seen = 0
-        started = False
-
-        async def counted() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise _TooLarge
-            return message
-
-        async def tracked(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, counted, tracked)
-        except _TooLarge:
-            log.warning("web_request_too_large", path=scope.get("path"))
-            if not started:
-                await refusal(scope, receive, send)
 
 
 def _data_uri(png: bytes) -> str:
@@ -121,13 +80,18 @@ def create_app(
     model_work: ModelWork | None = None,
     acceptor: Acceptor | None = None,
 ) -> Starlette:
-    """The web app over ``db``; ``session_secret`` signs session cookies (random per start
-    unless given: a restart logs everyone out). ``model_work`` runs overlays and uploads
-    (one is made if not given: its owner stops it); ``acceptor`` queues uploaded DICOM
-    objects (the daemon's own under ``screener serve``; one over the configured spool is
-    made on first use otherwise)."""
+    """The web app over ``db``. ``model_work`` runs overlays and uploads (one is made if not
+    given: its owner stops it); ``acceptor`` queues uploaded DICOM objects (the daemon's own
+    under ``screener serve``; one over the configured spool is made on first use otherwise).
+    Logins are kept in the database, so a restart keeps them (``session_secret`` is no
+    longer used and is accepted for callers that still pass it)."""
+    del session_secret
     users = parse_users(settings.web.users)
-    header = settings.web.trusted_user_header.strip()
+    proxies = Proxies(settings.web)  # refuses an unsafe trusted_user_header set-up
+    header = proxies.header
+    admins = {name.strip() for name in settings.web.admins}
+    store = SessionStore(db, users, settings.web.session_hours, settings.web.idle_minutes)
+    throttle = LoginThrottle()
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     aging = settings.worklist.aging_hours
     work = model_work or ModelWork(settings)
@@ -141,90 +105,156 @@ def create_app(
             accepting["acceptor"] = Acceptor(db, spool, settings)
         return accepting["acceptor"]
 
-    def user_of(request: Request) -> str | None:
+    async def visitor_of(request: Request) -> Visitor:
+        """Who sent the request (database work in a thread); kept on ``request.state``."""
+        anonymous_csrf = request.cookies.get(CSRF_COOKIE, "")
+        if not (20 <= len(anonymous_csrf) <= 64 and anonymous_csrf.isascii()):
+            anonymous_csrf = request.state.new_csrf = new_token()
         if header:
-            value = request.headers.get(header, "").strip()
-            return value[:64] or None
-        user = request.session.get("user")
-        until = request.session.get("until", 0)
-        if user in users and time.time() < float(until):
-            return str(user)
-        return None
+            user, refusal = proxies.header_user(request)
+            visitor = Visitor(user, anonymous_csrf, user in admins, refusal=refusal)
+        else:
+            login = await run_in_threadpool(store.find, request.cookies.get(SESSION_COOKIE))
+            visitor = (
+                Visitor(login.user, login.csrf, login.user in admins, session=login.token_sha256)
+                if login is not None
+                else Visitor(None, anonymous_csrf)
+            )
+        request.state.visitor = visitor
+        return visitor
 
-    def csrf(request: Request) -> str:
-        token = request.session.get("csrf")
-        if not token:
-            token = request.session["csrf"] = new_token()
-        return str(token)
+    def set_cookie(request: Request, response: Response, name: str, value: str, **kw: Any) -> None:
+        response.set_cookie(
+            name,
+            value,
+            httponly=True,
+            samesite="strict",
+            secure=proxies.https(request),
+            path="/",
+            **kw,
+        )
 
     def page(request: Request, name: str, status_code: int = 200, **context: Any) -> Response:
-        return templates.TemplateResponse(
+        visitor: Visitor = request.state.visitor
+        response = templates.TemplateResponse(
             request,
             name,
-            {"user": user_of(request), "csrf": csrf(request), **context},
+            {"user": visitor.user, "csrf": visitor.csrf, "admin": visitor.admin, **context},
             status_code=status_code,
         )
+        if getattr(request.state, "new_csrf", None):
+            set_cookie(request, response, CSRF_COOKIE, request.state.new_csrf)
+        return response
 
     async def form_checked(request: Request) -> Any:
         """The form (its size already limited by :class:`BodyLimit`), once its CSRF token
-        is the session's."""
+        is the visitor's."""
         form = await request.form(max_files=1, max_fields=20)
-        if not same_token(str(form.get("csrf") or ""), request.session.get("csrf")):
+        visitor: Visitor = request.state.visitor
+        if not same_token(str(form.get("csrf") or ""), visitor.csrf):
             await form.close()
             raise Forbidden("the form's CSRF token is missing or wrong: reload the page")
         return form
 
     def login_required(
-        handler: Callable[[Request, str], Awaitable[Response]],
+        handler: Callable[[Request, str], Awaitable[Response]], *, admin: str | None = None
     ) -> Callable[[Request], Awaitable[Response]]:
+        """``handler`` for a logged-in visitor only; ``admin`` (what it does) for web.admins only."""
+
         async def wrapped(request: Request) -> Response:
-            user = user_of(request)
-            if user is None:
+            visitor = await visitor_of(request)
+            if visitor.user is None:
+                if visitor.refusal is not None:  # header mode: no login page to go to
+                    return PlainTextResponse(visitor.refusal, status_code=401)
                 if request.method != "GET":
                     return PlainTextResponse("log in first", status_code=403)
                 target = quote(
                     request.url.path + (f"?{request.url.query}" if request.url.query else "")
                 )
                 return RedirectResponse(f"/login?next={target}", status_code=303)
+            if admin is not None and not visitor.admin:
+                log.warning("web_request_refused", reason="not_admin", user=visitor.user)
+                return PlainTextResponse(
+                    f"only an administrator (web.admins) may {admin}", status_code=403
+                )
             try:
-                return await handler(request, user)
+                return await handler(request, visitor.user)
             except Forbidden as exc:
-                log.warning("web_request_refused", reason=str(exc), path=request.url.path)
+                log.warning("web_request_refused", reason=str(exc), method=request.method)
                 return PlainTextResponse(str(exc), status_code=403)
 
         return wrapped
 
     async def login(request: Request) -> Response:
         target = request.query_params.get("next", "/worklist")
-        if not target.startswith("/") or target.startswith("//"):
+        if not target.startswith("/") or target.startswith("//") or "\\" in target:
             target = "/worklist"  # never send a user elsewhere
+        visitor = await visitor_of(request)
         if header:
+            if visitor.user is None:
+                return PlainTextResponse(visitor.refusal or "", status_code=401)
             return RedirectResponse(target, status_code=303)
-        error = None
+        error, status_code = None, 200  # the form again, with what went wrong
         if request.method == "POST":
             try:
                 form = await form_checked(request)
             except Forbidden as exc:
                 return PlainTextResponse(str(exc), status_code=403)
-            name = str(form.get("username") or "").strip()
-            stored = users.get(name)
-            if stored is not None and verify_password(str(form.get("password") or ""), stored):
-                request.session["user"] = name
-                request.session["until"] = time.time() + settings.web.session_hours * 3600
-                request.session["csrf"] = new_token()  # a new token for the new session
+            name = str(form.get("username") or "").strip()[:64]
+            password = str(form.get("password") or "")[:1024]
+            address = proxies.client_address(request)
+            keys = (f"user:{name}", f"address:{address}")
+            wait = throttle.wait(*keys)
+            if wait > 0:
+                # refused without checking the password: guessing gains nothing while waiting
+                log.warning("web_login_throttled", wait_seconds=round(wait))
+                response = page(
+                    request,
+                    "login.html",
+                    status_code=429,
+                    error=f"too many failed logins: try again in {wait:.0f} s",
+                    next=target,
+                    no_users=not users,
+                )
+                response.headers["Retry-After"] = str(int(wait) + 1)
+                return response
+            if await run_in_threadpool(store.check_password, name, password):
+                throttle.succeeded(keys[0])
+                token, _login = await run_in_threadpool(store.start, name)
                 log.info("web_login", user=name)
-                return RedirectResponse(target, status_code=303)
+                response = RedirectResponse(target, status_code=303)
+                set_cookie(
+                    request,
+                    response,
+                    SESSION_COOKIE,
+                    token,
+                    max_age=int(settings.web.session_hours * 3600),
+                )
+                return response
+            throttle.failed(*keys)
             log.warning("web_login_failed")  # no name: it may be a password typed in the wrong box
             error = "unknown user or wrong password"
-        return page(request, "login.html", error=error, next=target, no_users=not users)
+        return page(
+            request,
+            "login.html",
+            status_code=status_code,
+            error=error,
+            next=target,
+            no_users=not users,
+        )
 
     async def logout(request: Request) -> Response:
+        visitor = await visitor_of(request)
         try:
             await form_checked(request)
         except Forbidden as exc:
             return PlainTextResponse(str(exc), status_code=403)
-        request.session.clear()
-        return RedirectResponse("/login", status_code=303)
+        if visitor.session is not None:
+            await run_in_threadpool(store.end, visitor.session)  # every copy of the cookie ends
+            log.info("web_logout", user=visitor.user)
+        response = RedirectResponse("/login", status_code=303)
+        response.delete_cookie(SESSION_COOKIE, path="/")
+        return response
 
     async def worklist_page(request: Request, user: str) -> Response:
         from screener.commands.worklist import flag_text, status_text
@@ -238,13 +268,17 @@ def create_app(
             min_prob = float(request.query_params.get("min_prob") or 0) or None
         except ValueError:
             min_prob = None
-        rows = worklist(
-            db,
-            aging_hours=aging,
-            since=utcnow() - timedelta(hours=hours) if hours else None,
-            status=status,
-            min_prob=min_prob,
-            limit=200,
+        if min_prob is not None and not 0.0 <= min_prob <= 1.0:
+            min_prob = None  # only a probability filters
+        rows = await run_in_threadpool(
+            lambda: worklist(
+                db,
+                aging_hours=aging,
+                since=utcnow() - timedelta(hours=hours) if hours else None,
+                status=status,
+                min_prob=min_prob,
+                limit=200,
+            )
         )
         return page(
             request,
@@ -264,16 +298,15 @@ def create_app(
 
         key = request.path_params["key"]
         try:
-            detail = study_detail(db, key, aging)
+            detail = await run_in_threadpool(study_detail, db, key, aging)
         except ScreenerError as exc:
             return PlainTextResponse(str(exc), status_code=404)
-        return page(
-            request,
-            "study.html",
-            d=detail,
-            key=key,
-            message=request.query_params.get("recorded"),
-        )
+        # "your read is recorded" only when this user's read with that verdict is the latest
+        recorded = request.query_params.get("recorded")
+        latest = detail.reviews[-1] if detail.reviews else None
+        if not (latest and latest["reader"] == user and latest["verdict"] == recorded):
+            recorded = None
+        return page(request, "study.html", d=detail, key=key, message=recorded)
 
     async def review(request: Request, user: str) -> Response:
         from screener.worklist import record_review
@@ -285,7 +318,9 @@ def create_app(
         note = str(form.get("note") or "").strip()[:2000] or None
         key = request.path_params["key"]
         try:
-            read = record_review(db, key, verdict == "agree", note, aging, reader=user)
+            read = await run_in_threadpool(
+                record_review, db, key, verdict == "agree", note, aging, user
+            )
         except ScreenerError as exc:
             return PlainTextResponse(str(exc), status_code=404)
         log.info("web_review", study_id=read.short_id, verdict=verdict, reader=user)
@@ -299,13 +334,20 @@ def create_app(
         from screener.worklist import find_study
 
         key, sop = request.path_params["key"], request.path_params["sop"]
-        with db.transaction() as session:
-            study = find_study(session, key)
-            row = session.execute(
-                select(Instance.spool_path, Instance.purged_at).where(
-                    Instance.study_id == study.id, Instance.sop_instance_uid == sop
-                )
-            ).one_or_none()
+
+        def spooled() -> Any:
+            with db.transaction() as session:
+                study = find_study(session, key)
+                return session.execute(
+                    select(Instance.spool_path, Instance.purged_at).where(
+                        Instance.study_id == study.id, Instance.sop_instance_uid == sop
+                    )
+                ).one_or_none()
+
+        try:
+            row = await run_in_threadpool(spooled)
+        except ScreenerError as exc:
+            return PlainTextResponse(str(exc), status_code=404)
         if row is None or row.purged_at is not None or not Path(row.spool_path).is_file():
             return PlainTextResponse("the image is not in the spool", status_code=404)
         if request.query_params.get("overlay") == "1":
@@ -321,23 +363,36 @@ def create_app(
         from screener.report.ledger import list_exports
         from screener.status import build_report, render_processes
 
-        report = build_report(db)
+        report = await run_in_threadpool(build_report, db)
+        dead = await run_in_threadpool(lambda: list_exports(db, state="dead", limit=50))
+        retried = request.query_params.get("retried", "")
         return page(
             request,
             "status.html",
             r=report,
             processes=render_processes(report.processes),
-            dead=list_exports(db, state="dead", limit=50),
-            retried=request.query_params.get("retried"),
+            dead=dead,
+            retried=int(retried) if retried.isdecimal() and len(retried) <= 9 else None,
         )
 
     async def retry_exports(request: Request, user: str) -> Response:
         from screener.report.ledger import retry_dead
 
         await form_checked(request)
-        count = retry_dead(db)
+
+        def retried() -> int:
+            count = retry_dead(db)
+            audit("web_exports_retried", user, f"{count} dead-lettered SR(s) sent again by {user}")
+            return count
+
+        count = await run_in_threadpool(retried)
         log.info("web_exports_retried", count=count, user=user)
         return RedirectResponse(f"/status?retried={count}", status_code=303)
+
+    def audit(event: str, user: str, message: str, **uids: str | None) -> None:
+        """Who did what from the web, in the audit trail (e.g. an upload queued for PACS)."""
+        with db.transaction() as session:
+            session.add(AuditEvent(at=utcnow(), event=event, message=message, actor=user, **uids))
 
     async def stats_page(request: Request, user: str) -> Response:
         from screener.model.metrics import brier, expected_calibration_error, roc_auc
@@ -384,6 +439,11 @@ def create_app(
             queue = form.get("queue") == "1"
         finally:
             await form.close()
+        visitor: Visitor = request.state.visitor
+        if queue and not visitor.admin:
+            return PlainTextResponse(
+                "only an administrator (web.admins) may queue an upload for PACS", status_code=403
+            )
         if not data:
             return page(request, "upload.html", result=None, error="choose a file first")
         error = result = queued = None
@@ -392,7 +452,7 @@ def create_app(
         except ModelWorkFailed as exc:
             error = f"not assessed ({exc.reason}): {exc}"
         if queue and kind_of(data) == "DICOM":  # checked as any received object would be
-            queued = await run_in_threadpool(_queue_upload, data)
+            queued = await run_in_threadpool(_queue_upload, data, user)
         log.info(
             "web_upload",
             user=user,
@@ -415,7 +475,7 @@ def create_app(
             status_code=200 if error is None else 422,
         )
 
-    def _queue_upload(data: bytes) -> dict[str, Any]:
+    def _queue_upload(data: bytes, user: str) -> dict[str, Any]:
         from screener.errors import IngestError
 
         try:
@@ -423,6 +483,13 @@ def create_app(
         except IngestError as exc:
             reason = getattr(exc, "reason", type(exc).__name__)
             return {"outcome": "refused", "reason": reason, "message": str(exc)}
+        audit(
+            "web_upload_queued",
+            user,
+            f"uploaded and queued by {user}: {accepted.outcome}",
+            sop_instance_uid=accepted.sop_instance_uid,
+            study_instance_uid=accepted.study_instance_uid,
+        )
         return {
             "outcome": accepted.outcome,
             "study": accepted.study_instance_uid,
@@ -445,19 +512,16 @@ def create_app(
         Route("/stats/{uid}/{what}.png", login_required(stats_picture)),
         Route("/upload", login_required(upload_page)),
         Route("/upload", login_required(upload), methods=["POST"]),
-        Route("/exports/retry", login_required(retry_exports), methods=["POST"]),
+        Route(
+            "/exports/retry",
+            login_required(retry_exports, admin="send dead-lettered SRs again"),
+            methods=["POST"],
+        ),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
     middleware = [
+        Middleware(SecurityHeaders),
         Middleware(BodyLimit, max_bytes=settings.web.max_upload_mb * 1024 * 1024),
-        Middleware(
-            SessionMiddleware,
-            secret_key=session_secret or new_token(),
-            session_cookie="screener_session",
-            max_age=int(settings.web.session_hours * 3600),
-            same_site="strict",
-            https_only=False,
-        ),
     ]
     return Starlette(routes=routes, middleware=middleware)
 
@@ -503,4 +567,4 @@ def _stats_png(
     return out.getvalue()
 
 
-__all__ = ["BodyLimit", "create_app"]
+__all__ = ["BodyLimit", "create_app"]  # BodyLimit lives in screener.web.guard

@@ -31,6 +31,9 @@ def _server(
         log_config=None,  # our own logging; uvicorn's access log stays off (no PHI in URLs)
         access_log=False,
         lifespan="off",
+        # X-Forwarded-* are believed from web.trusted_proxies only (screener.web.guard), not
+        # from whatever uvicorn's FORWARDED_ALLOW_IPS says
+        proxy_headers=False,
         limit_concurrency=64,
     )
     return uvicorn.Server(config)
