@@ -80,6 +80,7 @@ def test_the_configmaps_screener_toml_loads(tmp_path: Path) -> None:
     settings = load_settings(toml, environ={})
     assert settings.storage.spool_dir == "/var/lib/screener/spool"
     assert settings.rescan.schedule == "" and not settings.watch.enabled
+    assert settings.web.secure_cookies  # the worklist is reached over HTTPS only
 
 
 def test_the_compose_file_is_consistent() -> None:
@@ -172,6 +173,7 @@ def test_the_packaged_configuration_is_tls_only_with_an_allow_list() -> None:
     for path in (settings.tls.certificate, settings.tls.private_key, settings.tls.ca_certificates):
         assert path.startswith("/etc/screener/tls/"), path
     assert is_loopback(settings.metrics.host)
+    assert settings.web.secure_cookies and is_loopback(settings.web.host)
 
 
 def test_the_exposure_checks_would_catch_an_open_deployment(tmp_path: Path) -> None:

@@ -218,6 +218,14 @@ def test_a_pushed_film_is_read_in_the_browser(
         browser.find_element(By.ID, "queue").click()
         browser.find_element(By.ID, "score").click()
         assert "Queued: queued" in browser.find_element(By.ID, "queued").text
+        assert (  # recorded against the administrator who queued it
+            _count(
+                db_url,
+                "select count(*) from audit_events where event = 'web_upload_queued' "
+                "and actor = 'alice'",
+            )
+            == 1
+        )
         wait_for(lambda: _count(db_url, "select count(*) from results") >= 2, 120)
         browser.find_element(By.LINK_TEXT, "Worklist").click()
         assert "UPL1" in browser.find_element(By.ID, "worklist").text
