@@ -12,8 +12,9 @@ goes with the image.
 Audit retention (:func:`prune_audit`, run with the spool's): ``audit_events`` rows older than
 ``storage.audit_retention_days`` are deleted in batches of :data:`AUDIT_BATCH`, each batch
 counted per UTC day, event and reason into ``audit_counts`` in the same transaction, so totals
-stay whole and a crash never counts a row twice. Anyone who can connect adds rows (each refused
-association or C-STORE writes one): without this the table only grows.
+stay whole and a crash never counts a row twice; :data:`AUDIT_KEPT_EVENTS` stay. Anyone who
+can connect adds rows (each refused association or C-STORE writes one): without this the table
+only grows.
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ log = structlog.get_logger(__name__)
 BUSY = (JobState.QUEUED, JobState.PROCESSING)
 #: Audit rows deleted (and counted) per transaction.
 AUDIT_BATCH = 2000
+#: Audit events never pruned: rows the code reads one by one as state. ``job_requeued``: the
+#: nightly rescan caps its retries of a failed job by counting them (screener.rescan.backlog);
+#: at most a few per failed job, and no caller can add them.
+AUDIT_KEPT_EVENTS = ("job_requeued",)
 
 
 @dataclass(frozen=True)
@@ -226,7 +231,7 @@ def prune_audit(
         with db.transaction() as session:
             summary.events = int(
                 session.scalar(
-                    select(func.count()).select_from(AuditEvent).where(AuditEvent.at < cutoff)
+                    select(func.count()).select_from(AuditEvent).where(*_prunable(cutoff))
                 )
                 or 0
             )
@@ -235,7 +240,7 @@ def prune_audit(
         with db.transaction() as session:
             oldest = (
                 select(AuditEvent.id, AuditEvent.at, AuditEvent.event, AuditEvent.reason)
-                .where(AuditEvent.at < cutoff)
+                .where(*_prunable(cutoff))
                 .order_by(AuditEvent.at)
                 .limit(batch)
             )
@@ -254,6 +259,10 @@ def prune_audit(
     if summary.events:
         log.info("audit_pruned", **summary.as_dict())
     return summary
+
+
+def _prunable(cutoff: datetime) -> tuple[Any, ...]:
+    return AuditEvent.at < cutoff, AuditEvent.event.not_in(AUDIT_KEPT_EVENTS)
 
 
 def _add_counts(session: Session, dialect: str, counts: Counter[tuple[date, str, str]]) -> None:

@@ -53,13 +53,15 @@ def _fill(db: Database) -> None:
     _add(db, 95, "association_rejected", "calling_ae_not_allowed", 3)  # 2026-09-02
     _add(db, 200, "process_restarted", "worker-1", 2)  # 2026-05-20
     _add(db, 120, "duplicate_ignored", None)  # 2026-08-08, no reason
+    _add(db, 150, "job_requeued", "rescan_retry", 2)  # the rescan's retry cap reads these: kept
     _add(db, 1, "store_refused", "sop_class_not_supported")  # recent: kept
     _add(db, 1, "association_rejected", "calling_ae_not_allowed")
 
 
 def test_old_audit_rows_go_in_batches_and_status_totals_stay(db_url: str) -> None:
-    """With the default 90 days, 11 old rows go in batches of 3, the 2 recent ones stay, the
-    counts per day/event/reason are kept, and status's totals are unchanged."""
+    """With the default 90 days, 11 old rows go in batches of 3, the 2 recent ones and the
+    rescan's retry marks stay, the counts per day/event/reason are kept, and status's totals
+    are unchanged."""
     db = Database(db_url)
     upgrade(db)
     try:
@@ -73,7 +75,7 @@ def test_old_audit_rows_go_in_batches_and_status_totals_stay(db_url: str) -> Non
         assert settings.storage.audit_retention_days == 90
         summary = prune_audit(db, settings, now=NOW, batch=3)
         assert (summary.events, summary.batches) == (11, 4)
-        assert _kept(db) == 2
+        assert _kept(db) == 4  # 2 recent, 2 job_requeued
         assert _counts(db) == {
             ("2026-08-28", "store_refused", "sop_class_not_supported"): 5,
             ("2026-09-02", "association_rejected", "calling_ae_not_allowed"): 3,
@@ -104,12 +106,12 @@ def test_zero_keeps_every_row_and_a_dry_run_deletes_nothing(db_url: str) -> None
         forever = load_settings(None, environ={"SCREENER_STORAGE_AUDIT_RETENTION_DAYS": "0"})
         summary = prune_audit(db, forever, now=NOW)
         assert (summary.events, summary.cutoff) == (0, None)
-        assert _kept(db) == 13
+        assert _kept(db) == 15
 
         settings = load_settings(None, environ={})
         dry = prune_audit(db, settings, now=NOW, dry_run=True)
         assert dry.events == 11 and dry.cutoff == NOW - timedelta(days=90)
-        assert _kept(db) == 13 and _counts(db) == {}
+        assert _kept(db) == 15 and _counts(db) == {}
     finally:
         db.dispose()
 
