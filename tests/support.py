@@ -118,6 +118,51 @@ def screenshots() -> Path:
     return folder
 
 
+#: axe-core's browser build, installed from npm by ``./dev setup`` (tests/browser/package-lock.json)
+AXE_JS = REPO / "tests" / "browser" / "node_modules" / "axe-core" / "axe.min.js"
+
+
+def axe_violations(
+    browser: Any, impacts: Iterable[str] = ("serious", "critical")
+) -> list[dict[str, Any]]:
+    """axe-core's violations of the page open in ``browser`` whose impact is in ``impacts``.
+
+    axe.min.js is injected with WebDriver's execute_script: a script run by the driver (Chrome
+    DevTools' Runtime.evaluate) is not subject to the page's Content-Security-Policy, which
+    allows no script at all. Skips when axe-core is not installed (``./dev setup`` installs it
+    where npm is), except under CI, where it fails.
+    """
+    import pytest
+
+    if not AXE_JS.is_file():
+        reason = f"axe-core is not installed at {AXE_JS} (./dev setup runs npm ci where npm is)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}; CI needs it")
+        pytest.skip(reason)
+    browser.execute_script(AXE_JS.read_text(encoding="utf-8"))
+    browser.set_script_timeout(120)
+    results = browser.execute_async_script(
+        """const done = arguments[arguments.length - 1];
+        if (typeof axe === "undefined") { done({error: "axe-core did not load"}); return; }
+        axe.run(document, {resultTypes: ["violations"]})
+          .then(r => done({violations: r.violations, passes: r.passes.length}))
+          .catch(e => done({error: String(e)}));"""
+    )
+    assert "error" not in results, results.get("error")
+    assert results["passes"] > 0, "axe-core ran no rule that passed: it did not see the page"
+    wanted = set(impacts)
+    return [v for v in results["violations"] if v.get("impact") in wanted]
+
+
+def axe_report(violations: list[dict[str, Any]]) -> str:
+    """One line per violation and node, for an assertion message."""
+    return "\n".join(
+        f"{v['impact']} {v['id']}: {v['help']} at {node['target']}: {node.get('failureSummary', '')}"
+        for v in violations
+        for node in v["nodes"]
+    )
+
+
 def multipart_form(fields: dict[str, str], file: bytes, filename: str) -> tuple[bytes, str]:
     """A multipart/form-data body with ``fields`` and ``file`` as the field ``film`` (the
     upload page's form); returns the body and its Content-Type."""
