@@ -53,7 +53,7 @@ from screener.web.guard import (
     SecurityHeaders,
     Visitor,
 )
-from screener.web.modelwork import WEB_LONG_SIDE, ModelWork, ModelWorkFailed, kind_of
+from screener.web.modelwork import ModelWork, ModelWorkFailed, kind_of
 from screener.web.sessions import SessionStore
 
 log = structlog.get_logger(__name__)
@@ -356,7 +356,14 @@ def create_app(
             except ModelWorkFailed as exc:
                 return PlainTextResponse(f"no overlay: {exc}", status_code=503)
         else:
-            png = await run_in_threadpool(_film_png, row.spool_path)
+            try:  # in the film process, under worker.decode_max_pixels and decode_memory_mb
+                png = await run_in_threadpool(work.call, "film_png", row.spool_path)
+            except ModelWorkFailed as exc:  # its reason only: never a codec's own words
+                log.warning("web_film_refused", reason=exc.reason)
+                return PlainTextResponse(
+                    f"the film cannot be shown: {exc.reason}",
+                    status_code=503 if exc.unavailable else 422,
+                )
         return Response(png, media_type="image/png", headers={"Cache-Control": "private"})
 
     async def status_page(request: Request, user: str) -> Response:
@@ -524,19 +531,6 @@ def create_app(
         Middleware(BodyLimit, max_bytes=settings.web.max_upload_mb * 1024 * 1024),
     ]
     return Starlette(routes=routes, middleware=middleware)
-
-
-def _film_png(path: str) -> bytes:
-    """A spooled film's first frame through screener's pixel pipeline, as PNG."""
-    from PIL import Image
-
-    from screener.model.gradcam import display_frames
-
-    out = io.BytesIO()
-    Image.fromarray(display_frames(path, long_side=WEB_LONG_SIDE)[0], mode="L").save(
-        out, format="PNG"
-    )
-    return out.getvalue()
 
 
 def _stats_png(

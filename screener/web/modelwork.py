@@ -1,15 +1,19 @@
-"""The web app's model work in one child process: Grad-CAM overlays of stored films, and
-the upload page's scoring of a dropped DICOM, PNG or JPEG.
+"""The web app's decoding and model work in two child processes: the model process makes
+Grad-CAM overlays of stored films and scores the upload page's dropped DICOM, PNG or JPEG;
+the film process makes the study page's pictures of stored films (``film_png``).
 
-Why a process of its own: TensorFlow stays out of the daemon's process (the listener and
-the web threads share its GIL), and a hostile upload that crashes a decoder or exhausts
-memory takes down only this child; the next request starts a new one. The child decodes
-under the workers' pixel budget (``worker.decode_max_pixels``), is started on first use,
+Why processes of their own: TensorFlow stays out of the daemon's process (the listener and
+the web threads share its GIL), and a hostile file that crashes a decoder or exhausts
+memory takes down only a child; the next request starts a new one. Both decode under the
+workers' pixel budget (``worker.decode_max_pixels``, checked from the header before
+decoding). The film process, which never loads TensorFlow, also runs under the decode
+processes' address-space cap (``worker.decode_memory_mb``); the model process cannot
+(TensorFlow reserves far more address space than it uses). Each is started on first use
 and dies with the daemon (it watches the parent's pid: it may be started from a request's
 thread, whose end would fire the kernel's parent-death signal).
 
-Calls are serialised (one model, one process); each waits at most ``timeout`` seconds, after
-which the child is killed and the caller told so.
+Calls to one process are serialised; each waits at most its timeout, after which the
+child is killed and the caller told so.
 """
 
 from __future__ import annotations
@@ -35,6 +39,12 @@ WEB_LONG_SIDE = 768
 MAX_UPLOAD_FRAMES = 4
 #: How long one call may take (the first one loads TensorFlow and the bundle).
 CALL_TIMEOUT_SECONDS = 180.0
+#: How long one film's picture may take (a film at the pixel budget decodes in seconds).
+FILM_TIMEOUT_SECONDS = 60.0
+#: The calls the film process answers; the model process answers the others.
+FILM_CALLS = frozenset({"film_png"})
+#: Reasons that say the process, not the file, failed: try again (HTTP 503).
+UNAVAILABLE = frozenset({"busy", "timeout", "stopping", "decoder_crashed"})
 
 
 class ModelWorkFailed(Exception):
@@ -43,6 +53,11 @@ class ModelWorkFailed(Exception):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+    @property
+    def unavailable(self) -> bool:
+        """The process failed, not the file: the same call may succeed later."""
+        return self.reason in UNAVAILABLE
 
 
 @dataclass(frozen=True)
@@ -104,6 +119,14 @@ def overlay_png(path: str) -> bytes:
 
     film = display_frames(path, long_side=WEB_LONG_SIDE)[0]
     return _png(_overlay_on(_bundle(), load_image(path)[0], film), "RGB")
+
+
+def film_png(path: str) -> bytes:
+    """A spooled film's first frame through screener's pixel pipeline at the web's size, as
+    PNG; runs in the film process, under the decode limits."""
+    from screener.model.gradcam import display_frames
+
+    return _png(display_frames(path, long_side=WEB_LONG_SIDE)[0], "L")
 
 
 def kind_of(data: bytes) -> str:
@@ -172,12 +195,18 @@ def assess_upload(data: bytes) -> UploadResult:
     return UploadResult(kind, model, frames, len(canonical))
 
 
-_CALLS: dict[str, Callable[..., Any]] = {"overlay_png": overlay_png, "assess_upload": assess_upload}
+_CALLS: dict[str, Callable[..., Any]] = {
+    "overlay_png": overlay_png,
+    "assess_upload": assess_upload,
+    "film_png": film_png,
+}
 
 
-def child_main(conn: Connection, parent_pid: int, settings: Settings) -> None:
+def child_main(conn: Connection, parent_pid: int, settings: Settings, memory_cap: bool) -> None:
     """The child's loop: answer ``(name, args)`` with ``("ok", value)`` or
-    ``("error", reason, message)`` until the pipe closes."""
+    ``("error", reason, message)`` until the pipe closes. ``memory_cap``: the film process,
+    under ``worker.decode_memory_mb`` as the decode processes are; TensorFlow is then never
+    configured (configuring it may import it)."""
     from screener.errors import ScreenerError
     from screener.lifecycle import die_with_parent
     from screener.logs import configure_logging
@@ -185,10 +214,11 @@ def child_main(conn: Connection, parent_pid: int, settings: Settings) -> None:
 
     die_with_parent(parent_pid, watch_only=True)
     configure_logging(settings.logging)
-    configure_inference(settings.worker)
+    if not memory_cap:
+        configure_inference(settings.worker)
     from screener.imaging import limits
 
-    limits.apply(decode_limits(settings.worker, memory_cap=False))
+    limits.apply(decode_limits(settings.worker, memory_cap=memory_cap))
     _state["settings"] = settings
     while True:
         try:
@@ -200,7 +230,11 @@ def child_main(conn: Connection, parent_pid: int, settings: Settings) -> None:
         except ScreenerError as exc:
             conn.send(("error", getattr(exc, "reason", type(exc).__name__), str(exc)))
         except MemoryError:
-            conn.send(("error", "out_of_memory", "the image needed more memory than there is"))
+            if limits.current().address_space_mb:
+                conn.send(("error", "decode_memory_limit", "the image needed more memory "
+                           "than the film process may use (worker.decode_memory_mb)"))  # fmt: skip
+            else:
+                conn.send(("error", "out_of_memory", "the image needed more memory than there is"))
         except Exception as exc:  # a decoder's own error on hostile bytes: said, not fatal
             log.warning("web_model_call_failed", call=name, error=type(exc).__name__)
             conn.send(("error", "decode_error", f"{type(exc).__name__}: {exc}"))
@@ -209,15 +243,23 @@ def child_main(conn: Connection, parent_pid: int, settings: Settings) -> None:
 # --- the parent ------------------------------------------------------------------------
 
 
-class ModelWork:
-    """The parent's handle on the child; ``call`` starts it when needed."""
+#: what each child logs as it starts and when it is found ended
+_EVENTS = {
+    "model": ("web_model_process_started", "web_model_process_ended"),
+    "film": ("web_film_process_started", "web_film_process_ended"),
+}
 
-    def __init__(self, settings: Settings, timeout: float = CALL_TIMEOUT_SECONDS) -> None:
+
+class _Child:
+    """One child process and the pipe to it; ``call`` starts it when needed."""
+
+    def __init__(self, ctx: Any, settings: Settings, role: str, timeout: float) -> None:
         self.settings = settings
         self.timeout = timeout
-        self._ctx = multiprocessing.get_context("spawn")
+        self._ctx = ctx
         self._lock = threading.Lock()
         self._process: Any = None
+        self.role = role  # "model" or "film" (under the memory cap)
         self._conn: Connection | None = None
         self.stopped = False
 
@@ -229,14 +271,14 @@ class ModelWork:
         parent, child = self._ctx.Pipe()
         proc = self._ctx.Process(
             target=child_main,
-            args=(child, os.getpid(), self.settings),
-            name="screener-web-model",
+            args=(child, os.getpid(), self.settings, self.role == "film"),
+            name=f"screener-web-{self.role}",
             daemon=True,  # ended at the daemon's exit; the pid watch covers a kill -9
         )
         proc.start()
         child.close()
         self._process, self._conn = proc, parent
-        log.info("web_model_process_started", pid=proc.pid)
+        log.info(_EVENTS[self.role][0], pid=proc.pid)
 
     def _kill(self) -> None:
         if self._conn is not None:
@@ -268,7 +310,7 @@ class ModelWork:
             except (EOFError, OSError, BrokenPipeError) as exc:
                 code = None if self._process is None else self._process.exitcode
                 self._kill()
-                log.warning("web_model_process_ended", exit_code=code)
+                log.warning(_EVENTS[self.role][1], exit_code=code)
                 raise ModelWorkFailed(
                     "decoder_crashed",
                     "the process decoding the image ended (a decoder crash or out of memory); "
@@ -295,3 +337,37 @@ class ModelWork:
 
 
 __all__ = ["Frame", "ModelWork", "ModelWorkFailed", "UploadResult"]
+class ModelWork:
+    """The parent's handle on the model process and the film process (:data:`FILM_CALLS`
+    go to the film process); each is started by its first call."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        timeout: float = CALL_TIMEOUT_SECONDS,
+        film_timeout: float = FILM_TIMEOUT_SECONDS,
+    ) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._model = _Child(ctx, settings, "model", timeout)
+        self._films = _Child(ctx, settings, "film", film_timeout)
+
+    @property
+    def pid(self) -> int | None:
+        """The model process's pid, while one runs."""
+        return self._model.pid
+
+    @property
+    def film_pid(self) -> int | None:
+        """The film process's pid, while one runs."""
+        return self._films.pid
+
+    def call(self, name: str, *args: Any) -> Any:
+        """Run ``name`` in its process; raises :class:`ModelWorkFailed` with the reason."""
+        return (self._films if name in FILM_CALLS else self._model).call(name, *args)
+
+    def stop(self) -> None:
+        """Kill both children at once; a call waiting on one gets ``decoder_crashed``."""
+        self._model.stop()
+        self._films.stop()
+
+
