@@ -371,6 +371,20 @@ class WebSettings:
         "request a trusted proxy marks X-Forwarded-Proto: https gets Secure cookies anyway",
     )
     max_upload_mb: int = _opt(64, "largest request body accepted", min=1, max=4096)
+    header_timeout_seconds: float = _opt(
+        10.0,
+        "a connection that has not sent a whole request's headers this long after opening "
+        "(or after its next request's first byte) is closed",
+        min=0.5,
+        max=300,
+    )
+    max_connections_per_client: int = _opt(
+        16,
+        "connections one client address may hold open at once; more are closed at once "
+        "(behind a reverse proxy every client is the proxy's address: raise it there)",
+        min=1,
+        max=512,
+    )
 
 
 @dataclass(frozen=True)
