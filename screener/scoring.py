@@ -313,7 +313,9 @@ class ModelProcessor:
                 started_at=job.started_at,
                 scored_at=scored_at,
             )
-            session.add(result)  # inserted with the rest of the batch at commit
+            # inserted with the rest of the batch at commit; that flush also refreshes the
+            # study's worklist summary (screener.db.summary)
+            session.add(result)
             if self.settings.export.heatmap_capture:
                 session.flush()  # the heatmap file is named by the result's id
                 self._save_heatmap(image, heatmap_path(self.settings, result.id))

@@ -5,6 +5,11 @@ rescore by a newer model replaces an image's older result). Studies flagged for 
 read come first; within each group the order is by priority = probability + hours waited /
 ``worklist.aging_hours``, so a lower score that has waited long is not starved.
 
+:func:`_score` computes one study from its results; the worklist itself reads the same
+figures from the per-study summary that :mod:`screener.db.summary` keeps (``study_scores``),
+so that its filters, order and limit run in the database (a year's 200,000 studies:
+benchmarks/bench_worklist.py).
+
 Only what a radiologist's worklist already shows: accession number, study date, modality,
 and the Study Instance UID to act on. No patient name, ID or birth date (screener does not
 store them).
@@ -269,6 +274,11 @@ def _listed(
 MIN_UID_PART = 6
 
 
+def _short_id(text: str) -> bool:
+    """ASCII digits that fit a database integer (``"²".isdigit()`` is True; 10^21 overflows)."""
+    return 0 < len(text) <= 18 and all(c in "0123456789" for c in text)
+
+
 def find_study(session: Session, key: str) -> Study:
     """A study by any key a radiologist has at hand, in this order: its Study Instance UID;
     ``#N``, the short id the worklist shows; its accession number; bare digits as the short
@@ -278,7 +288,7 @@ def find_study(session: Session, key: str) -> Study:
     study = session.scalars(select(Study).where(Study.study_instance_uid == key)).one_or_none()
     if study is not None:
         return study
-    if key.startswith("#") and key[1:].isdigit():
+    if key.startswith("#") and _short_id(key[1:]):
         study = session.get(Study, int(key[1:]))
         if study is None:
             raise StudyNotFound(f"no study with short id {key}")
@@ -291,10 +301,10 @@ def find_study(session: Session, key: str) -> Study:
             f"accession number {key!r} matches {len(matches)} studies; use the short id (#N) "
             "the worklist shows or the Study Instance UID"
         )
-    if key.isdigit() and (study := session.get(Study, int(key))) is not None:
+    if _short_id(key) and (study := session.get(Study, int(key))) is not None:
         return study
     part = key.strip("…").strip(".")
-    if len(part) >= MIN_UID_PART and all(c.isdigit() or c == "." for c in part):
+    if len(part) >= MIN_UID_PART and all(c in "0123456789." for c in part):
         found = session.scalars(
             select(Study).where(
                 Study.study_instance_uid.startswith(part) | Study.study_instance_uid.endswith(part)

@@ -266,7 +266,8 @@ class StudyScoreRow(Base):
 
     __tablename__ = "study_scores"
     __table_args__ = (
-        Index("ix_study_scores_reviewed_flagged", "reviewed", "flagged"),
+        # ORDER BY flagged DESC walks this index; status filters within each flag group
+        Index("ix_study_scores_flagged_reviewed", "flagged", "reviewed"),
         Index("ix_study_scores_received_at", "received_at"),
         Index("ix_study_scores_probability", "probability"),
     )

@@ -81,15 +81,17 @@ ranked AS (
                l.probability DESC, l.first_at, l.first_id) AS place
     FROM latest l
 ),
-arrived AS (
-    SELECT study_id, MIN(received_at) AS received_at, COUNT(*) AS images
-    FROM instances {where_study}
-    GROUP BY study_id
-),
-reads AS (
-    SELECT study_id, verdict, reader, model_positive,
-           ROW_NUMBER() OVER (PARTITION BY study_id ORDER BY created_at DESC, id DESC) AS newest
-    FROM reviews {where_study}
+chosen AS (
+    -- per-study lookups on ix_instances_study_id and ix_reviews_study_id: SQLite scans a
+    -- joined CTE once per row
+    SELECT t.*,
+           (SELECT MIN(x.received_at) FROM instances x
+            WHERE x.study_id = t.study_id) AS received_at,
+           (SELECT COUNT(*) FROM instances x WHERE x.study_id = t.study_id) AS images,
+           (SELECT v.id FROM reviews v WHERE v.study_id = t.study_id
+            ORDER BY v.created_at DESC, v.id DESC LIMIT 1) AS review_id
+    FROM ranked t
+    WHERE t.place = 1
 )
 INSERT INTO study_scores (
     study_id, probability, flagged, threshold, model_name, model_version, model_uid,
@@ -101,14 +103,12 @@ SELECT t.study_id, t.probability, t.any_flag = 1, t.threshold, t.model_name,
        CASE WHEN t.assessed = t.frames THEN 'assessed'
             WHEN t.assessed > 0 THEN 'partly_outside_domain'
             ELSE 'outside_domain' END,
-       a.images, t.sop_instance_uid, a.received_at, {epoch},
+       t.images, t.sop_instance_uid, t.received_at, {epoch},
        rd.study_id IS NOT NULL AND rd.model_positive = (t.any_flag = 1),
        rd.study_id IS NOT NULL AND rd.model_positive <> (t.any_flag = 1),
        rd.verdict, rd.reader
-FROM ranked t
-JOIN arrived a ON a.study_id = t.study_id
-LEFT JOIN reads rd ON rd.study_id = t.study_id AND rd.newest = 1
-WHERE t.place = 1
+FROM chosen t
+LEFT JOIN reviews rd ON rd.id = t.review_id
 """
 
 
@@ -117,8 +117,7 @@ def refresh_statement(dialect: str) -> TextClause:
     """The INSERT ... SELECT that summarises the studies whose ids are bound as ``ids``."""
     sql = REFRESH_SQL.format(
         where_instance="WHERE i.study_id IN :ids",
-        where_study="WHERE study_id IN :ids",
-        epoch=EPOCH_SQL[dialect].format(col="a.received_at"),
+        epoch=EPOCH_SQL[dialect].format(col="t.received_at"),
     )
     return text(sql).bindparams(bindparam("ids", expanding=True))
 
