@@ -154,9 +154,11 @@ def axe_violations(
     return [v for v in results["violations"] if v.get("impact") in wanted]
 
 
-def axe_report(violations: list[dict[str, Any]]) -> str:
-    """One line per violation and node, for an assertion message."""
-    return "\n".join(
+def assert_accessible(browser: Any, page: str) -> None:
+    """No serious or critical axe-core violation on the page open in ``browser``; the
+    assertion names each one, with the elements at fault."""
+    violations = axe_violations(browser)
+    assert not violations, f"{page}:\n" + "\n".join(
         f"{v['impact']} {v['id']}: {v['help']} at {node['target']}: {node.get('failureSummary', '')}"
         for v in violations
         for node in v["nodes"]

@@ -3,8 +3,9 @@ Debian's chromedriver (nothing downloaded). A film pushed by dcmtk's storescu to
 `screener serve` appears on the worklist page after login; its study page shows the film and
 the Grad-CAM overlay; a read is recorded with the user as reader; a POST without the CSRF
 token is refused; the status page sends a dead-lettered SR again; a DICOM film queued from
-the upload page is scored by the daemon's workers. Screenshots of each page go to var/test-screenshots/ (or
-$SCREENER_SCREENSHOTS) to look at."""
+the upload page is scored by the daemon's workers; a failed login keeps the name typed; axe-core
+finds no serious or critical violation on any page. Screenshots of each page go to
+var/test-screenshots/ (or $SCREENER_SCREENSHOTS) to look at."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from PIL import Image
 from sqlalchemy import create_engine, text
 from support import (
     ServeProcess,
+    assert_accessible,
     data_root,
     dcmtk_tool,
     film_dicom,
@@ -134,7 +136,10 @@ def test_a_pushed_film_is_read_in_the_browser(
         browser.find_element(By.ID, "login").click()
         assert "wrong password" in browser.find_element(By.ID, "login-error").text
         browser.save_screenshot(str(shots / "1-login.png"))
-        browser.find_element(By.ID, "username").send_keys("alice")
+        assert_accessible(browser, "login after a failed one")
+        # the name typed stays: only the password is typed again
+        assert browser.find_element(By.ID, "username").get_attribute("value") == "alice"
+        assert browser.find_element(By.ID, "password").get_attribute("value") == ""
         browser.find_element(By.ID, "password").send_keys(PASSWORD)
         browser.find_element(By.ID, "login").click()
         wait_for(lambda: urllib.parse.urlparse(browser.current_url).path == "/worklist", 60)
@@ -143,6 +148,18 @@ def test_a_pushed_film_is_read_in_the_browser(
         table = browser.find_element(By.ID, "worklist")
         assert "#1" in table.text and "CR" in table.text
         browser.save_screenshot(str(shots / "2-worklist.png"))
+        assert_accessible(browser, "worklist")
+        # it reloads itself every 30 s only once asked (WCAG 2.2.1), and says how to stop
+        refresh = """const m = document.querySelector('meta[http-equiv="refresh"]');
+        return m && m.content"""
+        assert browser.execute_script(refresh) is None
+        browser.find_element(By.ID, "refresh").click()
+        wait_for(lambda: "refresh=30" in browser.current_url, 60)
+        assert browser.execute_script(refresh) == "30"
+        assert browser.find_element(By.ID, "refresh").text == "Stop refreshing every 30 s"
+        browser.find_element(By.ID, "refresh").click()
+        wait_for(lambda: "refresh" not in browser.current_url, 60)
+        assert "#1" in browser.find_element(By.ID, "worklist").text
 
         # its study page shows the film, and the overlay when asked
         browser.find_element(By.LINK_TEXT, "#1").click()
@@ -154,6 +171,7 @@ def test_a_pushed_film_is_read_in_the_browser(
         probability = browser.find_element(By.ID, "probability").text
         assert 0.0 <= float(probability) <= 1.0
         browser.save_screenshot(str(shots / "3-study.png"))
+        assert_accessible(browser, "study")
         browser.find_element(By.CSS_SELECTOR, "label[for=overlay-1]").click()
         overlay = browser.find_element(By.CSS_SELECTOR, "img.overlay")
         wait_for(
@@ -204,6 +222,7 @@ def test_a_pushed_film_is_read_in_the_browser(
         assert "done" in browser.find_element(By.ID, "queue").text
         assert "association refused" in browser.find_element(By.ID, "dead").text
         browser.save_screenshot(str(shots / "6-status.png"))
+        assert_accessible(browser, "status")
         browser.find_element(By.ID, "retry").click()
         assert "1 dead-lettered" in browser.find_element(By.ID, "retried").text
         assert _count(db_url, "select count(*) from exports where state = 'pending'") == 1
@@ -214,6 +233,7 @@ def test_a_pushed_film_is_read_in_the_browser(
         upload = tmp_path / "upload.dcm"
         upload.write_bytes(film_dicom(film_pixels, patient_age="004Y", accession="UPL1"))
         browser.find_element(By.LINK_TEXT, "Upload").click()
+        assert_accessible(browser, "upload")
         browser.find_element(By.ID, "film").send_keys(str(upload))
         browser.find_element(By.ID, "queue").click()
         browser.find_element(By.ID, "score").click()

@@ -1,7 +1,8 @@
 """The web's stats and upload pages, on `screener web` run alone against a database with
-reads recorded, in Debian's headless chromium; and what a hostile request gets: no CSRF
-token, a body over web.max_upload_mb (declared or chunked), a PNG that declares billions of
-pixels. Screenshots go to var/test-screenshots/."""
+reads recorded, in Debian's headless chromium; every page at 200 % zoom (no sideways scrolling,
+a 5,000-character word wrapped) and checked by axe-core; and what a hostile request gets: no
+CSRF token, a body over web.max_upload_mb (declared or chunked), a PNG that declares billions
+of pixels. Screenshots go to var/test-screenshots/."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from PIL import Image
 from sqlalchemy import create_engine, text
 from support import (
     ServeProcess,
+    assert_accessible,
     build_dicom,
     data_root,
     film_dicom,
@@ -35,7 +37,7 @@ from support import (
     wait_for,
 )
 
-from screener.db import Database
+from screener.db import OUTSIDE_DOMAIN, Database
 from screener.db.migrate import upgrade
 from screener.ingest.accept import Acceptor
 from screener.ingest.spool import Spool
@@ -202,10 +204,12 @@ def test_stats_and_upload_in_the_browser(
     calibration = browser.find_element(By.CSS_SELECTOR, "img.calibration")
     wait_for(lambda: _loaded(browser, roc) and _loaded(browser, calibration), 60)
     browser.save_screenshot(str(shots / "7-stats.png"))
+    assert_accessible(browser, "stats")
 
     # upload a training JPEG: scored at once, with its heatmap; the same P as `screener predict`
     film = sorted(train.glob("*.jpeg"))[0]
     browser.find_element(By.LINK_TEXT, "Upload").click()
+    assert_accessible(browser, "upload")
     browser.find_element(By.ID, "film").send_keys(str(film))
     browser.find_element(By.ID, "score").click()
     shown = float(browser.find_element(By.CSS_SELECTOR, ".probability").text)
@@ -213,6 +217,7 @@ def test_stats_and_upload_in_the_browser(
     wait_for(lambda: _loaded(browser, overlay), 60)
     assert overlay.is_displayed()
     browser.save_screenshot(str(shots / "8-upload.png"))
+    assert_accessible(browser, "upload with its result")
 
     # a pediatric DICOM film of the same pixels, queued like a received one
     pixels = np.asarray(Image.open(film).convert("L"))
@@ -346,3 +351,125 @@ def test_the_model_process_dies_alone_and_is_started_again(
     assert second is not None and second != first and _alive(second)
     work.stop()
     assert not _alive(second)
+
+
+#: 200 % zoom of a 1280 px wide window: the layout of a window 640 CSS px wide
+ZOOMED = (640, 900)
+#: one word longer than any line: a note pasted without spaces
+LONG_WORD = ("consolidation" * 385)[:5000]
+
+#: why the element ``arguments[0]`` is not wholly in view ("" when it is): beyond the window,
+#: cut by an ancestor that clips or scrolls it, or broken into more than two lines
+_CUT_JS = """
+const el = arguments[0], r = el.getBoundingClientRect();
+const view = document.documentElement.clientWidth;
+if (r.left < 0 || r.right > view + 1)
+  return `beyond the window: ${Math.round(r.left)}..${Math.round(r.right)} of ${view} px`;
+for (let a = el.parentElement; a; a = a.parentElement) {
+  if (getComputedStyle(a).overflowX === "visible") continue;
+  const box = a.getBoundingClientRect();
+  if (r.left < box.left - 1 || r.right > box.right + 1)
+    return `cut by <${a.tagName.toLowerCase()} class="${a.className}">`;
+}
+const range = document.createRange();
+range.selectNodeContents(el);
+const lines = new Set([...range.getClientRects()].map(q => Math.round(q.top)));
+return lines.size <= 2 ? "" : `broken into ${lines.size} lines`;
+"""
+
+
+def _no_sideways_scrolling(browser: Any, page: str) -> None:
+    width, client = browser.execute_script(
+        "const d = document.documentElement; return [d.scrollWidth, d.clientWidth]"
+    )
+    assert width <= client + 1, f"{page} scrolls sideways: {width} px wide in {client} px"
+
+
+def test_pages_reflow_at_200_percent_zoom(
+    web: tuple[str, ServeProcess, dict[str, Any]],
+    browser: Any,
+    sqlite_url: str,
+    make_settings: Callable[..., Any],
+    model_bundle: Path,
+) -> None:
+    """At 200 % zoom (a window 640 CSS px wide) the worklist, study, status and stats pages do
+    not scroll sideways, SECOND READ is wholly in view, a read's note of one 5,000-character
+    word wraps, the skip link is the first keyboard stop, and axe-core finds no serious or
+    critical violation."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    base, _, _ = web
+    meta = read_metadata(model_bundle)
+    model, threshold = (meta["name"], meta["version"], meta["uid"]), float(meta["threshold"])
+    settings = make_settings(sqlite_url)  # the fixture's: the same spool as `screener web`
+    db = Database(sqlite_url)
+    acceptor = Acceptor(db, Spool(settings.storage.spool_dir, 0), settings)
+    studies = {}
+    for seed, (accession, p, label) in enumerate(
+        (("ZOOM1", 0.97, None), ("ZOOM2", 0.2, OUTSIDE_DOMAIN), ("ZOOM3", 0.95, None)), 100
+    ):
+        accepted = acceptor.accept(build_dicom(seed=seed), source="dicom")
+        record_result(
+            db, accepted.sop_instance_uid, p, threshold, model, label=label, accession=accession
+        )
+        studies[accession] = accepted.study_instance_uid
+    record_review(db, studies["ZOOM3"], True, f"see {LONG_WORD}", 12.0, "bob")
+    db.dispose()
+    shots = screenshots()
+    browser.set_window_size(*ZOOMED)
+    assert browser.execute_script("return window.innerWidth") == ZOOMED[0]
+    _login(browser, base)
+
+    # the worklist: unread ZOOM1 flagged, ZOOM2 outside the domain; the skip link comes first
+    browser.get(f"{base}/worklist")
+    table = browser.find_element(By.ID, "worklist").text
+    assert "ZOOM1" in table and "NOT ASSESSED" in table
+    ActionChains(browser).send_keys(Keys.TAB).perform()
+    skip = browser.switch_to.active_element
+    assert skip.get_attribute("class") == "skip" and skip.is_displayed()
+    assert browser.execute_script(_CUT_JS, skip) == ""
+    browser.save_screenshot(str(shots / "10-worklist-200.png"))
+    skip.send_keys(Keys.ENTER)
+    assert browser.switch_to.active_element.tag_name == "main"
+
+    # the study read with one long word: it wraps inside the page
+    browser.get(f"{base}/study/ZOOM3")
+    reads = browser.find_element(By.ID, "reviews")
+    assert LONG_WORD in reads.text.replace("\n", "")
+    assert reads.size["height"] > 20 * browser.find_element(By.ID, "probability").size["height"]
+    browser.save_screenshot(str(shots / "11-study-200.png"))
+
+    # every study, read or not: the worklist's columns fit the page, none scrolls out of view
+    browser.get(f"{base}/worklist?status=all")
+    wide, box = browser.execute_script(
+        "const t = document.getElementById('worklist'); "
+        "return [t.scrollWidth, t.parentElement.clientWidth]"
+    )
+    assert wide <= box + 1, f"the worklist is {wide} px wide in {box} px"
+
+    for path, name in (("/worklist", "worklist"), ("/study/ZOOM3", "study")):
+        browser.get(f"{base}{path}")
+        flags = browser.find_elements(By.XPATH, "//main//*[normalize-space(text())='SECOND READ']")
+        assert flags, f"no SECOND READ on the {name} page"
+        for flag in flags:
+            assert browser.execute_script(_CUT_JS, flag) == "", f"SECOND READ on the {name} page"
+        _no_sideways_scrolling(browser, name)
+        assert_accessible(browser, f"{name} at 200 %")
+
+    browser.get(f"{base}/status")
+    _no_sideways_scrolling(browser, "status")
+    assert_accessible(browser, "status at 200 %")
+    browser.save_screenshot(str(shots / "12-status-200.png"))
+
+    browser.get(f"{base}/stats")
+    roc = browser.find_element(By.CSS_SELECTOR, "img.roc")
+    wait_for(lambda: _loaded(browser, roc), 60)
+    _no_sideways_scrolling(browser, "stats")
+    assert_accessible(browser, "stats at 200 %")
+    browser.save_screenshot(str(shots / "13-stats-200.png"))
+
+    browser.get(f"{base}/upload")
+    _no_sideways_scrolling(browser, "upload")
+    browser.save_screenshot(str(shots / "14-upload-200.png"))

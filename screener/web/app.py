@@ -215,6 +215,7 @@ def create_app(
                     error=f"too many failed logins: try again in {wait:.0f} s",
                     next=target,
                     no_users=not users,
+                    username=name,  # kept in the form: only the password is typed again
                 )
                 response.headers["Retry-After"] = str(int(wait) + 1)
                 return response
@@ -241,6 +242,7 @@ def create_app(
             error=error,
             next=target,
             no_users=not users,
+            username=name if error else "",  # a failed login keeps the name typed
         )
 
     async def logout(request: Request) -> Response:
