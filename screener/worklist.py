@@ -17,6 +17,7 @@ store them).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -42,6 +43,32 @@ from screener.errors import ScreenerError
 
 class StudyNotFound(ScreenerError):
     """No study with that Study Instance UID or accession number."""
+
+
+class NotReadable(ScreenerError):
+    """A read that cannot be recorded: an unknown finding, a note too long, a study the
+    model did not assess."""
+
+
+#: A radiologist's read in their own words; the agreement with the model's flag follows.
+FINDINGS = {
+    "pneumonia": "pneumonia",
+    "no_pneumonia": "no pneumonia",
+    "cannot_tell": "cannot tell",
+}
+#: Review.verdict of a read that could not tell (counted in no agreement statistic).
+INDETERMINATE = "indeterminate"
+#: The longest note kept with a read (a longer one is refused, never cut).
+MAX_NOTE = 2000
+
+
+def finding_of(verdict: str | None, model_positive: bool) -> str | None:
+    """The finding a read recorded, from its verdict and the flag it read."""
+    if verdict is None:
+        return None
+    if verdict == INDETERMINATE:
+        return "cannot_tell"
+    return "pneumonia" if (verdict == "agree") == model_positive else "no_pneumonia"
 
 
 @dataclass
@@ -71,10 +98,16 @@ class StudyScore:
     #: read before, but a newer result changed the flag: back on the unread worklist
     reopened: bool = False
     reader: str | None = None
+    #: the read in the reader's words (see FINDINGS), and when it was recorded
+    finding: str | None = None
+    read_at: datetime | None = None
+    study_time: str | None = None
+    study_description: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["received_at"] = self.received_at.isoformat()
+        d["read_at"] = self.read_at.isoformat() if self.read_at else None
         return d
 
 
@@ -139,6 +172,12 @@ def _score(
         top_sop_instance_uid=sop_uids.get(top.instance_id),
         reopened=review is not None and not still_read,
         reader=review.reader if review else None,
+        finding=finding_of(review.verdict, review.model_positive)
+        if still_read and review
+        else None,
+        read_at=as_utc(review.created_at) if still_read and review else None,
+        study_time=study.study_time,
+        study_description=study.study_description,
     )
 
 
@@ -180,6 +219,11 @@ def _scores(
     ]
 
 
+#: The worklist's orders: flag and priority (the default), newest first, highest P first,
+#: accession number.
+SORTS = ("priority", "received", "probability", "accession")
+
+
 def worklist(
     db: Database,
     *,
@@ -188,8 +232,12 @@ def worklist(
     status: str = "unread",
     min_prob: float | None = None,
     limit: int | None = 50,
+    sort: str = "priority",
+    search: str | None = None,
 ) -> list[StudyScore]:
-    """Scored studies, flagged first, then by priority (probability + waiting time).
+    """Scored studies, flagged first, then by priority (probability + waiting time), or in
+    another of :data:`SORTS`; ``search`` keeps the studies with that accession number or
+    whose Study Instance UID starts or ends with it.
 
     One SELECT over the summary (``study_scores``, see :mod:`screener.db.summary`): the
     filters, the order and the limit run in the database."""
@@ -201,6 +249,16 @@ def worklist(
         (s.received_epoch > now.timestamp(), 0.0), else_=now.timestamp() - s.received_epoch
     )
     rank = case((s.assessment == OUTSIDE_DOMAIN, 0.0), else_=s.probability)
+    orders: dict[str, tuple[Any, ...]] = {
+        "priority": (
+            s.flagged.desc(),
+            (rank + waited / (3600.0 * aging_hours)).desc(),
+            s.received_at,
+        ),
+        "received": (s.received_at.desc(),),
+        "probability": (rank.desc(), s.received_at),
+        "accession": (Study.accession_number, s.received_at),
+    }
     q = (
         select(
             s,
@@ -208,14 +266,11 @@ def worklist(
             Study.accession_number,
             Study.study_date,
             Study.modality,
+            Study.study_time,
+            Study.study_description,
         )
         .join(Study, Study.id == s.study_id)
-        .order_by(
-            s.flagged.desc(),
-            (rank + waited / (3600.0 * aging_hours)).desc(),
-            s.received_at,
-            s.study_id,
-        )
+        .order_by(*orders.get(sort, orders["priority"]), s.study_id)
     )
     if since is not None:
         q = q.where(s.received_at >= as_utc(since).astimezone(UTC))
@@ -225,6 +280,16 @@ def worklist(
         q = q.where(s.reviewed == true())
     if min_prob is not None:
         q = q.where(s.probability >= min_prob)
+    if search and search.strip():
+        term = search.strip()[:64]
+        match = Study.accession_number == term
+        if len(term) >= MIN_UID_PART:
+            match = (
+                match
+                | Study.study_instance_uid.startswith(term, autoescape=True)
+                | Study.study_instance_uid.endswith(term, autoescape=True)
+            )
+        q = q.where(match)
     if limit:
         q = q.limit(limit)
     with db.transaction() as session:
@@ -237,6 +302,8 @@ def _listed(
     accession_number: str | None,
     study_date: str | None,
     modality: str | None,
+    study_time: str | None,
+    study_description: str | None,
     *,
     now: datetime,
     aging_hours: float,
@@ -267,6 +334,10 @@ def _listed(
         top_sop_instance_uid=row.top_sop_instance_uid,
         reopened=row.reopened,
         reader=row.reader,
+        finding=finding_of(row.verdict, row.flagged) if row.reviewed else None,
+        read_at=as_utc(row.read_at) if row.reviewed and row.read_at else None,
+        study_time=study_time,
+        study_description=study_description,
     )
 
 
@@ -434,15 +505,56 @@ def record_review(
     aging_hours: float,
     reader: str | None = None,
 ) -> RecordedRead:
-    """Record a radiologist's read of the study's flag: agreeing keeps it, disagreeing inverts
-    it. Every read is kept (the latest counts); an earlier read of the same result is returned
-    so that the caller can say so."""
+    """Record a read in the model's terms: agreeing keeps its flag, disagreeing inverts it
+    (``screener review --agree/--disagree``); see :func:`record_read`."""
+    return _record(
+        db,
+        key,
+        lambda flagged: "pneumonia" if flagged == agree else "no_pneumonia",
+        note,
+        aging_hours,
+        reader,
+    )
+
+
+def record_read(
+    db: Database,
+    key: str,
+    finding: str,
+    note: str | None,
+    aging_hours: float,
+    reader: str | None = None,
+) -> RecordedRead:
+    """Record a radiologist's read in their own words (:data:`FINDINGS`): the agreement
+    with the model's flag is derived, never asked. Every read is kept (the latest counts);
+    an earlier read of the same result is returned so that the caller can say so."""
+    if finding not in FINDINGS:
+        raise NotReadable(f"a read is one of {', '.join(FINDINGS)}, not {finding[:40]!r}")
+    return _record(db, key, lambda _flagged: finding, note, aging_hours, reader)
+
+
+def _record(
+    db: Database,
+    key: str,
+    finding_for: Callable[[bool], str],
+    note: str | None,
+    aging_hours: float,
+    reader: str | None,
+) -> RecordedRead:
+    if note is not None and len(note) > MAX_NOTE:
+        raise NotReadable(f"the note has {len(note)} characters; at most {MAX_NOTE} are kept")
     with db.transaction() as session:
         study = find_study(session, key)
         scores = _scores(session, aging_hours, [study.id])
         if not scores:
             raise StudyNotFound(f"study {study.study_instance_uid} has no result to review yet")
         s = scores[0]
+        if s.assessment == OUTSIDE_DOMAIN:
+            raise NotReadable(
+                f"study #{study.id} was not assessed by the model (outside its domain): there "
+                "is no call of the model to read"
+            )
+        finding = finding_for(s.flagged)
         earlier = session.scalars(
             select(Review)
             .where(
@@ -453,11 +565,17 @@ def record_review(
             )
             .order_by(Review.id.desc())
         ).first()
+        positive = None if finding == "cannot_tell" else finding == "pneumonia"
         review = Review(
             study_id=study.id,
-            verdict="agree" if agree else "disagree",
+            verdict=(
+                INDETERMINATE
+                if positive is None
+                else ("agree" if positive == s.flagged else "disagree")
+            ),
             model_positive=s.flagged,
-            radiologist_positive=s.flagged if agree else not s.flagged,
+            radiologist_positive=positive,
+            finding=finding,
             probability=s.probability,
             model_name=s.model_name,
             model_version=s.model_version,
@@ -491,6 +609,8 @@ class ModelStats:
     intervals: dict[str, tuple[float, float] | None] = field(default_factory=dict)
     #: why these figures mean little yet (too few reads), else None
     caution: str | None = None
+    #: reads that could not tell (in ``reviewed``, in no other figure)
+    cannot_tell: int = 0
 
 
 def _ratio(a: int, b: int) -> float | None:
@@ -519,11 +639,13 @@ def review_stats(db: Database) -> list[ModelStats]:
     from screener.model.metrics import wilson_interval
 
     stats = []
-    for (name, version, uid), reviews in sorted(groups.items()):
-        tp = sum(r.model_positive and r.radiologist_positive for r in reviews)
-        fp = sum(r.model_positive and not r.radiologist_positive for r in reviews)
-        tn = sum(not r.model_positive and not r.radiologist_positive for r in reviews)
-        fn = sum(not r.model_positive and r.radiologist_positive for r in reviews)
+    for (name, version, uid), every in sorted(groups.items()):
+        reviews = [r for r in every if r.radiologist_positive is not None]
+        pairs = [(r.model_positive, bool(r.radiologist_positive)) for r in reviews]
+        tp = sum(model and read for model, read in pairs)
+        fp = sum(model and not read for model, read in pairs)
+        tn = sum(not model and not read for model, read in pairs)
+        fn = sum(not model and read for model, read in pairs)
         intervals = {
             "agreement": wilson_interval(tp + tn, len(reviews)),
             "sensitivity": wilson_interval(tp, tp + fn),
@@ -547,8 +669,8 @@ def review_stats(db: Database) -> list[ModelStats]:
                 name,
                 version,
                 uid,
-                len(reviews),
-                (tp + tn) / len(reviews),
+                len(every),
+                (tp + tn) / len(reviews) if reviews else 0.0,
                 tp,
                 fp,
                 tn,
@@ -559,6 +681,7 @@ def review_stats(db: Database) -> list[ModelStats]:
                 _ratio(tn, tn + fn),
                 intervals,
                 caution,
+                len(every) - len(reviews),
             )
         )
     return stats
@@ -566,12 +689,17 @@ def review_stats(db: Database) -> list[ModelStats]:
 
 def reviewed_reads(db: Database, model_uids: set[str], aging_hours: float) -> list[Review]:
     """The latest review of each study reviewed under one of ``model_uids`` whose images
-    the model assessed (studies outside its domain had no score to calibrate)."""
+    the model assessed (studies outside its domain had no score to calibrate) and whose
+    reader could tell (a read of "cannot tell" is no label)."""
     with db.transaction() as session:
         latest: dict[int, Review] = {}
         for review in session.scalars(select(Review).order_by(Review.created_at, Review.id)):
             latest[review.study_id] = review
-        chosen = {sid: r for sid, r in latest.items() if r.model_uid in model_uids}
+        chosen = {
+            sid: r
+            for sid, r in latest.items()
+            if r.model_uid in model_uids and r.radiologist_positive is not None
+        }
         if not chosen:
             return []
         scores = _scores(session, aging_hours, list(chosen))
@@ -593,7 +721,7 @@ def review_curves(db: Database, aging_hours: float) -> dict[str, Curve]:
     curves: dict[str, Curve] = {}
     for read in reviewed_reads(db, uids, aging_hours):
         labels, probs, flags = curves.setdefault(read.model_uid, ([], [], []))
-        labels.append(int(read.radiologist_positive))
+        labels.append(int(bool(read.radiologist_positive)))
         probs.append(float(read.probability))
         flags.append(bool(read.model_positive))
     return curves

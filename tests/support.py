@@ -235,6 +235,7 @@ def build_dicom(
     rows: int = 64,
     columns: int = 64,
     seed: int = 0,
+    study_description: str | None = None,
 ) -> bytes:
     """A small, valid DICOM Part 10 file (Explicit VR Little Endian) as bytes."""
 
@@ -253,6 +254,9 @@ def build_dicom(
     ds.PatientBirthDate = "19700101"
     ds.AccessionNumber = "ACC1"
     ds.StudyDate = "20261122"
+    ds.StudyTime = "081500"
+    if study_description is not None:
+        ds.StudyDescription = study_description
     if body_part is not None:
         ds.BodyPartExamined = body_part
     if view_position is not None:

@@ -21,7 +21,7 @@ from screener.ingest.accept import Acceptor
 from screener.ingest.spool import Spool
 from screener.model.bundle import read_metadata
 from screener.model.metrics import wilson_lower
-from screener.worklist import record_review
+from screener.worklist import NotReadable, record_review
 
 
 def _site(
@@ -58,6 +58,10 @@ def _site(
             label=OUTSIDE_DOMAIN if outside else None, domain_score=50.0 if outside else 1.0,
         )  # fmt: skip
         flagged = kind == "scored" and p >= threshold
+        if outside:  # the model made no call on it: there is nothing to read against
+            with pytest.raises(NotReadable, match="not assessed"):
+                record_review(db, accepted.study_instance_uid, True, None, 12.0)
+            continue
         record_review(db, accepted.study_instance_uid, bool(read) == flagged, None, 12.0)
     db.dispose()
     return settings, bundle, [float(p) for p in probs], reads

@@ -60,7 +60,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         db.dispose()
     reads = Reads(
         np.array([r.probability for r in reviews], dtype=np.float64),
-        np.array([int(r.radiologist_positive) for r in reviews], dtype=np.int64),
+        np.array([int(bool(r.radiologist_positive)) for r in reviews], dtype=np.int64),
     )
     new = write_site_bundle(source, args.out, reads, target, args.refit_calibration)
     s = new["site_calibration"]

@@ -1,4 +1,5 @@
-"""``screener review STUDY --agree|--disagree``: record the radiologist's read of the flag."""
+"""``screener review STUDY --pneumonia|--no-pneumonia|--cannot-tell`` (or, in the model's terms,
+``--agree|--disagree``): record a radiologist's read of a study."""
 
 from __future__ import annotations
 
@@ -21,6 +22,12 @@ def register(sub: Any) -> None:
         "or a unique start or end of it",
     )
     verdict = p.add_mutually_exclusive_group(required=True)
+    for flag, finding, text in (
+        ("--pneumonia", "pneumonia", "the film shows pneumonia"),
+        ("--no-pneumonia", "no_pneumonia", "the film shows no pneumonia"),
+        ("--cannot-tell", "cannot_tell", "the film does not tell (counted in no statistic)"),
+    ):
+        verdict.add_argument(flag, dest="finding", action="store_const", const=finding, help=text)
     verdict.add_argument(
         "--agree", action="store_true", help="the model's flag (or its absence) is right"
     )
@@ -36,13 +43,16 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from screener.db.migrate import open_database
-    from screener.worklist import record_review
+    from screener.worklist import FINDINGS, record_read, record_review
 
     reader = args.reader or _login()
     db = open_database(settings.database.url)
     try:
-        recorded = record_review(
-            db, args.study, args.agree, args.note, settings.worklist.aging_hours, reader=reader
+        aging = settings.worklist.aging_hours
+        recorded = (
+            record_read(db, args.study, args.finding, args.note, aging, reader)
+            if args.finding
+            else record_review(db, args.study, args.agree, args.note, aging, reader=reader)
         )
     finally:
         db.dispose()
@@ -54,10 +64,15 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             f"({earlier.verdict}); this read is kept too, and the latest one counts",
             file=sys.stderr,
         )
-    read = "pneumonia" if review.radiologist_positive else "no pneumonia"
+    read = FINDINGS[review.finding or "cannot_tell"]
+    call = "flagged" if review.model_positive else "not flagged"
+    agreement = (
+        "no agreement counted" if review.verdict == "indeterminate" else f"{review.verdict}s"
+    )
     print(
-        f"recorded for study #{recorded.short_id}: {review.verdict} with the model "
-        f"(p={review.probability:.3f}); read as {read} by {review.reader or 'unknown'}"
+        f"recorded for study #{recorded.short_id}: read as {read} by "
+        f"{review.reader or 'unknown'}; the model {call} it (p={review.probability:.3f}): "
+        f"{agreement}"
     )
     return 0
 

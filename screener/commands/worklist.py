@@ -171,9 +171,16 @@ def short_uid(uid: str) -> str:
 
 
 def status_text(row: StudyScore) -> str:
+    """Unread, reopened, or the read in the reader's words with its agreement: "pneumonia
+    (disagrees)" on an unflagged study."""
     if row.reopened:
         return "REOPENED"
-    return row.verdict or "unread"
+    if row.finding is None:
+        return row.verdict or "unread"
+    from screener.worklist import FINDINGS
+
+    words = FINDINGS.get(row.finding, row.finding)
+    return words if row.finding == "cannot_tell" else f"{words} ({row.verdict}s)"
 
 
 def flag_text(row: StudyScore) -> str:

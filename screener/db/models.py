@@ -64,6 +64,7 @@ class Study(Base):
     accession_number: Mapped[str | None] = mapped_column(CS)
     study_date: Mapped[str | None] = mapped_column(String(8))  # DA, YYYYMMDD
     study_time: Mapped[str | None] = mapped_column(String(16))  # TM
+    study_description: Mapped[str | None] = mapped_column(String(64))  # LO (0008,1030)
     modality: Mapped[str | None] = mapped_column(CS)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
@@ -243,13 +244,20 @@ class Review(Base):
     """A radiologist's read of a flagged (or unflagged) study: agreement with the model."""
 
     __tablename__ = "reviews"
-    __table_args__ = (CheckConstraint("verdict IN ('agree', 'disagree')", name="verdict"),)
+    __table_args__ = (
+        CheckConstraint("verdict IN ('agree', 'disagree', 'indeterminate')", name="verdict"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    #: the reader's finding against the model's flag: "agree", "disagree", or
+    #: "indeterminate" (the reader could not tell: counted in no agreement statistic)
     verdict: Mapped[str] = mapped_column(String(16))
     model_positive: Mapped[bool] = mapped_column(Boolean)  # the model's flag when reviewed
-    radiologist_positive: Mapped[bool] = mapped_column(Boolean)  # derived from the verdict
+    #: what the reader found (None: could not tell)
+    radiologist_positive: Mapped[bool | None] = mapped_column(Boolean)
+    #: the read in the reader's words: "pneumonia", "no_pneumonia" or "cannot_tell"
+    finding: Mapped[str | None] = mapped_column(String(16))
     probability: Mapped[float] = mapped_column(Float)
     model_name: Mapped[str] = mapped_column(String(64))
     model_version: Mapped[str] = mapped_column(String(32))
@@ -294,6 +302,7 @@ class StudyScoreRow(Base):
     reopened: Mapped[bool] = mapped_column(Boolean)
     verdict: Mapped[str | None] = mapped_column(String(16))  # the latest review's
     reader: Mapped[str | None] = mapped_column(String(64))  # the latest review's
+    read_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # ... and when
 
 
 class WebSession(Base):

@@ -81,6 +81,7 @@ class Header:
     accession_number: str | None
     study_date: str | None
     study_time: str | None
+    study_description: str | None = None
 
     @classmethod
     def of(cls, ds: Dataset) -> Header:
@@ -99,6 +100,7 @@ class Header:
             accession_number=_str(ds, "AccessionNumber", 16),
             study_date=_str(ds, "StudyDate", 8),
             study_time=_str(ds, "StudyTime", 16),
+            study_description=_str(ds, "StudyDescription", 64),
         )
 
 
@@ -171,6 +173,7 @@ _UPDATE_STUDY = (
         accession_number=func.coalesce(bindparam("acc"), _STUDIES.c.accession_number),
         study_date=func.coalesce(bindparam("date"), _STUDIES.c.study_date),
         study_time=func.coalesce(bindparam("time"), _STUDIES.c.study_time),
+        study_description=func.coalesce(bindparam("desc"), _STUDIES.c.study_description),
         modality=func.coalesce(_STUDIES.c.modality, bindparam("modality")),
         updated_at=bindparam("now"),
     )
@@ -247,6 +250,7 @@ def _study_id(conn: Connection, h: Header, now: datetime) -> int:
                 "accession_number": h.accession_number,
                 "study_date": h.study_date,
                 "study_time": h.study_time,
+                "study_description": h.study_description,
                 "modality": h.modality,
                 "created_at": now,
                 "updated_at": now,
@@ -260,6 +264,7 @@ def _study_id(conn: Connection, h: Header, now: datetime) -> int:
             "acc": h.accession_number,
             "date": h.study_date,
             "time": h.study_time,
+            "desc": h.study_description,
             "modality": h.modality,
             "now": now,
         },
