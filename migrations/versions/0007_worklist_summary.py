@@ -114,6 +114,10 @@ def upgrade() -> None:
     op.create_index(op.f("ix_study_scores_probability"), "study_scores", ["probability"])
     dialect = op.get_bind().dialect.name
     op.execute(BACKFILL.replace("{epoch}", EPOCH[dialect]))
+    if dialect == "postgresql":
+        # statistics now, not at autovacuum's next pass: without them the planner scans the
+        # whole table for since=1h&min_prob=0.99 (36 ms at 200,000 studies; 0.04 ms with)
+        op.execute("ANALYZE study_scores")
 
 
 def downgrade() -> None:
