@@ -28,6 +28,7 @@ from pydicom.encaps import encapsulate, generate_frames
 from pydicom.sequence import Sequence
 from pydicom.uid import (
     UID,
+    DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
@@ -693,3 +694,90 @@ def _nested(ds: Dataset, depth: int) -> Dataset:
         inner = outer
     ds.ContentSequence = Sequence([inner])
     return ds
+
+
+# -- data sets over listener.max_dataset_mb (tests/test_dataset_bounds.py) ---------------
+
+#: One deflated piece of zeros, repeated to make a bomb (64 MiB each: zlib's output for it
+#: is about 64 KB, so the file grows by 64 KB per 64 MiB it inflates to).
+_ZEROS_PIECE = 64 << 20
+
+
+def _explicit_le(ds: Dataset) -> bytes:
+    """``ds``'s elements encoded in Explicit VR Little Endian (no preamble, no file meta)."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    write_dataset(fp, ds)
+    return fp.getvalue()
+
+
+def _part10_prefix(ds: Dataset, syntax: UID) -> bytes:
+    """Preamble, "DICM" and the File Meta Information of ``ds`` in ``syntax``."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_file_meta_info
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = syntax
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    fp.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(fp, meta)
+    return fp.getvalue()
+
+
+def _full_flush(data: bytes, *, last: bool = False) -> bytes:
+    """``data`` raw-deflated on its own, ending on a byte boundary (Z_FULL_FLUSH: nothing
+    after it refers back), or with the final block (``last``): such pieces concatenate into
+    one valid deflate stream."""
+    deflater = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return deflater.compress(data) + deflater.flush(zlib.Z_FINISH if last else zlib.Z_FULL_FLUSH)
+
+
+def write_deflate_bomb(path: Path, root: str, inflated: int = 3 << 30) -> Dataset:
+    """A Deflated Explicit VR Little Endian CR file (PS3.5 A.5) of about 3 MB whose data set
+    inflates to ``inflated`` bytes and more: a valid header, one private OB element of zeros,
+    then a small film. Written piece by piece, never held whole; returns the header."""
+    assert inflated % _ZEROS_PIECE == 0, "a whole number of 64 MiB pieces"
+    ds = _header(root, "deflate_bomb", Rows=64, Columns=64, BitsAllocated=8, BitsStored=8)
+    ds.HighBit = 7
+    ds.PixelData = bytes(64 * 64)
+    before, after = Dataset(), Dataset()
+    for element in ds:
+        (before if element.tag.group < 0x0009 else after).add(element)
+    before.add_new(0x00090010, "LO", "SCREENER BOMB")  # private creator of (0009,10xx)
+    ob_header = struct.pack("<HH2sHI", 0x0009, 0x1000, b"OB", 0, inflated)
+    zeros = _full_flush(bytes(_ZEROS_PIECE))
+    with path.open("wb") as f:
+        f.write(_part10_prefix(ds, DeflatedExplicitVRLittleEndian))
+        f.write(_full_flush(_explicit_le(before) + ob_header))
+        for _ in range(inflated // _ZEROS_PIECE):
+            f.write(zeros)
+        f.write(_full_flush(_explicit_le(after), last=True))
+    return ds
+
+
+def deflated_film(source: Path, root: str, name: str) -> bytes:
+    """A real film re-encoded in Deflated Explicit VR Little Endian, under new UIDs."""
+    ds = dcmread(source)
+    sop, study, series = _uids(root, name)
+    ds.SOPInstanceUID, ds.StudyInstanceUID, ds.SeriesInstanceUID = sop, study, series
+    ds.file_meta.MediaStorageSOPInstanceUID = sop
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def endless_film(root: str, announced: int = 0xFFFFFFF0) -> tuple[Dataset, bytes]:
+    """The header of a CR film whose native Pixel Data (7FE0,0010) announces ``announced``
+    bytes, encoded up to the first byte of its value (Explicit VR Little Endian): what a
+    sender streams before the pixels."""
+    ds = _header(root, "endless_film", Rows=46341, Columns=46341, BitsAllocated=16)
+    ds.BitsStored, ds.HighBit = 12, 11
+    encoded = _explicit_le(ds) + struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, announced)
+    return ds, encoded

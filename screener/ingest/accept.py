@@ -4,7 +4,8 @@
 records the instance and its job in one database transaction. It returns only when the
 instance is durable; any failure leaves nothing half-written and raises an
 :class:`IngestError` subclass that the caller turns into a DIMSE status (PS3.4 B.2.3) or a
-rejected file.
+rejected file. A data set over ``listener.max_dataset_mb`` (as received, or as it inflates)
+is refused before pydicom reads it (:mod:`screener.ingest.inflate`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from screener.config import Settings
 from screener.db import AuditEvent, Database, Instance, Job, JobState, utcnow
 from screener.errors import IngestError
 from screener.imaging.codestream import native_length
+from screener.ingest.inflate import DatasetTooLarge, check_size, limit_bytes
 from screener.ingest.population import apply_population, screened_ages
 from screener.ingest.record import Arrival, GroupCommit, Header, Source, _int, _str
 from screener.ingest.selection import Skip, apply_selection
@@ -76,12 +78,15 @@ class Accepted:
     skip: Skip | None = None
 
 
-def parse(data: bytes, *, allow_raw: bool) -> tuple[Dataset, bytes]:
+def parse(data: bytes, *, allow_raw: bool, max_bytes: int) -> tuple[Dataset, bytes]:
     """Parse ``data``; return the data set and the bytes to spool (a DICOM Part 10 file).
 
-    A raw data set without preamble and file meta (``allow_raw``, the watcher's case) is
-    re-encoded as a Part 10 file, since the spool holds only those.
+    ``data`` longer than ``max_bytes``, or Deflated and inflating to more, is refused
+    (:class:`DatasetTooLarge`) before pydicom reads it. A raw data set without preamble and
+    file meta (``allow_raw``, the watcher's case) is re-encoded as a Part 10 file, since the
+    spool holds only those.
     """
+    check_size(data, max_bytes)
     try:
         return dcmread(io.BytesIO(data)), data
     except InvalidDicomError:
@@ -215,7 +220,11 @@ class Acceptor:
         """Check, spool and record ``data``; returns once the instance and its job are
         committed (one parse, one hash, one durable write, one shared transaction)."""
         self.spool.check_free_space(len(data))
-        ds, data = parse(data, allow_raw=source != "dicom")
+        ds, data = parse(
+            data,
+            allow_raw=source != "dicom",
+            max_bytes=limit_bytes(self.settings.listener.max_dataset_mb),
+        )
         validate(ds, data)
         header = Header.of(ds)
         sha256 = hashlib.sha256(data).hexdigest()
@@ -370,6 +379,7 @@ def _observe_group(size: int) -> None:
 __all__ = [
     "Accepted",
     "Acceptor",
+    "DatasetTooLarge",
     "DoesNotMatchSOPClass",
     "NotDicom",
     "NotUnderstood",

@@ -4,13 +4,19 @@ The C-STORE handler only checks, spools and enqueues (:class:`Acceptor`), and re
 Success only once the instance and its job are committed. Its failure statuses follow
 PS3.4 Annex B.2.3 (Table B.2-1):
 
-* ``0xA700`` Refused: Out of Resources — the spool disk is below ``storage.min_free_mb``
+* ``0xA700`` Refused: Out of Resources — the spool disk is below ``storage.min_free_mb``,
+  or the data set, complete, is over ``listener.max_dataset_mb`` as it inflates (Deflated
+  Explicit VR Little Endian, PS3.5 A.5) or as received (``dataset_too_large``)
 * ``0xA900`` Error: Data Set does not match SOP Class — e.g. an image without Pixel Data
 * ``0xC000`` Error: Cannot understand — an unparseable or truncated data set
 * ``0x0122`` Refused: SOP Class not supported (PS3.7 C.4.2.1.1) — a storage SOP class
   that is not an image we screen (an SR, a CT, ...). Every storage SOP class is accepted at
   association time, so that such an instance gets this clear, recorded answer rather than a
   silently rejected presentation context.
+
+A data set still arriving that passes ``listener.max_dataset_mb`` gets no status: the
+association is aborted (A-ABORT) before more is read, and the refusal recorded
+(:mod:`screener.ingest.oversize`).
 """
 
 from __future__ import annotations
@@ -36,11 +42,14 @@ from screener.db import utcnow
 from screener.errors import ConfigError, IngestError
 from screener.ingest.accept import (
     Acceptor,
+    DatasetTooLarge,
     DoesNotMatchSOPClass,
     NotUnderstood,
     OutOfResources,
     UnsupportedSOPClass,
 )
+from screener.ingest.inflate import limit_bytes
+from screener.ingest.oversize import ReceiveLimit
 from screener.ingest.sopclasses import IMAGE_STORAGE_SOP_CLASSES, VERIFICATION, transfer_syntaxes
 from screener.ingest.stall import StalledStoreWatch
 from screener.ingest.uids import uid_problem
@@ -100,6 +109,7 @@ class Listener:
                 self.ae.add_supported_context(syntax, uncompressed)
         self._server: ThreadedAssociationServer | None = None
         self._stalls = StalledStoreWatch(self.ae, self._on_stalled)
+        self._receive_limit = ReceiveLimit(limit_bytes(settings.max_dataset_mb), self._on_too_large)
         self._in_flight = 0
         self.last_store_at: datetime | None = None  # the last C-STORE answered Success
         self._lock = threading.Lock()
@@ -121,6 +131,7 @@ class Listener:
             (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_CONN_OPEN, partial(tune_socket, quick_ack=True)),
+            (evt.EVT_CONN_OPEN, self._receive_limit),
         ]
         try:
             self._server = self.ae.start_server(
@@ -214,6 +225,26 @@ class Listener:
             calling,
         )
 
+    def _on_too_large(self, calling: str, sop_uid: str | None, held: int) -> None:
+        """A message cut off by :class:`ReceiveLimit`: the association is being aborted."""
+        limit = self.settings.max_dataset_mb
+        message = (
+            f"A-ABORT: the data set passed listener.max_dataset_mb ({limit} MB) while it "
+            f"arrived ({held} bytes with the next PDU); the association was aborted"
+        )
+        log.warning(
+            "store_refused",
+            status="A-ABORT",
+            reason=DatasetTooLarge.reason,
+            error=message,
+            bytes_held=held,
+            sop_instance_uid=sop_uid,
+            calling_ae_title=calling,
+        )
+        self.acceptor.record_refusal(
+            DatasetTooLarge.reason, message, sop_instance_uid=sop_uid, calling_ae_title=calling
+        )
+
     def _on_c_store(self, event: Any) -> int:
         calling = _calling_ae(event)
         sop_uid = _request_uid(event)
@@ -226,6 +257,8 @@ class Listener:
             return STATUS_SUCCESS
         except OutOfResources as exc:
             return self._refuse(STATUS_OUT_OF_RESOURCES, "out_of_resources", exc, sop_uid, calling)
+        except DatasetTooLarge as exc:
+            return self._refuse(STATUS_OUT_OF_RESOURCES, exc.reason, exc, sop_uid, calling)
         except UnsupportedSOPClass as exc:
             return self._refuse(STATUS_SOP_CLASS_NOT_SUPPORTED, exc.reason, exc, sop_uid, calling)
         except DoesNotMatchSOPClass as exc:

@@ -5,7 +5,9 @@ modification time have not changed for ``watch.settle_seconds`` (it is no longer
 copied in). An accepted file is removed from the watch folder only after it is durable in
 the spool and the database. A file that cannot be accepted is moved to ``rejected_dir``
 with a ``.reason.txt`` beside it and a ``rejected`` job recording why; it never stops the
-watcher. Files already present at start-up are picked up too.
+watcher. Files already present at start-up are picked up too. A file larger than
+``listener.max_dataset_mb`` is rejected (``dataset_too_large``) from its size, never read
+whole; one that inflates past it (Deflated) is rejected by the accept path.
 
 File names, and the names of folders below the watch folder, often carry a patient's name
 or ID, so they are never recorded: not in the log, the database, the rejected folder or its
@@ -35,6 +37,7 @@ from watchdog.observers import Observer
 from screener.config import WatchSettings, writable_dir
 from screener.errors import IngestError
 from screener.ingest.accept import Acceptor, DoesNotMatchSOPClass, NotUnderstood, OutOfResources
+from screener.ingest.inflate import MB, DatasetTooLarge, limit_bytes
 
 log = structlog.get_logger(__name__)
 
@@ -51,6 +54,13 @@ def file_digest(data: bytes) -> str:
 def describe_os_error(exc: OSError) -> str:
     """An ``OSError`` without the file name(s) that ``str(exc)`` would quote."""
     return exc.strerror or type(exc).__name__
+
+
+def _digest_and_size(path: Path) -> tuple[str, int]:
+    """:func:`file_digest` of a file read in chunks (whatever its size), and its size."""
+    with path.open("rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()[:DIGEST_HEX]
+        return digest, f.tell()
 
 
 @dataclass
@@ -170,21 +180,35 @@ class FolderWatcher:
 
     def _take(self, path: Path) -> bool:
         """Accept or reject one settled file. False if it must be retried later."""
+        limit = limit_bytes(self.acceptor.settings.listener.max_dataset_mb)
+        data, digest = b"", ""
         try:
-            data = path.read_bytes()
+            size = path.stat().st_size
+            if size > limit:  # never read whole: identified by its digest, read in chunks
+                digest, size = _digest_and_size(path)
+            else:
+                data = path.read_bytes()  # settled: one that grew since is refused by parse
         except FileNotFoundError:
             return True
         except OSError as exc:
             error = describe_os_error(exc)
             log.warning("watch_file_unreadable", error=error)
             return self._reject(path, None, "unreadable_file", f"cannot read the file: {error}")
+        if size > limit:
+            self._resumed(path, digest)
+            return self._reject(
+                path,
+                digest,
+                DatasetTooLarge.reason,
+                f"the file is {size} bytes, over listener.max_dataset_mb ({limit // MB} MB)",
+            )
         digest = file_digest(data)
         try:
             outcome = self.acceptor.accept(data, source="folder")
         except OutOfResources as exc:
             self._deferred(path, digest, str(exc))
             return False  # stays in the folder; retried when space returns
-        except (NotUnderstood, DoesNotMatchSOPClass) as exc:
+        except (NotUnderstood, DoesNotMatchSOPClass, DatasetTooLarge) as exc:
             self._resumed(path, digest)
             return self._reject(path, digest, exc.reason, self._scrub(str(exc)))
         except IngestError as exc:

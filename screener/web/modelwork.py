@@ -154,14 +154,18 @@ def _skip_of(data: bytes) -> Any:
 def assess_upload(data: bytes) -> UploadResult:
     """Score an uploaded file as the daemon would: its frames through the pixel pipeline,
     the population and selection rules for a DICOM object, the domain guard, and the
-    Grad-CAM overlay of each frame shown."""
+    Grad-CAM overlay of each frame shown. A DICOM object over ``listener.max_dataset_mb``
+    (as uploaded, or as it inflates) is refused first: ``dataset_too_large``."""
     import numpy as np
 
     from screener.imaging import load_image
+    from screener.ingest.inflate import check_size, limit_bytes
     from screener.model.gradcam import display_frames
 
     settings: Settings = _state["settings"]
     kind = kind_of(data)
+    if kind == "DICOM":  # before any dcmread: over listener.max_dataset_mb, or inflating past it
+        check_size(data, limit_bytes(settings.listener.max_dataset_mb))
     canonical = load_image(data)  # raises ImageError with a reason, before the model loads
     bundle = _bundle()
     model = {
