@@ -295,6 +295,17 @@ class ExportSettings:
 
 
 @dataclass(frozen=True)
+class SiteSettings:
+    mode: str = _opt(
+        "live",
+        "shadow = silent start: score, list and show everything but send nothing to PACS until "
+        "`screener site go-live` records this bundle going live; live = send as results come "
+        "(deploy/ ships shadow; see README, Silent start and going live)",
+        choices=("shadow", "live"),
+    )
+
+
+@dataclass(frozen=True)
 class RescanSettings:
     pacs: str = _opt("", "PACS to query for missed studies: AE_TITLE@HOST:PORT; empty = no query")
     tls: bool = _opt(False, "query and retrieve from the PACS over DICOM TLS (the [tls] section)")
@@ -410,6 +421,7 @@ class Settings:
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
     export: ExportSettings = field(default_factory=ExportSettings)
+    site: SiteSettings = field(default_factory=SiteSettings)
     rescan: RescanSettings = field(default_factory=RescanSettings)
     worklist: WorklistSettings = field(default_factory=WorklistSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
