@@ -56,7 +56,7 @@ def describe_os_error(exc: OSError) -> str:
     return exc.strerror or type(exc).__name__
 
 
-def _digest_and_size(path: Path) -> tuple[str, int]:
+def digest_and_size(path: Path) -> tuple[str, int]:
     """:func:`file_digest` of a file read in chunks (whatever its size), and its size."""
     with path.open("rb") as f:
         digest = hashlib.file_digest(f, "sha256").hexdigest()[:DIGEST_HEX]
@@ -185,7 +185,7 @@ class FolderWatcher:
         try:
             size = path.stat().st_size
             if size > limit:  # never read whole: identified by its digest, read in chunks
-                digest, size = _digest_and_size(path)
+                digest, size = digest_and_size(path)
             else:
                 data = path.read_bytes()  # settled: one that grew since is refused by parse
         except FileNotFoundError:

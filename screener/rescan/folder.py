@@ -17,7 +17,7 @@ from pathlib import Path
 
 from screener.config import WatchSettings
 from screener.ingest.accept import Acceptor
-from screener.ingest.watcher import FolderWatcher, file_digest
+from screener.ingest.watcher import FolderWatcher, digest_and_size
 
 
 @dataclass(frozen=True)
@@ -57,10 +57,9 @@ def list_folder(settings: WatchSettings) -> FolderOutcome:
     listed: list[tuple[str, int]] = []
     for path in files:
         try:
-            data = path.read_bytes()
+            listed.append(digest_and_size(path))  # in chunks: a dropped file may be huge
         except OSError:
             continue  # gone or unreadable: the watcher will say so when it takes it
-        listed.append((file_digest(data), len(data)))
     return FolderOutcome(found=len(files), left=len(files), files=tuple(listed))
 
 
