@@ -165,7 +165,8 @@ class Export(Base):
 
     __tablename__ = "exports"
     __table_args__ = (
-        CheckConstraint("state IN ('pending', 'delivered', 'dead')", name="state"),
+        # "shadow": built while the site was silent (screener.site); never sent by the exporter
+        CheckConstraint("state IN ('pending', 'delivered', 'dead', 'shadow')", name="state"),
         Index("ix_exports_state_next_attempt_at", "state", "next_attempt_at"),
     )
 
@@ -182,6 +183,27 @@ class Export(Base):
 
     # lets a result and its exports be added together and inserted in one flush
     result: Mapped[Result] = relationship()
+
+
+class SiteEvent(Base):
+    """A site going live with a bundle, or back to a silent start (:mod:`screener.site`):
+    who, when, and the bundle and operating point it concerns."""
+
+    __tablename__ = "site_events"
+    __table_args__ = (CheckConstraint("event IN ('go_live', 'shadow')", name="event"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    event: Mapped[str] = mapped_column(String(16))  # "go_live" or "shadow"
+    operator: Mapped[str] = mapped_column(String(64))
+    note: Mapped[str | None] = mapped_column(Text)
+    bundle_uid: Mapped[str] = mapped_column(UID)
+    bundle_name: Mapped[str] = mapped_column(String(64))
+    bundle_version: Mapped[str] = mapped_column(String(32))
+    #: the operating point: the bundle's threshold and, when model.json has it, the
+    #: sensitivity it was chosen for
+    threshold: Mapped[float] = mapped_column(Float)
+    target_sensitivity: Mapped[float | None] = mapped_column(Float)
 
 
 class Heartbeat(Base):
