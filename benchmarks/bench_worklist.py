@@ -167,12 +167,15 @@ def web(db_url: str, workdir: Path) -> Iterator[int]:
     from screener.web.app import create_app
 
     port = free_port()
+    config = workdir / "screener.toml"  # defaults, not the checkout's screener.toml
+    config.write_text("")
     settings = load_settings(
+        config,
         overrides={
             "database.url": db_url,
             "storage.spool_dir": str(workdir / "spool"),
             "web.trusted_user_header": "X-Remote-User",
-        }
+        },
     )
     db = Database(db_url)
     server = uvicorn.Server(
