@@ -35,6 +35,46 @@ RECEIVED_EVENTS = {
 }
 
 
+#: What each counter of a :class:`StatusReport` means, in words, by section (the web's status
+#: page shows these; ``screener status`` prints the keys). A key missing here is shown with
+#: its underscores as spaces (:func:`counter_label`).
+COUNTER_LABELS: dict[str, dict[str, str]] = {
+    "counts": {
+        "queued": "waiting to be scored",
+        "processing": "being scored now",
+        "done": "done: scored",
+        "skipped": "skipped: not for the model (selection, population)",
+        "rejected": "rejected: not a usable image",
+        "failed": "failed: an error while scoring",
+    },
+    "results": {
+        "pneumonia": "flagged for a second read",
+        "normal": "not flagged",
+        OUTSIDE_DOMAIN: "not assessed: outside the model's domain",
+    },
+    "received": {
+        "instances": "images received",
+        "duplicates_ignored": "identical resends ignored",
+        "changed_resends_ignored": "changed resends ignored",
+        "changed_resends_replaced": "changed resends that replaced the image",
+        "stores_refused": "images refused",
+        "associations_refused": "associations refused",
+    },
+    "restarts": {"total": "in all", "last_24h": "in the last 24 hours"},
+    "exports": {
+        "pending": "waiting to be sent",
+        "delivered": "delivered",
+        "dead": "dead-lettered: sending gave up",
+    },
+}
+
+
+def counter_label(section: str, key: str) -> str:
+    """``key`` of the report's ``section`` (counts, results, received, restarts, exports) in
+    words."""
+    return COUNTER_LABELS.get(section, {}).get(key) or key.replace("_", " ")
+
+
 @dataclass
 class StatusReport:
     counts: dict[str, int]

@@ -237,7 +237,7 @@ def test_a_pushed_film_is_read_in_the_browser(
         browser.find_element(By.ID, "film").send_keys(str(upload))
         browser.find_element(By.ID, "queue").click()
         browser.find_element(By.ID, "score").click()
-        assert "Queued: queued" in browser.find_element(By.ID, "queued").text
+        assert "Queued for screening" in browser.find_element(By.ID, "queued").text
         assert (  # recorded against the administrator who queued it
             _count(
                 db_url,

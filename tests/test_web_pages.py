@@ -226,7 +226,7 @@ def test_stats_and_upload_in_the_browser(
     browser.find_element(By.ID, "film").send_keys(str(child))
     browser.find_element(By.ID, "queue").click()
     browser.find_element(By.ID, "score").click()
-    assert "Queued: queued" in browser.find_element(By.ID, "queued").text
+    assert "Queued for screening" in browser.find_element(By.ID, "queued").text
     from_dicom = float(browser.find_element(By.CSS_SELECTOR, ".probability").text)
     engine = create_engine(proc.env["SCREENER_DATABASE_URL"])
     with engine.connect() as c:

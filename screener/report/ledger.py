@@ -1,6 +1,7 @@
 """The exports table as operators see it: counts for ``screener status``, the list for
-``screener exports list``, and ``screener exports retry`` for dead-lettered deliveries.
-UIDs, states and errors only: no PHI."""
+``screener exports list`` and the web's status page, and ``screener exports retry`` for
+dead-lettered deliveries. UIDs, states, errors, and each export's study (its short id and
+accession number, which the worklist shows too): no PHI."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any, cast
 import structlog
 from sqlalchemy import CursorResult, func, select, update
 
-from screener.db import Database, Export, Instance, Result, utcnow
+from screener.db import Database, Export, Instance, Result, Study, utcnow
 from screener.db.engine import as_utc
 from screener.report.destinations import parse_destination
 
@@ -62,6 +63,8 @@ class ExportRow:
     source_sop_instance_uid: str
     created_at: datetime
     delivered_at: datetime | None
+    study_id: int  # the study's short id, #N on the worklist
+    accession_number: str | None
 
     def as_dict(self) -> dict[str, Any]:
         return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in vars(self).items()}
@@ -73,11 +76,13 @@ def list_exports(
     destination: str | None = None,
     limit: int = 50,
 ) -> list[ExportRow]:
-    """The most recent exports, newest first, optionally of one state and destination."""
+    """The most recent exports, newest first, optionally of one state and destination, each
+    with its source image's study (one SELECT, limited in SQL)."""
     stmt = (
-        select(Export, Instance.sop_instance_uid)
+        select(Export, Instance.sop_instance_uid, Study.id, Study.accession_number)
         .join(Result, Result.id == Export.result_id)
         .join(Instance, Instance.id == Result.instance_id)
+        .join(Study, Study.id == Instance.study_id)
         .order_by(Export.id.desc())
         .limit(limit)
     )
@@ -99,6 +104,8 @@ def list_exports(
                 source_sop_instance_uid=uid,
                 created_at=as_utc(e.created_at),
                 delivered_at=as_utc(e.delivered_at) if e.delivered_at else None,
+                study_id=study_id,
+                accession_number=accession,
             )
-            for e, uid in session.execute(stmt).all()
+            for e, uid, study_id, accession in session.execute(stmt).all()
         ]

@@ -60,6 +60,12 @@ log = structlog.get_logger(__name__)
 
 HERE = Path(__file__).resolve().parent
 SINCE = {"": None, "1h": 1, "24h": 24, "7d": 24 * 7, "30d": 24 * 30}
+#: A one-time message to the status page ("N dead-lettered SRs will be sent again"): set by
+#: the POST that resent them, read and deleted by the next status page, so a reload (or the
+#: 30 s refresh) shows it no more.
+FLASH_COOKIE = "screener_flash"
+#: How much of an upload's file name (the browser's) the upload page shows.
+UPLOAD_NAME_CHARS = 80
 
 
 class Forbidden(Exception):
@@ -70,6 +76,18 @@ def _data_uri(png: bytes) -> str:
     import base64
 
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _shown_name(filename: str | None) -> str | None:
+    """The upload's file name as the page shows it: the name the browser sent (a file name,
+    no folder), unprintable characters as "?", at most :data:`UPLOAD_NAME_CHARS` characters.
+    Shown (escaped by the template), never logged: a file name may hold a patient's name."""
+    if not filename:
+        return None
+    name = "".join(c if c.isprintable() else "?" for c in filename)
+    if len(name) > UPLOAD_NAME_CHARS:
+        name = name[: UPLOAD_NAME_CHARS - 1] + "…"
+    return name or None
 
 
 def create_app(
@@ -370,19 +388,34 @@ def create_app(
 
     async def status_page(request: Request, user: str) -> Response:
         from screener.report.ledger import list_exports
-        from screener.status import build_report, render_processes
+        from screener.status import build_report, counter_label, render_processes
 
+        if "retried" in request.query_params:  # the message's old carrier: a refresh kept it
+            keep = "?refresh=30" if request.query_params.get("refresh") == "30" else ""
+            return RedirectResponse(f"/status{keep}", status_code=303)
         report = await run_in_threadpool(build_report, db)
         dead = await run_in_threadpool(lambda: list_exports(db, state="dead", limit=50))
-        retried = request.query_params.get("retried", "")
-        return page(
+        flash = request.cookies.get(FLASH_COOKIE)
+        # digits only: anything else in the cookie was not set by retry_exports
+        valid = flash and len(flash) <= 9 and all(c in "0123456789" for c in flash)
+        response = page(
             request,
             "status.html",
             r=report,
-            processes=render_processes(report.processes),
+            label=counter_label,
+            processes=[line.strip() for line in render_processes(report.processes)],
             dead=dead,
-            retried=int(retried) if retried.isdecimal() and len(retried) <= 9 else None,
+            retried=int(flash) if flash and valid else None,
         )
+        if flash is not None:  # shown once: a reload or the 30 s refresh shows it no more
+            response.delete_cookie(
+                FLASH_COOKIE,
+                path="/status",
+                secure=proxies.https(request),
+                httponly=True,
+                samesite="strict",
+            )
+        return response
 
     async def retry_exports(request: Request, user: str) -> Response:
         from screener.report.ledger import retry_dead
@@ -396,7 +429,17 @@ def create_app(
 
         count = await run_in_threadpool(retried)
         log.info("web_exports_retried", count=count, user=user)
-        return RedirectResponse(f"/status?retried={count}", status_code=303)
+        response = RedirectResponse("/status", status_code=303)
+        response.set_cookie(  # the next status page says how many, once (FLASH_COOKIE)
+            FLASH_COOKIE,
+            str(count),
+            max_age=60,
+            path="/status",
+            secure=proxies.https(request),
+            httponly=True,
+            samesite="strict",
+        )
+        return response
 
     def audit(event: str, user: str, message: str, **uids: str | None) -> None:
         """Who did what from the web, in the audit trail (e.g. an upload queued for PACS)."""
@@ -445,6 +488,7 @@ def create_app(
         try:
             item = form.get("film")
             data = await item.read() if isinstance(item, UploadFile) else b""
+            name = _shown_name(item.filename) if isinstance(item, UploadFile) else None
             queue = form.get("queue") == "1"
         finally:
             await form.close()
@@ -454,7 +498,8 @@ def create_app(
                 "only an administrator (web.admins) may queue an upload for PACS", status_code=403
             )
         if not data:
-            return page(request, "upload.html", result=None, error="choose a file first")
+            said = "the file is empty: choose another" if name else "choose a file first"
+            return page(request, "upload.html", result=None, filename=name, error=said)
         error = result = queued = None
         try:
             result = await run_in_threadpool(work.call, "assess_upload", data)
@@ -473,10 +518,11 @@ def create_app(
             ),
             error=error and error.split(":")[0],
             queued=queued and queued["outcome"],
-        )
+        )  # never the file's name: it may hold a patient's name
         return page(
             request,
             "upload.html",
+            filename=name,
             result=result,
             error=error,
             queued=queued,
@@ -503,6 +549,7 @@ def create_app(
             "outcome": accepted.outcome,
             "study": accepted.study_instance_uid,
             "skip": accepted.skip.reason if accepted.skip else None,
+            "skip_message": accepted.skip.message if accepted.skip else None,
         }
 
     async def home(request: Request) -> Response:
