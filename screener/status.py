@@ -65,6 +65,7 @@ COUNTER_LABELS: dict[str, dict[str, str]] = {
         "pending": "waiting to be sent",
         "delivered": "delivered",
         "dead": "dead-lettered: sending gave up",
+        "shadow": "kept, not sent: built while the site was silent (shadow)",
     },
 }
 

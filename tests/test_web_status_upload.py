@@ -20,6 +20,7 @@ from test_web_security import MODEL, Client
 from screener.db import Database
 from screener.ingest.accept import Acceptor
 from screener.ingest.spool import Spool
+from screener.report.ledger import STATES
 from screener.status import COUNTER_LABELS
 
 FLASH = "screener_flash"
@@ -86,9 +87,11 @@ def test_status_counters_are_words_and_dead_letters_name_their_study(
     assert status == 200
     words = html.unescape(page)
     assert "duplicates_ignored" not in words and "last_24h" not in words
-    for section in ("counts", "received", "restarts", "exports"):  # always all present
+    for section in ("counts", "received", "restarts"):  # always all present
         for label in COUNTER_LABELS[section].values():
             assert label in words, label
+    for state in STATES:  # SR deliveries: pending, delivered, dead, each present
+        assert COUNTER_LABELS["exports"][state] in words, state
     shown = {
         html.unescape(m) for m in re.findall(r'<th scope="row">([^<]*)</th>', page)
     }  # fmt: skip
