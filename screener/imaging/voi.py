@@ -7,11 +7,13 @@ Every step is a map of one value to one value, independent of resolution, so it 
 computed once for every possible stored value (256 or 65,536 of them) with pydicom's own
 functions and applied to the frame as one table look-up. That keeps the result identical
 to applying the functions to the image, at a fraction of the cost.
+
+The study page may put a window preset (:mod:`screener.imaging.window`) in the VOI step's
+place; the model's input always takes the data set's own VOI.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -23,6 +25,7 @@ from pydicom.pixels.processing import apply_modality_lut, apply_voi, apply_windo
 from screener.errors import ImageError
 from screener.imaging.decode import Frame
 from screener.imaging.dicom import PixelHeader
+from screener.imaging.window import DEFAULT_WINDOW, Histogram, preset_voi, values_at_percentiles
 
 log = structlog.get_logger(__name__)
 
@@ -38,8 +41,6 @@ _LUMA = np.array([0.299, 0.587, 0.114])
 
 Floats = npt.NDArray[np.float64]
 Grey8 = npt.NDArray[np.uint8]
-#: Pixel count per stored value, computed on demand.
-Histogram = Callable[[], npt.NDArray[np.intp]]
 
 _MODALITY_KEYWORDS = ("RescaleSlope", "RescaleIntercept", "RescaleType", "ModalityLUTSequence")
 _WINDOW_KEYWORDS = ("WindowCenter", "WindowWidth", "VOILUTFunction")
@@ -133,12 +134,7 @@ def _voi_lut_fraction(values: Floats, voi: Dataset) -> Floats:
 def _percentile_fraction(values: Floats, histogram: Histogram) -> Floats:
     """A window from the 0.5 and 99.5 percentiles of the frame's own values (no VOI given)."""
     counts = histogram()
-    order = np.argsort(values, kind="stable")
-    cumulative = np.cumsum(counts[order])
-    total = float(cumulative[-1])
-    lo_q, hi_q = (q / 100 * total for q in PERCENTILE_WINDOW)
-    lo = float(values[order][np.searchsorted(cumulative, lo_q)])
-    hi = float(values[order][np.searchsorted(cumulative, hi_q)])
+    lo, hi = values_at_percentiles(values, counts, PERCENTILE_WINDOW)
     if hi <= lo:
         used = values[counts > 0]
         lo, hi = float(used.min()), float(used.max())
@@ -205,8 +201,16 @@ def _to_uint8(fraction: npt.NDArray[Any]) -> Grey8:
     return scaled.astype(np.uint8)
 
 
-def grey_to_uint8(pixels: npt.NDArray[Any], header: PixelHeader, ds: Dataset, index: int) -> Grey8:
-    """Stored grey values of frame ``index`` to 8-bit display grey via one look-up table."""
+def grey_to_uint8(
+    pixels: npt.NDArray[Any],
+    header: PixelHeader,
+    ds: Dataset,
+    index: int,
+    window: str = DEFAULT_WINDOW,
+) -> Grey8:
+    """Stored grey values of frame ``index`` to 8-bit display grey via one look-up table;
+    ``window``, a preset of :data:`screener.imaging.window.WINDOW_PRESETS`, takes the
+    place of the data set's VOI (``default``: the data set's own)."""
     if pixels.dtype.kind not in "iu" or pixels.dtype.itemsize > 2:
         raise ImageError(
             "undecodable_pixel_data",
@@ -223,9 +227,10 @@ def grey_to_uint8(pixels: npt.NDArray[Any], header: PixelHeader, ds: Dataset, in
     modality = modality_dataset(ds, header, index)
     # int64 so that a Modality LUT's index arithmetic cannot overflow the pixels' own dtype
     values = np.asarray(apply_modality_lut(domain.astype(np.int64), modality), dtype=np.float64)
-    table = _to_uint8(
-        display_fraction(values, histogram, header, modality, voi_dataset(ds, header, index))
-    )
+    voi = preset_voi(window, values, histogram, header)
+    if voi is None:
+        voi = voi_dataset(ds, header, index)
+    table = _to_uint8(display_fraction(values, histogram, header, modality, voi))
     if codes.dtype == np.uint8 and np.array_equal(table, domain):
         return codes  # 8-bit display-ready data without a window: the table is the identity
     grey: Grey8 = np.take(table, codes)
@@ -242,8 +247,11 @@ def colour_to_uint8(frame: Frame, header: PixelHeader) -> Grey8:
     return _to_uint8(luma / float((1 << header.bits_stored) - 1))
 
 
-def frame_to_uint8(frame: Frame, header: PixelHeader, ds: Dataset, index: int) -> Grey8:
-    """A decoded frame to 8-bit display grey, 0 = black."""
+def frame_to_uint8(
+    frame: Frame, header: PixelHeader, ds: Dataset, index: int, window: str = DEFAULT_WINDOW
+) -> Grey8:
+    """A decoded frame to 8-bit display grey, 0 = black; ``window`` is a preset name for a
+    grey frame (colour images carry no VOI)."""
     if frame.pixels.ndim == 3:
         return colour_to_uint8(frame, header)
-    return grey_to_uint8(frame.pixels, header, ds, index)
+    return grey_to_uint8(frame.pixels, header, ds, index, window)

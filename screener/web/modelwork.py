@@ -25,11 +25,13 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 import structlog
 
 from screener.config import Settings
+from screener.imaging.window import DEFAULT_WINDOW
 
 log = structlog.get_logger(__name__)
 
@@ -121,12 +123,48 @@ def overlay_png(path: str) -> bytes:
     return _png(_overlay_on(_bundle(), load_image(path)[0], film), "RGB")
 
 
-def film_png(path: str) -> bytes:
-    """A spooled film's first frame through screener's pixel pipeline at the web's size, as
-    PNG; runs in the film process, under the decode limits."""
-    from screener.model.gradcam import display_frames
+def film_picture(
+    path: str, long_side: int | None = WEB_LONG_SIDE, window: str = DEFAULT_WINDOW
+) -> Any:
+    """A spooled film's first frame through screener's pixel pipeline (the loader's steps:
+    header checked against ``worker.decode_max_pixels`` before decoding, every pixel
+    decoded, then Modality LUT, VOI or the window preset ``window``, MONOCHROME1 inversion,
+    8 bits) at its stored Rows x Columns, or scaled once to ``long_side`` in its own
+    proportions. Every failure raises :class:`ImageError`."""
+    import numpy as np
+    from PIL import Image
 
-    return _png(display_frames(path, long_side=WEB_LONG_SIDE)[0], "L")
+    from screener.errors import ImageError
+    from screener.imaging.decode import iter_frames
+    from screener.imaging.dicom import pixel_header, read_dataset
+    from screener.imaging.voi import frame_to_uint8
+
+    ds = read_dataset(path)
+    try:
+        header = pixel_header(ds)  # the pixel budget, from the header
+        frame = next(iter_frames(ds, header, header.rows, fast=False))
+        grey = frame_to_uint8(frame, header, ds, 0, window)
+    except (ImageError, MemoryError):  # MemoryError: the film process's cap, its own reason
+        raise
+    except Exception as exc:  # the stage boundary, as screener.imaging.loader.load_dicom
+        raise ImageError(
+            "undecodable_pixel_data",
+            f"The pixel data could not be turned into an image ({type(exc).__name__}: {exc}).",
+        ) from exc
+    if long_side is None:
+        return grey
+    rows, columns = grey.shape
+    scale = long_side / max(rows, columns)
+    size = (max(1, round(columns * scale)), max(1, round(rows * scale)))
+    picture = Image.fromarray(grey, mode="L").resize(size, Image.Resampling.BILINEAR)
+    return np.asarray(picture)
+
+
+def film_png(
+    path: str, long_side: int | None = WEB_LONG_SIDE, window: str = DEFAULT_WINDOW
+) -> bytes:
+    """:func:`film_picture` as PNG; runs in the film process, under the decode limits."""
+    return _png(film_picture(path, long_side, window), "L")
 
 
 def kind_of(data: bytes) -> str:
@@ -292,6 +330,23 @@ class _Child:
             self._process.join(10)
         self._process, self._conn = None, None
 
+    def _ended(self) -> bool:
+        """The child died between calls though ``is_alive`` says otherwise: a killed child
+        with threads (BLAS, the parent watch) is a zombie as soon as its main thread has
+        gone, but waitpid reaps it only after the last thread, and its end of the pipe stays
+        open until then. A call sent now would fail as ``decoder_crashed``."""
+        assert self._process is not None and self._conn is not None
+        try:
+            stat = Path(f"/proc/{self._process.pid}/stat").read_text()
+        except OSError:  # no /proc (or reaped meanwhile): the pipe alone says it
+            stat = ""
+        if stat and stat.rsplit(")", 1)[-1].split()[0] in ("Z", "X"):
+            return True
+        try:
+            return self._conn.poll(0)  # between calls nothing is pending but an EOF
+        except (EOFError, OSError):
+            return True
+
     def call(self, name: str, *args: Any) -> Any:
         """Run ``name`` in the child; raises :class:`ModelWorkFailed` with the reason."""
         if not self._lock.acquire(timeout=self.timeout):
@@ -299,7 +354,7 @@ class _Child:
         try:
             if self.stopped:
                 raise ModelWorkFailed("stopping", "screener is stopping")
-            if self._process is None or not self._process.is_alive():
+            if self._process is None or not self._process.is_alive() or self._ended():
                 self._kill()
                 self._start()
             assert self._conn is not None
