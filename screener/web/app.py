@@ -348,9 +348,14 @@ def create_app(
 
     async def image(request: Request, user: str) -> Response:
         """One image of a study as PNG, through screener's pixel pipeline; ``overlay=1``
-        adds the Grad-CAM map of the model that scored it."""
+        adds the Grad-CAM map of the model that scored it. The film alone takes ``size=full``
+        (its stored Rows x Columns; any other value, or none, the page's size) and
+        ``window=NAME``, a key of :data:`screener.imaging.window.WINDOW_PRESETS` (any other
+        name, or none, the data set's own VOI)."""
         from sqlalchemy import select
 
+        from screener.imaging.window import window_named
+        from screener.web.modelwork import WEB_LONG_SIDE
         from screener.worklist import find_study
 
         key, sop = request.path_params["key"], request.path_params["sop"]
@@ -376,10 +381,14 @@ def create_app(
             except ModelWorkFailed as exc:
                 return PlainTextResponse(f"no overlay: {exc}", status_code=503)
         else:
+            long_side = None if request.query_params.get("size") == "full" else WEB_LONG_SIDE
+            window = window_named(request.query_params.get("window"))
             try:  # in the film process, under worker.decode_max_pixels and decode_memory_mb
-                png = await run_in_threadpool(work.call, "film_png", row.spool_path)
+                png = await run_in_threadpool(
+                    work.call, "film_png", row.spool_path, long_side, window
+                )
             except ModelWorkFailed as exc:  # its reason only: never a codec's own words
-                log.warning("web_film_refused", reason=exc.reason)
+                log.warning("web_film_refused", reason=exc.reason, full=long_side is None)
                 return PlainTextResponse(
                     f"the film cannot be shown: {exc.reason}",
                     status_code=503 if exc.unavailable else 422,
