@@ -37,6 +37,7 @@ COMMANDS = (
     "predict",
     "web",
     "web_password",
+    "site",
 )
 
 

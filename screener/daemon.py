@@ -96,9 +96,12 @@ def _export_planner(settings: Settings) -> ResultHook | None:
     if not settings.export.destinations:
         return None
     from screener.report.export import plan_exports
+    from screener.site import mode_in
 
     def on_result(session: Session, result: Result) -> None:
-        plan_exports(session, result, settings.export)
+        # silent start: the mode for the bundle that scored it, read in the result's transaction
+        shadow = not mode_in(session, settings, result.model_uid).live
+        plan_exports(session, result, settings.export, shadow=shadow)
 
     return on_result
 
@@ -341,6 +344,16 @@ class Daemon:
             config_file=self.settings.config_file,
             model_bundle=self.settings.model.bundle,
         )
+        self.log_site_mode()
+
+    def log_site_mode(self) -> None:
+        """The ``site_mode`` start-up event: shadow or live, for which bundle, since when."""
+        from screener.site import site_mode
+
+        mode = site_mode(self.db, self.settings, self.model.get("uid"))
+        since = mode.since.isoformat() if mode.since else None
+        log_at = log.warning if not mode.live else log.info
+        log_at("site_mode", mode=mode.mode, bundle_uid=mode.bundle_uid, since=since, line=mode.line)
 
     def stop(self) -> None:
         log.info("daemon_stopping")

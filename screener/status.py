@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from screener import queue
+from screener.config import Settings
 from screener.db import (
     OUTSIDE_DOMAIN,
     AuditEvent,
@@ -33,7 +34,6 @@ RECEIVED_EVENTS = {
     "store_refused": "stores_refused",
     "association_rejected": "associations_refused",
 }
-
 
 #: What each counter of a :class:`StatusReport` means, in words, by section (the web's status
 #: page shows these; ``screener status`` prints the keys). A key missing here is shown with
@@ -95,6 +95,8 @@ class StatusReport:
     processes: list[dict[str, Any]] = field(default_factory=list)
     # running listeners open to any caller without TLS (screener.ingest.exposure), by process
     exposed_listeners: list[dict[str, Any]] = field(default_factory=list)
+    # silent start or live, and why (screener.site.SiteMode.as_dict); given settings only
+    site: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -102,12 +104,14 @@ class StatusReport:
         return d
 
 
-def build_report(db: Database, limit: int = 10) -> StatusReport:
+def build_report(db: Database, limit: int = 10, settings: Settings | None = None) -> StatusReport:
     from screener.heartbeat import processes
+    from screener.site import site_mode
 
     seen = [p.as_dict() for p in processes(db)]
     counts = queue.counts_by_state(db)
     exports = export_counts(db)  # its own transaction: never nest them (SQLite BEGIN IMMEDIATE)
+    site = site_mode(db, settings).as_dict() if settings is not None else {}
     with db.transaction() as session:
         oldest = session.scalar(
             select(func.min(Job.created_at)).where(Job.state == JobState.QUEUED)
@@ -172,6 +176,7 @@ def build_report(db: Database, limit: int = 10) -> StatusReport:
         report = StatusReport(
             processes=seen,
             exposed_listeners=exposed_listeners(seen),
+            site=site,
             counts=counts,
             oldest_queued_at=as_utc(oldest) if oldest else None,
             oldest_queued_age_seconds=(utcnow() - as_utc(oldest)).total_seconds()
@@ -286,6 +291,8 @@ def render_processes(procs: list[dict[str, Any]]) -> list[str]:
 
 def render_text(report: StatusReport) -> str:
     lines = render_processes(report.processes)
+    if report.site:
+        lines.append(f"site: {report.site['line']}")
     lines += render_exposure(report.exposed_listeners)
     lines.append("received:")
     lines += [f"  {what:<24} {n:>7}" for what, n in report.received.items()]

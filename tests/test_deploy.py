@@ -191,3 +191,23 @@ def test_the_exposure_checks_would_catch_an_open_deployment(tmp_path: Path) -> N
     toml.write_text(text)
     settings = load_settings(toml, environ={})
     assert listener_exposure(settings.listener, settings.tls).open
+
+
+def test_every_deployment_starts_silent(tmp_path: Path) -> None:
+    """The systemd configuration, the Kubernetes ConfigMap and every screener service of the
+    compose file start in shadow (nothing sent to PACS before a go-live); the development
+    screener.toml stays live."""
+    assert load_settings(DEPLOY / "screener.toml", environ={}).site.mode == "shadow"
+    assert _configmap_settings(tmp_path).site.mode == "shadow"
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    screeners = {
+        name: service
+        for name, service in compose["services"].items()
+        if "screener" in str(service.get("image", ""))
+    }
+    assert {"screener-front", "screener-worker"} <= set(screeners)
+    for name, service in screeners.items():
+        env = {k: str(v) for k, v in service.get("environment", {}).items()}
+        settings = load_settings(REPO / "screener.toml", environ=env)
+        assert settings.site.mode == "shadow", name
+    assert load_settings(REPO / "screener.toml", environ={}).site.mode == "live"

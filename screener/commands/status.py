@@ -26,7 +26,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     db = open_database(settings.database.url)
     try:
-        report = build_report(db, args.limit)
+        report = build_report(db, args.limit, settings)
     finally:
         db.dispose()
     print(json.dumps(report.as_dict(), indent=2) if args.json else render_text(report))

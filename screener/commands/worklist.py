@@ -6,6 +6,7 @@ import argparse
 import csv
 import io
 import json
+import sys
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -106,10 +107,12 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from screener.db.migrate import open_database
+    from screener.site import site_mode
     from screener.worklist import worklist
 
     db = open_database(settings.database.url)
     try:
+        mode = site_mode(db, settings)
         rows = worklist(
             db,
             aging_hours=settings.worklist.aging_hours,
@@ -120,6 +123,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         )
     finally:
         db.dispose()
+    if not mode.live:  # above the table, on stderr: stdout's CSV and JSON stay clean
+        print(mode.line, file=sys.stderr)
     if args.format == "json":
         print(json.dumps([r.as_dict() for r in rows], indent=2))
     elif args.format == "csv":

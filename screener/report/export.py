@@ -5,9 +5,12 @@ Each delivery of one result to one destination is a row in ``exports``:
 * :func:`plan_exports` (called by the worker in the transaction that stores the result)
   adds one ``pending`` row per destination and fixes the SR's SOP Instance UID there, so
   every retry sends the *same* instance and a PACS never holds two SRs for one delivery.
+  While the site is silent (:mod:`screener.site`) the rows are ``shadow`` instead: recorded,
+  never picked by the exporter, not sent by going live.
 * :class:`Exporter` sends due rows, one association per destination and pass, destinations
   in parallel with a short connect timeout: a destination that is down or refuses costs only
-  its own rows a retry and never delays another destination or screening.
+  its own rows a retry and never delays another destination or screening. Each pass first
+  reads the site's mode from the database: in shadow it sends nothing.
 * A row is claimed (its ``next_attempt_at`` pushed out) before it is sent, and marked
   ``delivered`` in the transaction that follows the C-STORE success.
 * Every failure is either *transient* or *permanent* (:class:`Failure`). A transient one
@@ -64,6 +67,7 @@ from screener.report.destinations import Destination, parse_destination, parse_d
 from screener.report.header import ReportError, derived_uid
 from screener.report.ledger import DEAD, DELIVERED, PENDING, export_counts, retry_dead
 from screener.report.sr import SR_SOP_CLASSES, ScreeningFinding, build_heatmap_capture, build_sr
+from screener.site import loaded_bundle_uid, mode_in
 from screener.tls import client_context
 from screener.wakeup import Wakeable
 
@@ -159,10 +163,19 @@ def _not_accepted(sop_class: str) -> str:
 OverlayLoader = Callable[[Result], npt.NDArray[np.uint8] | None]
 
 
+#: Export.state of a delivery planned while the site was silent: never sent by the exporter
+SHADOW = "shadow"
+
+
 def plan_exports(
-    session: sqlalchemy.orm.Session, result: Result, settings: ExportSettings
+    session: sqlalchemy.orm.Session,
+    result: Result,
+    settings: ExportSettings,
+    *,
+    shadow: bool = False,
 ) -> list[Export]:
-    """One pending export per configured destination, due now, its SR UID fixed."""
+    """One pending export per configured destination, due now, its SR UID fixed; with
+    ``shadow`` (the site is silent) the rows are ``shadow``, never due."""
     destinations = parse_destinations(settings.destinations)
     if not destinations:
         return []
@@ -171,9 +184,9 @@ def plan_exports(
         Export(
             result=result,  # the foreign key is filled in when the batch is flushed
             destination=str(destination),
-            state=PENDING,
+            state=SHADOW if shadow else PENDING,
             attempts=0,
-            next_attempt_at=now,
+            next_attempt_at=None if shadow else now,
             sr_sop_instance_uid=str(generate_uid()),
             created_at=now,
         )
@@ -221,6 +234,9 @@ class Exporter:
         # DICOM TLS to every destination; a certificate that cannot be read stops start-up
         self.tls_context = client_context(settings.tls) if self.export.tls else None
         self.overlay_loader = overlay_loader
+        # the site's mode is decided for this bundle (screener.site), read once here
+        self.bundle_uid = loaded_bundle_uid(settings)
+        self._live: bool | None = None  # the mode the last pass found, to log its changes
         # set by the workers when results are committed: deliver now, not at the next poll
         self.wake: Wakeable = threading.Event()
         self._stop = threading.Event()
@@ -290,7 +306,14 @@ class Exporter:
             return sum(pool.map(self._deliver_to, destinations))
 
     def _due_destinations(self) -> list[str]:
+        """Destinations with due pending rows; none while the site is silent."""
         with self.db.transaction() as session:
+            mode = mode_in(session, self.settings, self.bundle_uid)
+            if mode.live != self._live:
+                self._live = mode.live
+                log.info("exporter_site_mode", mode=mode.mode, bundle_uid=self.bundle_uid)
+            if not mode.live:
+                return []
             return list(
                 session.scalars(
                     select(Export.destination)

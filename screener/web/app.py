@@ -44,6 +44,7 @@ from screener.config import Settings
 from screener.db import AuditEvent, Database, Instance, utcnow
 from screener.errors import ScreenerError
 from screener.ingest.accept import Acceptor
+from screener.site import ModeCache, go_live_record
 from screener.web.auth import LoginThrottle, new_token, parse_users, same_token
 from screener.web.guard import (
     CSRF_COOKIE,
@@ -114,6 +115,7 @@ def create_app(
     aging = settings.worklist.aging_hours
     work = model_work or ModelWork(settings)
     accepting: dict[str, Acceptor] = {} if acceptor is None else {"acceptor": acceptor}
+    site = ModeCache(db, settings)  # silent start or live: every page says (base.html)
 
     def acceptor_of() -> Acceptor:
         if "acceptor" not in accepting:
@@ -157,7 +159,13 @@ def create_app(
         response = templates.TemplateResponse(
             request,
             name,
-            {"user": visitor.user, "csrf": visitor.csrf, "admin": visitor.admin, **context},
+            {
+                "user": visitor.user,
+                "csrf": visitor.csrf,
+                "admin": visitor.admin,
+                "site": site.get(),
+                **context,
+            },
             status_code=status_code,
         )
         if getattr(request.state, "new_csrf", None):
@@ -472,7 +480,8 @@ def create_app(
                 "ece": expected_calibration_error(labels, probs),
                 "roc": both,
             }
-        return page(request, "stats.html", stats=stats, drawn=drawn)
+        went_live = await run_in_threadpool(go_live_record, db)
+        return page(request, "stats.html", stats=stats, drawn=drawn, went_live=went_live)
 
     async def stats_picture(request: Request, user: str) -> Response:
         from screener.worklist import review_curves, review_stats
