@@ -402,6 +402,8 @@ class ImageDetail:
     results: list[dict[str, Any]] = field(default_factory=list)
     # when retention deleted the spooled image (ISO 8601), else None
     purged_at: str | None = None
+    #: why the image was not scored, in a sentence (a skipped or failed job), else None
+    job_message: str | None = None
 
 
 @dataclass
@@ -413,6 +415,9 @@ class StudyDetail:
     images: list[ImageDetail]
     reviews: list[dict[str, Any]]
     short_id: int = 0
+    study_time: str | None = None
+    study_description: str | None = None
+    modality: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -438,6 +443,7 @@ def study_detail(db: Database, key: str, aging_hours: float) -> StudyDetail:
                 job.state if job else None,
                 job.reason if job else None,
                 purged_at=as_utc(inst.purged_at).isoformat() if inst.purged_at else None,
+                job_message=job.last_error if job and job.state != "done" else None,
             )
             for r in session.scalars(
                 select(Result).where(Result.instance_id == inst.id).order_by(Result.scored_at)
@@ -468,6 +474,8 @@ def study_detail(db: Database, key: str, aging_hours: float) -> StudyDetail:
         reviews = [
             {
                 "verdict": rv.verdict,
+                "finding": rv.finding or finding_of(rv.verdict, rv.model_positive),
+                "model_positive": rv.model_positive,
                 "reader": rv.reader,
                 "note": rv.note,
                 "at": as_utc(rv.created_at).isoformat(),
@@ -486,7 +494,69 @@ def study_detail(db: Database, key: str, aging_hours: float) -> StudyDetail:
             images,
             reviews,
             study.id,
+            study.study_time,
+            study.study_description,
+            study.modality,
         )
+
+
+def next_unread(db: Database, aging_hours: float, after: int) -> int | None:
+    """The short id of the study at the top of the unread worklist other than ``after``."""
+    for row in worklist(db, aging_hours=aging_hours, status="unread", limit=2):
+        if row.study_id != after:
+            return row.study_id
+    return None
+
+
+@dataclass
+class UnscoredStudy:
+    """A study with no result: every image skipped by selection or population, failed or
+    rejected; ``reason`` says why in a sentence (the first image's)."""
+
+    study_id: int
+    accession_number: str | None
+    study_date: str | None
+    modality: str | None
+    images: int
+    state: str
+    reason: str | None
+    received_at: datetime
+
+
+def unscored_studies(
+    db: Database, *, since: datetime | None = None, limit: int = 200
+) -> list[UnscoredStudy]:
+    """Studies that will get no score (newest first): their images were skipped (adults,
+    other body parts), failed or were rejected. Filtered, ordered and limited in SQL."""
+    from sqlalchemy import func
+
+    ended = ("skipped", "failed")
+    q = (
+        select(
+            Study.id,
+            Study.accession_number,
+            Study.study_date,
+            Study.modality,
+            func.count(func.distinct(Instance.id)),
+            func.min(Job.state),
+            func.min(Job.last_error),
+            func.min(Instance.received_at),
+        )
+        .join(Instance, Instance.study_id == Study.id)
+        .join(Job, Job.instance_id == Instance.id)
+        .where(Job.state.in_(ended))
+        .where(~select(StudyScoreRow.study_id).where(StudyScoreRow.study_id == Study.id).exists())
+        .group_by(Study.id, Study.accession_number, Study.study_date, Study.modality)
+        .order_by(func.min(Instance.received_at).desc(), Study.id.desc())
+        .limit(limit)
+    )
+    if since is not None:
+        q = q.where(Instance.received_at >= as_utc(since).astimezone(UTC))
+    with db.transaction() as session:
+        return [
+            UnscoredStudy(sid, acc, date, mod, n, state, reason, as_utc(at))
+            for sid, acc, date, mod, n, state, reason, at in session.execute(q)
+        ]
 
 
 @dataclass

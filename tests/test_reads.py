@@ -84,7 +84,7 @@ def test_cannot_tell_is_a_read_but_no_label(studies: tuple[Any, Database]) -> No
 def test_the_worklist_says_the_read_who_and_when(studies: tuple[Any, Database]) -> None:
     """A reviewed row carries the finding, the reader and the time of the read; the CLI's
     status column says it in words with the agreement."""
-    settings, db = studies
+    _settings, db = studies
     record_read(db, "N1", "pneumonia", None, 12.0, "alice")
     (row,) = worklist(db, aging_hours=12.0, status="reviewed")
     assert (row.finding, row.reader, row.verdict) == ("pneumonia", "alice", "disagree")

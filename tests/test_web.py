@@ -182,7 +182,10 @@ def test_a_pushed_film_is_read_in_the_browser(
 
         # a read, recorded with the user as reader
         browser.find_element(By.NAME, "note").send_keys("consolidation right lower lobe")
-        browser.find_element(By.ID, "agree").click()
+        unflagged = "not flagged" in browser.find_element(By.ID, "read").text
+        finding = "no_pneumonia" if unflagged else "pneumonia"  # agreeing with the model
+        browser.find_element(By.ID, f"finding-{finding}").click()
+        browser.find_element(By.ID, "record").click()
         assert "recorded" in browser.find_element(By.ID, "recorded").text
         assert "alice" in browser.find_element(By.ID, "reviews").text
         browser.save_screenshot(str(shots / "5-read-recorded.png"))

@@ -288,16 +288,16 @@ def test_keys_and_query_strings_are_checked(web: Callable[..., Any]) -> None:
     assert alice.login("alice") == 303
     for key in ("%23999999999999999999999", "%C2%B2", "999999999999999999999999", "%00"):
         assert alice.get(f"/study/{key}")[0] == 404, key
-    _, _, page = alice.get(f"/study/{study}?recorded=disagree")
-    assert 'id="recorded"' not in page  # no read was recorded
     _, _, page = alice.get("/status?retried=%3Cb%3E99%20hacked")
     assert "hacked" not in page and 'id="retried"' not in page
     _, _, page = alice.get("/worklist?status=all&min_prob=1.5")
     assert "ACC7" in page
-    status, _, _ = alice.request("POST", "/study/ACC7/review", {"verdict": "agree"})
+    status, _, _ = alice.request("POST", "/study/ACC7/review", {"finding": "pneumonia"})
     assert status == 403
-    alice.post(f"/study/{study}/review", {"verdict": "agree"})
-    _, _, page = alice.get(f"/study/{study}?recorded=agree")
+    _, _, page = alice.get(f"/study/{study}?recorded=pneumonia")
+    assert 'id="recorded"' not in page  # no read yet: the URL alone says nothing
+    alice.post(f"/study/{study}/review", {"finding": "pneumonia"})
+    _, _, page = alice.get(f"/study/{study}?recorded=pneumonia")
     assert 'id="recorded"' in page
     assert "ACC7" not in proc.log()
 

@@ -56,11 +56,45 @@ from screener.web.guard import (
 )
 from screener.web.modelwork import ModelWork, ModelWorkFailed, kind_of
 from screener.web.sessions import SessionStore
+from screener.worklist import MAX_NOTE
 
 log = structlog.get_logger(__name__)
 
 HERE = Path(__file__).resolve().parent
 SINCE = {"": None, "1h": 1, "24h": 24, "7d": 24 * 7, "30d": 24 * 30}
+#: the web worklist's status filters: the CLI's, and the studies that get no score
+WEB_STATUSES = (*STATUSES, "skipped")
+SORT_LABELS = {
+    "priority": "flagged first, then priority",
+    "received": "newest first",
+    "probability": "highest P first",
+    "accession": "accession number",
+}
+
+
+def _pending_of(form: Any, key: Any = None) -> dict[str, str] | None:
+    """A read carried through the login form (or posted when the login had ended)."""
+    from screener.worklist import FINDINGS, MAX_NOTE
+
+    key = str(key if key is not None else form.get("pending_key") or "")[:64]
+    finding = str(form.get("pending_finding") or form.get("finding") or "")
+    if not key or finding not in FINDINGS:
+        return None
+    note = str(form.get("pending_note") or form.get("note") or "")[: MAX_NOTE + 1]
+    return {"key": key, "finding": finding, "note": note, "words": FINDINGS[finding]}
+
+
+def _when(date: str | None, time: str | None = None) -> str:
+    """A DICOM DA (and TM) as a person reads it: 2026-12-04 08:15 (PS3.5 6.2)."""
+    if not date or len(date) != 8 or not date.isdigit():
+        return date or ""
+    text = f"{date[:4]}-{date[4:6]}-{date[6:]}"
+    digits = (time or "").split(".")[0]
+    if len(digits) >= 4 and digits[:4].isdigit():
+        text += f" {digits[:2]}:{digits[2:4]}"
+    return text
+
+
 #: A one-time message to the status page ("N dead-lettered SRs will be sent again"): set by
 #: the POST that resent them, read and deleted by the next status page, so a reload (or the
 #: 30 s refresh) shows it no more.
@@ -192,8 +226,13 @@ def create_app(
             if visitor.user is None:
                 if visitor.refusal is not None:  # header mode: no login page to go to
                     return PlainTextResponse(visitor.refusal, status_code=401)
+                if handler is review:  # a read sent after the login ended is kept, not lost
+                    return await pending_read(request)
                 if request.method != "GET":
-                    return PlainTextResponse("log in first", status_code=403)
+                    return PlainTextResponse(
+                        "your login has ended: log in again, then repeat what you did",
+                        status_code=403,
+                    )
                 target = quote(
                     request.url.path + (f"?{request.url.query}" if request.url.query else "")
                 )
@@ -220,7 +259,7 @@ def create_app(
             if visitor.user is None:
                 return PlainTextResponse(visitor.refusal or "", status_code=401)
             return RedirectResponse(target, status_code=303)
-        error, status_code = None, 200  # the form again, with what went wrong
+        error, status_code, name, pending = None, 200, "", None  # the form again, and why
         if request.method == "POST":
             try:
                 form = await form_checked(request)
@@ -228,6 +267,7 @@ def create_app(
                 return PlainTextResponse(str(exc), status_code=403)
             name = str(form.get("username") or "").strip()[:64]
             password = str(form.get("password") or "")[:1024]
+            pending = _pending_of(form)
             address = proxies.client_address(request)
             keys = (f"user:{name}", f"address:{address}")
             wait = throttle.wait(*keys)
@@ -242,6 +282,7 @@ def create_app(
                     next=target,
                     no_users=not users,
                     username=name,  # kept in the form: only the password is typed again
+                    pending=pending,
                 )
                 response.headers["Retry-After"] = str(int(wait) + 1)
                 return response
@@ -250,6 +291,10 @@ def create_app(
                 token, _login = await run_in_threadpool(store.start, name)
                 log.info("web_login", user=name)
                 response = RedirectResponse(target, status_code=303)
+                if pending is not None:  # the read sent when the login had ended, saved now
+                    response = await record(
+                        request, name, pending["key"], pending["finding"], pending["note"]
+                    )
                 set_cookie(
                     request,
                     response,
@@ -269,6 +314,24 @@ def create_app(
             next=target,
             no_users=not users,
             username=name if error else "",  # a failed login keeps the name typed
+            pending=pending,
+        )
+
+    async def pending_read(request: Request) -> Response:
+        """A read posted after the login ended: the login form, carrying the read, which is
+        recorded as soon as the login succeeds (the form is CSRF-checked then)."""
+        form = await request.form(max_files=0, max_fields=20)
+        pending = _pending_of(form, request.path_params.get("key"))
+        log.info("web_read_pending_login")
+        return page(
+            request,
+            "login.html",
+            status_code=401,
+            error=None,
+            next="/worklist",
+            no_users=not users,
+            username="",
+            pending=pending,
         )
 
     async def logout(request: Request) -> Response:
@@ -285,74 +348,152 @@ def create_app(
         return response
 
     async def worklist_page(request: Request, user: str) -> Response:
-        from screener.commands.worklist import flag_text, status_text
-        from screener.worklist import worklist
+        from screener.commands.worklist import flag_text, short_uid, status_text
+        from screener.worklist import SORTS, unscored_studies, worklist
 
-        status = request.query_params.get("status", "unread")
-        status = status if status in STATUSES else "unread"
-        since_key = request.query_params.get("since", "")
-        hours = SINCE.get(since_key)
-        try:
-            min_prob = float(request.query_params.get("min_prob") or 0) or None
-        except ValueError:
-            min_prob = None
-        if min_prob is not None and not 0.0 <= min_prob <= 1.0:
-            min_prob = None  # only a probability filters
-        rows = await run_in_threadpool(
-            lambda: worklist(
-                db,
-                aging_hours=aging,
-                since=utcnow() - timedelta(hours=hours) if hours else None,
-                status=status,
-                min_prob=min_prob,
-                limit=200,
+        params = request.query_params
+        problems: list[str] = []
+        status = params.get("status", "unread")
+        if status not in WEB_STATUSES:
+            problems.append(f"Status is one of {', '.join(WEB_STATUSES)}: showing unread.")
+            status = "unread"
+        since_key = params.get("since", "")
+        if since_key not in SINCE:
+            problems.append("Received within is one of the listed choices: showing any time.")
+            since_key = ""
+        hours = SINCE[since_key]
+        since = utcnow() - timedelta(hours=hours) if hours else None
+        min_prob: float | None = None
+        typed = params.get("min_prob", "").strip()
+        if typed:
+            try:
+                min_prob = float(typed)
+            except ValueError:
+                min_prob = None
+            if min_prob is None or not 0.0 <= min_prob <= 1.0:
+                problems.append(
+                    "Minimum P is a probability between 0 and 1 (e.g. 0.5): no minimum applied."
+                )
+                min_prob = None
+        sort = params.get("sort", "priority")
+        if sort not in SORTS:
+            problems.append(f"Order is one of {', '.join(SORTS)}: showing by priority.")
+            sort = "priority"
+        search = params.get("q", "").strip()[:64]
+        unscored = []
+        rows = []
+        if status == "skipped":
+            unscored = await run_in_threadpool(lambda: unscored_studies(db, since=since))
+        else:
+            rows = await run_in_threadpool(
+                lambda: worklist(
+                    db,
+                    aging_hours=aging,
+                    since=since,
+                    status=status,
+                    min_prob=min_prob,
+                    limit=200,
+                    sort=sort,
+                    search=search or None,
+                )
             )
-        )
         return page(
             request,
             "worklist.html",
             rows=rows,
+            unscored=unscored,
             flag=flag_text,
             status_of=status_text,
             status=status,
-            statuses=STATUSES,
+            statuses=WEB_STATUSES,
             since=since_key,
             since_choices=list(SINCE),
-            min_prob=min_prob or "",
+            min_prob="" if min_prob is None else min_prob,
+            sort=sort,
+            sorts=SORT_LABELS,
+            search=search,
+            problems=problems,
+            when=_when,
+            short_uid=short_uid,
+            status_code=200 if not problems else 400,
         )
 
+    async def find(request: Request, user: str) -> Response:
+        """The search box: a study by accession number, Study Instance UID (or its start or
+        end), or short id; several matches list them on the worklist."""
+        from screener.worklist import find_study
+
+        term = request.query_params.get("q", "").strip()[:64]
+        if not term:
+            return RedirectResponse("/worklist", status_code=303)
+
+        def found() -> int | None:
+            with db.transaction() as session:
+                try:
+                    return find_study(session, term).id
+                except ScreenerError:
+                    return None
+
+        study_id = await run_in_threadpool(found)
+        if study_id is not None:
+            return RedirectResponse(f"/study/%23{study_id}", status_code=303)
+        return RedirectResponse(f"/worklist?status=all&q={quote(term)}", status_code=303)
+
     async def study_page(request: Request, user: str) -> Response:
-        from screener.worklist import study_detail
+        from screener.imaging.window import WINDOW_PRESETS
+        from screener.worklist import FINDINGS, next_unread, study_detail
 
         key = request.path_params["key"]
         try:
             detail = await run_in_threadpool(study_detail, db, key, aging)
         except ScreenerError as exc:
             return PlainTextResponse(str(exc), status_code=404)
-        # "your read is recorded" only when this user's read with that verdict is the latest
+        # "your read is recorded" only when this user's read with that finding is the latest
         recorded = request.query_params.get("recorded")
         latest = detail.reviews[-1] if detail.reviews else None
-        if not (latest and latest["reader"] == user and latest["verdict"] == recorded):
-            recorded = None
-        return page(request, "study.html", d=detail, key=key, message=recorded)
+        if not (latest and latest["reader"] == user and latest["finding"] == recorded):
+            latest = None
+        following = (
+            await run_in_threadpool(next_unread, db, aging, detail.short_id) if latest else None
+        )
+        return page(
+            request,
+            "study.html",
+            d=detail,
+            key=key,
+            recorded=latest,
+            next_unread=following,
+            findings=FINDINGS,
+            max_note=MAX_NOTE,
+            when=_when,
+            window_presets=WINDOW_PRESETS,
+            error=None,
+        )
 
     async def review(request: Request, user: str) -> Response:
-        from screener.worklist import record_review
-
         form = await form_checked(request)
-        verdict = str(form.get("verdict") or "")
-        if verdict not in ("agree", "disagree"):
-            return PlainTextResponse("verdict must be agree or disagree", status_code=400)
-        note = str(form.get("note") or "").strip()[:2000] or None
         key = request.path_params["key"]
-        try:
-            read = await run_in_threadpool(
-                record_review, db, key, verdict == "agree", note, aging, user
+        return await record(request, user, key, form.get("finding"), form.get("note"))
+
+    async def record(request: Request, user: str, key: str, finding: Any, note: Any) -> Response:
+        """A read recorded (database work in a thread), then the study page that says so."""
+        from screener.worklist import FINDINGS, NotReadable, record_read
+
+        finding = str(finding or "")
+        text = str(note or "").strip() or None
+        if finding not in FINDINGS:
+            return PlainTextResponse(
+                "choose what the film shows: pneumonia, no pneumonia or cannot tell",
+                status_code=400,
             )
+        try:
+            read = await run_in_threadpool(record_read, db, key, finding, text, aging, user)
+        except NotReadable as exc:
+            return PlainTextResponse(str(exc), status_code=400)
         except ScreenerError as exc:
             return PlainTextResponse(str(exc), status_code=404)
-        log.info("web_review", study_id=read.short_id, verdict=verdict, reader=user)
-        return RedirectResponse(f"/study/{quote(key)}?recorded={verdict}", status_code=303)
+        log.info("web_review", study_id=read.short_id, verdict=read.review.verdict, reader=user)
+        return RedirectResponse(f"/study/%23{read.short_id}?recorded={finding}", status_code=303)
 
     async def image(request: Request, user: str) -> Response:
         """One image of a study as PNG, through screener's pixel pipeline; ``overlay=1``
@@ -570,6 +711,12 @@ def create_app(
             "skip_message": accepted.skip.message if accepted.skip else None,
         }
 
+    async def enter_pressed(request: Request) -> Response:
+        """Where Enter in the read form goes (its first submit button): 204 No Content, so the
+        browser stays on the page and nothing is recorded (HTML 4.10.21.2; Fetch: a 204
+        response to a navigation is not shown)."""
+        return Response(status_code=204)
+
     async def home(request: Request) -> Response:
         return RedirectResponse("/worklist", status_code=303)
 
@@ -578,8 +725,10 @@ def create_app(
         Route("/login", login, methods=["GET", "POST"]),
         Route("/logout", logout, methods=["POST"]),
         Route("/worklist", login_required(worklist_page)),
+        Route("/find", login_required(find)),
         Route("/study/{key}", login_required(study_page)),
         Route("/study/{key}/review", login_required(review), methods=["POST"]),
+        Route("/study/{key}/enter", enter_pressed, methods=["POST"]),
         Route("/study/{key}/image/{sop}.png", login_required(image)),
         Route("/status", login_required(status_page)),
         Route("/stats", login_required(stats_page)),

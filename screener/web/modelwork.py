@@ -297,11 +297,11 @@ class _Child:
 
     def __init__(self, ctx: Any, settings: Settings, role: str, timeout: float) -> None:
         self.settings = settings
+        self.role = role  # "model" or "film" (under the memory cap)
         self.timeout = timeout
         self._ctx = ctx
         self._lock = threading.Lock()
         self._process: Any = None
-        self.role = role  # "model" or "film" (under the memory cap)
         self._conn: Connection | None = None
         self.stopped = False
 
@@ -395,7 +395,6 @@ class _Child:
                 self._lock.release()
 
 
-__all__ = ["Frame", "ModelWork", "ModelWorkFailed", "UploadResult"]
 class ModelWork:
     """The parent's handle on the model process and the film process (:data:`FILM_CALLS`
     go to the film process); each is started by its first call."""
@@ -430,3 +429,4 @@ class ModelWork:
         self._films.stop()
 
 
+__all__ = ["Frame", "ModelWork", "ModelWorkFailed", "UploadResult"]
