@@ -347,3 +347,56 @@ def test_serve_in_shadow_sends_nothing_until_go_live(
     assert list(per_source) == [str(dcmread(films[3], stop_before_pixels=True).SOPInstanceUID)]
     assert _export_states(sqlite_url) == {"shadow": 3, "delivered": 1}
     assert daemon.terminate() == 0
+
+
+def test_every_web_page_says_silent_start_and_stays_accessible(
+    tmp_path: Path, sqlite_url: str, browser: Any, make_settings: Callable[..., Settings]
+) -> None:
+    """`screener web` on a site in shadow shows the SILENT START line at the top of the login,
+    worklist, upload, stats and status pages, with no serious or critical axe-core violation;
+    after a go-live (no restart) the line is gone and the stats page names the go-live."""
+    from selenium.webdriver.common.by import By
+    from support import ServeProcess, assert_accessible, screenshots
+
+    from screener.web.auth import hash_password
+
+    password = "correct horse battery"
+    db = Database(sqlite_url)
+    upgrade(db)
+    port = free_port()
+    env = serve_env(
+        tmp_path,
+        sqlite_url,
+        free_port(),
+        screener_site_mode="shadow",
+        screener_web_port=str(port),
+        screener_web_users=json.dumps([f"alice:{hash_password(password)}"]),
+    )
+    web = ServeProcess(tmp_path, env, command="web").start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        browser.get(f"{base}/login")
+        banner = browser.find_element(By.ID, "site-mode")
+        assert banner.text.startswith(SILENT_START)
+        assert_accessible(browser, "/login in shadow")
+        browser.find_element(By.ID, "username").send_keys("alice")
+        browser.find_element(By.ID, "password").send_keys(password)
+        browser.find_element(By.ID, "login").click()
+        wait_for(lambda: "/login" not in browser.current_url, 60)
+        for path in ("/worklist", "/upload", "/stats", "/status"):
+            browser.get(base + path)
+            assert browser.find_element(By.ID, "site-mode").text.startswith(SILENT_START), path
+            assert_accessible(browser, f"{path} in shadow")
+        browser.save_screenshot(str(screenshots() / "shadow-status.png"))
+        record(db, make_settings(sqlite_url, **{"site.mode": "shadow"}), GO_LIVE, "dr-a")
+
+        def banner_gone() -> bool:
+            browser.get(f"{base}/stats")
+            return not browser.find_elements(By.ID, "site-mode")
+
+        browser.implicitly_wait(0)  # find_elements must not wait for a banner that is gone
+        wait_for(banner_gone, timeout=30, interval=0.5)
+        assert "by dr-a" in browser.find_element(By.ID, "going-live").text
+    finally:
+        web.terminate()
+        db.dispose()
