@@ -218,14 +218,21 @@ def decide(configured: str, event: SiteEventRecord | None, bundle_uid: str | Non
 
 
 def latest_event(session: Session) -> SiteEventRecord | None:
-    """The most recent site event, or None."""
-    row = session.scalars(select(SiteEvent).order_by(SiteEvent.id.desc()).limit(1)).first()
+    """The most recent site event, or None (read without flushing what ``session`` holds)."""
+    with session.no_autoflush:  # a worker's batch of results is inserted at its commit, at once
+        row = session.scalars(select(SiteEvent).order_by(SiteEvent.id.desc()).limit(1)).first()
     return SiteEventRecord.of(row) if row is not None else None
 
 
 def mode_in(session: Session, settings: Settings, bundle_uid: str | None) -> SiteMode:
-    """The effective mode for ``bundle_uid``, read in ``session`` (e.g. the result's transaction)."""
-    return decide(settings.site.mode, latest_event(session), bundle_uid)
+    """The effective mode for ``bundle_uid``, read in ``session`` (e.g. the result's
+    transaction) once per session: a worker's batch is decided as one, at its transaction's
+    snapshot."""
+    key = ("screener.site", bundle_uid)
+    mode = session.info.get(key)
+    if not isinstance(mode, SiteMode):
+        mode = session.info[key] = decide(settings.site.mode, latest_event(session), bundle_uid)
+    return mode
 
 
 def site_mode(db: Database, settings: Settings, bundle_uid: str | None = None) -> SiteMode:

@@ -9,7 +9,7 @@ from typing import Any
 from screener.commands import setting_flag
 from screener.config import Settings
 
-STATES = ("pending", "delivered", "dead")
+STATES = ("pending", "delivered", "dead", "shadow")  # shadow: built in a silent start, never sent
 
 
 def register(sub: Any) -> None:
