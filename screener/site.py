@@ -88,7 +88,12 @@ def loaded_bundle(settings: Settings) -> Bundle:
 
     if not settings.model.bundle:
         raise ModelError("model.bundle is empty and no bundle is shipped with this screener")
-    return Bundle.from_metadata(read_metadata(settings.model.bundle))
+    try:
+        return Bundle.from_metadata(read_metadata(settings.model.bundle))
+    except (OSError, TypeError, ValueError) as exc:
+        raise ModelError(
+            f"model bundle {settings.model.bundle!r} cannot be read: {type(exc).__name__}"
+        ) from exc
 
 
 def loaded_bundle_uid(settings: Settings) -> str | None:

@@ -33,6 +33,7 @@ from screener.config import Settings
 from screener.daemon import _export_planner
 from screener.db import Database, Export, Job, Result, utcnow
 from screener.db.migrate import upgrade
+from screener.errors import ModelError
 from screener.ingest.accept import Acceptor
 from screener.ingest.spool import Spool
 from screener.model.bundle import read_metadata
@@ -130,6 +131,29 @@ def test_go_live_and_back_are_recorded_per_bundle(
         assert not site_mode(db, settings).live
         live_file = make_settings(db_url, **{"site.mode": "live"})
         assert not site_mode(db, live_file).live  # an explicit shadow beats the file's live
+    finally:
+        db.dispose()
+
+
+def test_an_unreadable_bundle_keeps_a_shadow_site_silent(
+    sqlite_url: str, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """With model.bundle missing or not a folder, a shadow site stays silent even after a
+    go-live of another bundle, and going live is refused naming the bundle."""
+    db = Database(sqlite_url)
+    upgrade(db)
+    try:
+        record(db, make_settings(sqlite_url), GO_LIVE, "dr-a")
+        not_a_folder = tmp_path / "model.json"
+        not_a_folder.write_text("{}")
+        for bundle in (tmp_path / "missing", not_a_folder):
+            settings = make_settings(
+                sqlite_url, **{"site.mode": "shadow", "model.bundle": str(bundle)}
+            )
+            mode = site_mode(db, settings)
+            assert not mode.live and mode.bundle_uid is None
+            with pytest.raises(ModelError, match="model"):
+                record(db, settings, GO_LIVE, "dr-a")
     finally:
         db.dispose()
 
