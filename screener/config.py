@@ -344,6 +344,40 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True)
+class MonitorSettings:
+    enabled: bool = _opt(
+        True,
+        "compare the last window_films scored films with the bundle's reference.json (drift "
+        "monitoring, README: Drift monitoring); off, or no reference.json: no drift figures",
+    )
+    window_films: int = _opt(
+        200,
+        "films per rolling window (the newest scored by the loaded bundle); a drift alarm is "
+        "logged at most once per window of this many new films",
+        min=10,
+        max=100000,
+    )
+    interval_seconds: float = _opt(
+        60.0, "how often `screener serve` recomputes the window", min=1.0, max=86400
+    )
+    false_alarm_rate: float = _opt(
+        0.01,
+        "chance that a window of the reference's own films trips any of the four score "
+        "signals: each threshold is the 1 - rate/4 quantile of its statistic over 4,000 "
+        "windows resampled from the bundle's validation films (Bonferroni over the signals)",
+        min=0.0001,
+        max=0.5,
+    )
+    input_facts_threshold: float = _opt(
+        0.1,
+        "total-variation distance above which an input fact (size, bit depth, photometric "
+        "interpretation, manufacturer) has drifted: a tenth of the window unlike the reference",
+        min=0.01,
+        max=1.0,
+    )
+
+
+@dataclass(frozen=True)
 class WebSettings:
     port: int = _opt(
         0,
@@ -425,6 +459,7 @@ class Settings:
     rescan: RescanSettings = field(default_factory=RescanSettings)
     worklist: WorklistSettings = field(default_factory=WorklistSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    monitor: MonitorSettings = field(default_factory=MonitorSettings)
     web: WebSettings = field(default_factory=WebSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     #: The configuration file read, if any (relative paths in it resolve against its folder).

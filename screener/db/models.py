@@ -27,6 +27,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 UID = String(64)  # PS3.5 9.1: a UID is at most 64 characters
 CS = String(16)  # PS3.5 6.2: Code String, at most 16 characters
 AE = String(16)  # PS3.5 6.2: Application Entity, at most 16 characters
+LO = String(64)  # PS3.5 6.2: Long String, at most 64 characters
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -87,6 +88,10 @@ class Instance(Base):
     rows: Mapped[int | None] = mapped_column(Integer)
     columns: Mapped[int | None] = mapped_column(Integer)
     number_of_frames: Mapped[int] = mapped_column(Integer, default=1)
+    # input facts the drift monitor compares with the bundle's reference (screener.monitor)
+    bits_stored: Mapped[int | None] = mapped_column(Integer)
+    photometric_interpretation: Mapped[str | None] = mapped_column(CS)
+    manufacturer: Mapped[str | None] = mapped_column(LO)
     spool_path: Mapped[str] = mapped_column(String(1024))
     content_sha256: Mapped[str] = mapped_column(String(64))
     size_bytes: Mapped[int] = mapped_column(BigInteger)

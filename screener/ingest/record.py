@@ -82,6 +82,10 @@ class Header:
     study_date: str | None
     study_time: str | None
     study_description: str | None = None
+    # input facts for drift monitoring (screener.monitor): PS3.3 C.7.6.3, C.7.5.1
+    bits_stored: int | None = None
+    photometric_interpretation: str | None = None
+    manufacturer: str | None = None
 
     @classmethod
     def of(cls, ds: Dataset) -> Header:
@@ -101,6 +105,9 @@ class Header:
             study_date=_str(ds, "StudyDate", 8),
             study_time=_str(ds, "StudyTime", 16),
             study_description=_str(ds, "StudyDescription", 64),
+            bits_stored=_int(ds, "BitsStored"),
+            photometric_interpretation=_str(ds, "PhotometricInterpretation", 16),
+            manufacturer=_str(ds, "Manufacturer", 64),
         )
 
 
@@ -144,6 +151,9 @@ def _instance_values(a: Arrival, now: datetime) -> dict[str, Any]:
         "rows": h.rows,
         "columns": h.columns,
         "number_of_frames": h.number_of_frames,
+        "bits_stored": h.bits_stored,
+        "photometric_interpretation": h.photometric_interpretation,
+        "manufacturer": h.manufacturer,
         "spool_path": str(a.spool_path),
         "content_sha256": a.sha256,
         "size_bytes": a.size,
