@@ -33,6 +33,7 @@ COMMANDS = (
     "train",
     "evaluate",
     "guard",
+    "reference",
     "calibrate",
     "predict",
     "web",
