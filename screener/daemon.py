@@ -53,6 +53,7 @@ from screener.wakeup import PipeEvent, Wakeable
 from screener.worker import Processor, Worker
 
 if TYPE_CHECKING:
+    from screener.monitor.drift import DriftMonitor
     from screener.web.server import WebThread
 
 log = structlog.get_logger(__name__)
@@ -303,6 +304,7 @@ class Daemon:
     retention: RetentionTimer | None = None
     heart: Heart | None = None
     web: WebThread | None = None  # when [web] port is set
+    monitor: DriftMonitor | None = None  # drift against the bundle's reference.json
 
     def start(self) -> None:
         if self.listener or self.watcher:
@@ -329,6 +331,8 @@ class Daemon:
             self.retention.start()
         if self.web:
             self.web.start()
+        if self.monitor:
+            self.monitor.start()
         if self.heart:
             self.heart.beat()
         log.info(
@@ -375,6 +379,8 @@ class Daemon:
             self.web.stop()
         if self.retention:
             self.retention.stop()
+        if self.monitor:
+            self.monitor.stop()
         metrics.cleanup(self.metrics_dir)
         if self.heart:
             self.heart.stop()
@@ -436,6 +442,8 @@ class Daemon:
             )
         if self.model:
             details["model"] = f"{self.model['name']} {self.model['version']}"
+        if self.monitor is not None and self.monitor.latest is not None:
+            details["drift"] = self.monitor.latest.as_dict()  # screener status, the web
         return details
 
     def run(self) -> int:
@@ -510,6 +518,12 @@ def compose(settings: Settings, processor: Processor | None = None) -> Daemon:
             meta = read_metadata(settings.model.bundle)  # raises ModelError naming the path
             daemon.model = {k: str(meta[k]) for k in ("name", "version", "uid")}
             daemon.worker_processes = WorkerProcesses(settings, on_restart=daemon.record_restart)
+            if settings.monitor.enabled:
+                from screener.monitor.drift import DriftMonitor
+                from screener.monitor.reference import read_reference
+
+                reference = read_reference(settings.model.bundle)  # ModelError if malformed
+                daemon.monitor = DriftMonitor(db, settings.monitor, reference, daemon.model["uid"])
             acceptor.on_queued = daemon.worker_processes.wake.set
             exporter.wake = daemon.worker_processes.exports_planned
     daemon.heart = Heart(
@@ -553,6 +567,8 @@ def _health_server(settings: Settings, daemon: Daemon) -> HealthServer:
     return HealthServer(
         settings.metrics.host,
         settings.metrics.port,
-        metrics.registry_for(daemon.db, daemon.model),
+        metrics.registry_for(
+            daemon.db, daemon.model, lambda: daemon.monitor.latest if daemon.monitor else None
+        ),
         checks,
     )

@@ -239,8 +239,11 @@ def _gauge(name: str, text: str, label: str, values: dict[str, int]) -> Any:
     return family
 
 
-def registry_for(db: Any, model: dict[str, str] | None) -> Any:
-    """The registry a scrape reads: every process's instruments plus the database's gauges."""
+def registry_for(
+    db: Any, model: dict[str, str] | None, drift: Callable[[], Any] | None = None
+) -> Any:
+    """The registry a scrape reads: every process's instruments plus the database's gauges,
+    and the drift monitor's latest window when ``drift`` gives one (:class:`DriftCollector`)."""
     from prometheus_client import REGISTRY, CollectorRegistry
     from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -251,7 +254,51 @@ def registry_for(db: Any, model: dict[str, str] | None) -> Any:
         registry = CollectorRegistry()
         registry.register(_Forward(REGISTRY))
     registry.register(DatabaseCollector(db, model))
+    if drift is not None:
+        registry.register(DriftCollector(drift))
     return registry
+
+
+class DriftCollector:
+    """The drift monitor's latest window (screener.monitor.drift.DriftReport): each signal's
+    statistic and threshold (once a window is full), the window's flag rate and size."""
+
+    def __init__(self, latest: Callable[[], Any]) -> None:
+        self.latest = latest
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        report = self.latest()
+        if report is None:
+            return
+        if report.signals:  # a full window
+            drift = GaugeMetricFamily(
+                "screener_drift",
+                "Drift statistic of the last window against the bundle's reference, by signal "
+                "(KS distance, absolute difference or total-variation distance)",
+                labels=["signal"],
+            )
+            threshold = GaugeMetricFamily(
+                "screener_drift_threshold", "Above this the signal has drifted", labels=["signal"]
+            )
+            for s in report.signals:
+                drift.add_metric([s.signal], s.statistic)
+                threshold.add_metric([s.signal], s.threshold)
+            yield drift
+            yield threshold
+        if report.flag_rate is not None:
+            flag_rate = GaugeMetricFamily(
+                "screener_flag_rate", "Share of the last window's films flagged for a second read"
+            )
+            flag_rate.add_metric([], report.flag_rate)
+            yield flag_rate
+        films = GaugeMetricFamily("screener_drift_window_films", "Films in the last window")
+        films.add_metric([], report.films)
+        yield films
 
 
 class _Forward:

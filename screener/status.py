@@ -97,6 +97,8 @@ class StatusReport:
     exposed_listeners: list[dict[str, Any]] = field(default_factory=list)
     # silent start or live, and why (screener.site.SiteMode.as_dict); given settings only
     site: dict[str, Any] = field(default_factory=dict)
+    # the drift monitor's latest window, from a running serve's heartbeat (screener.monitor)
+    drift: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -175,6 +177,7 @@ def build_report(db: Database, limit: int = 10, settings: Settings | None = None
             reasons.setdefault(str(state), {})[reason or "(none)"] = int(n)
         report = StatusReport(
             processes=seen,
+            drift=latest_drift(seen),
             exposed_listeners=exposed_listeners(seen),
             site=site,
             counts=counts,
@@ -216,6 +219,19 @@ def build_report(db: Database, limit: int = 10, settings: Settings | None = None
             ],
         )
     return report
+
+
+def latest_drift(procs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The newest drift window reported by a running serve process (empty: none)."""
+    running = [
+        p
+        for p in procs
+        if p["component"] == "serve" and p["state"] == "running" and p["details"].get("drift")
+    ]
+    if not running:
+        return {}
+    newest = min(running, key=lambda p: p["seconds_since_beat"])
+    return dict(newest["details"]["drift"])
 
 
 def exposed_listeners(procs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -293,6 +309,8 @@ def render_text(report: StatusReport) -> str:
     lines = render_processes(report.processes)
     if report.site:
         lines.append(f"site: {report.site['line']}")
+    if report.drift:
+        lines.append(f"drift: {report.drift['line']}")
     lines += render_exposure(report.exposed_listeners)
     lines.append("received:")
     lines += [f"  {what:<24} {n:>7}" for what, n in report.received.items()]
