@@ -207,3 +207,21 @@ def test_monitor_logs_a_drift_once_per_window(
     assert {e["signal"] for e in fresh if e["event"] == "drift_detected"} >= {"probability"}
     assert "DRIFT over the last 10 films: probability" in monitor.latest.line  # type: ignore[union-attr]
     db.dispose()
+
+
+def test_input_facts_drift_when_the_films_change_format() -> None:
+    """A window of 12-bit 2,500 px films from a named manufacturer drifts on size, bits
+    stored and manufacturer (total-variation 1 > 0.1), not on photometric interpretation."""
+    from screener.monitor.drift import WindowFilm, compare
+
+    ref = _reference()
+    th = {"probability": 1.0, "flag_rate": 1.0, "domain_distance": 1.0, "outside_share": 1.0}
+    facts = input_facts(2500, 2048, 12, "MONOCHROME2", "ACME Radiography")
+    films = [WindowFilm(i, 0.4, "normal", 0.0, facts) for i in range(20)]
+    report = compare(ref, th, films, 20, 0.1, MODEL[2])
+    assert {s.signal for s in report.drifted} == {"size", "bits_stored", "manufacturer"}
+    same = [
+        WindowFilm(i, 0.4, "normal", 0.0, ref_facts)
+        for i, ref_facts in enumerate([input_facts(224, 224, 8, "MONOCHROME2", None)] * 20)
+    ]
+    assert compare(ref, th, same, 20, 0.1, MODEL[2]).state == "ok"
