@@ -543,6 +543,12 @@ def compose(settings: Settings, processor: Processor | None = None) -> Daemon:
     return daemon
 
 
+def _latest_drift(daemon: Daemon) -> Any:
+    """The drift monitor's latest window (a DriftReport), if the daemon runs one."""
+    monitor = getattr(daemon, "monitor", None)  # duck-typed daemons in tests have none
+    return monitor.latest if monitor is not None else None
+
+
 def _health_server(settings: Settings, daemon: Daemon) -> HealthServer:
     """``[metrics]``: /metrics, /healthz, /readyz with the readiness checks of this daemon."""
     from sqlalchemy import text
@@ -567,8 +573,6 @@ def _health_server(settings: Settings, daemon: Daemon) -> HealthServer:
     return HealthServer(
         settings.metrics.host,
         settings.metrics.port,
-        metrics.registry_for(
-            daemon.db, daemon.model, lambda: daemon.monitor.latest if daemon.monitor else None
-        ),
+        metrics.registry_for(daemon.db, daemon.model, partial(_latest_drift, daemon)),
         checks,
     )
