@@ -21,7 +21,12 @@ def register(sub: Any) -> None:
     )
     setting_flag(p, "--db", "database.url", "database URL")
     setting_flag(p, "--model", "model.bundle", "the model bundle folder served")
-    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    actions = p.add_subparsers(
+        dest="action",
+        required=True,
+        metavar="ACTION",
+        help="status, go-live, shadow or send-shadow",
+    )
 
     st = actions.add_parser("status", help="shadow or live, for which bundle, and the events")
     st.add_argument("--json", action="store_true", help="machine-readable output")

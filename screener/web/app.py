@@ -175,6 +175,8 @@ def create_app(
                 else Visitor(None, anonymous_csrf)
             )
         request.state.visitor = visitor
+        # the site's mode for the page's banner: cached, and read in a thread when stale
+        request.state.site = await run_in_threadpool(site.get)
         return visitor
 
     def set_cookie(request: Request, response: Response, name: str, value: str, **kw: Any) -> None:
@@ -197,7 +199,7 @@ def create_app(
                 "user": visitor.user,
                 "csrf": visitor.csrf,
                 "admin": visitor.admin,
-                "site": site.get(),
+                "site": getattr(request.state, "site", None),
                 **context,
             },
             status_code=status_code,
