@@ -14,10 +14,17 @@ from typing import Any
 
 import numpy as np
 import pytest
-from support import film_dicom, free_port, run_screener, serve_env, wait_for
+import test_web_security as security
+from support import assert_accessible, film_dicom, free_port, run_screener, serve_env, wait_for
+from test_web_pages import _login
 from test_web_security import Client, _hash
 
+from screener.db import Database
+from screener.heartbeat import Heart
 from screener.model import load_bundle
+from screener.monitor.drift import DriftReport, SignalDrift
+
+web = security.web  # `screener web` alone over a seeded database
 
 WINDOW = 30
 
@@ -169,3 +176,36 @@ def test_drift_alarm_fires_for_the_shift_proxy_and_not_for_validation_films(
         "domain_distance",
         "outside_share",
     }
+
+
+def test_web_status_page_shows_a_drift_accessibly(
+    web: Callable[..., Any], sqlite_url: str, browser: Any
+) -> None:
+    """A serve heartbeat reporting a drifting window: the web status page's drift section
+    says DRIFT with the signal in an alert and a table of every signal against its threshold,
+    with no serious or critical axe-core violation."""
+    from selenium.webdriver.common.by import By
+
+    base, _, _ = web()
+    report = DriftReport(
+        "drift",
+        window=200,
+        films=200,
+        bundle_uid="1.2.3",
+        flag_rate=0.03,
+        signals=[
+            SignalDrift("probability", 0.61, 0.138),
+            SignalDrift("flag_rate", 0.68, 0.102, 0.03, 0.712),
+            SignalDrift("size", 0.0, 0.1),
+        ],
+    )
+    db = Database(sqlite_url)
+    Heart(db, "serve", details=lambda: {"drift": report.as_dict()}, every_seconds=600).beat()
+    db.dispose()
+    _login(browser, base)
+    browser.get(f"{base}/status")
+    alert = browser.find_element(By.CSS_SELECTOR, "#drift [role=alert]")
+    assert alert.text.startswith("DRIFT over the last 200 films: probability 0.610 > 0.138")
+    rows = browser.find_element(By.ID, "drift-signals").text
+    assert "flag rate" in rows and "total-variation distance" in rows
+    assert_accessible(browser, "status with a drift")
