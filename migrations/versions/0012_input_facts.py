@@ -21,9 +21,7 @@ def upgrade() -> None:
     # instances received before this revision keep NULL: the monitor counts them "unknown"
     with op.batch_alter_table("instances", schema=None) as batch_op:
         batch_op.add_column(sa.Column("bits_stored", sa.Integer(), nullable=True))
-        batch_op.add_column(
-            sa.Column("photometric_interpretation", sa.String(16), nullable=True)
-        )
+        batch_op.add_column(sa.Column("photometric_interpretation", sa.String(16), nullable=True))
         batch_op.add_column(sa.Column("manufacturer", sa.String(64), nullable=True))
 
 
