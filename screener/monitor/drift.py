@@ -129,23 +129,31 @@ class DriftReport:
 
 def window_films(db: Database, model_uid: str, n: int) -> list[WindowFilm]:
     """The newest ``n`` results of bundle ``model_uid`` with their input facts (one SELECT)."""
+    # the bundle's newest n results first, then their instances by primary key, so the
+    # planner never weighs joining the whole instances table: over 200,000 results without
+    # statistics, PostgreSQL took 273 ms for the plain join and 54 ms for this; 3 ms analysed
+    newest = (
+        select(Result.id, Result.probability, Result.label, Result.domain_score, Result.instance_id)
+        .where(Result.model_uid == model_uid)
+        .order_by(Result.id.desc())
+        .limit(n)
+        .subquery()
+    )
     with db.transaction() as session:
         rows = session.execute(
             select(
-                Result.id,
-                Result.probability,
-                Result.label,
-                Result.domain_score,
+                newest.c.id,
+                newest.c.probability,
+                newest.c.label,
+                newest.c.domain_score,
                 Instance.rows,
                 Instance.columns,
                 Instance.bits_stored,
                 Instance.photometric_interpretation,
                 Instance.manufacturer,
             )
-            .join(Instance, Result.instance_id == Instance.id)
-            .where(Result.model_uid == model_uid)
-            .order_by(Result.id.desc())
-            .limit(n)
+            .join(Instance, newest.c.instance_id == Instance.id)
+            .order_by(newest.c.id.desc())
         ).all()
     return [
         WindowFilm(
