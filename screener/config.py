@@ -303,6 +303,19 @@ class SiteSettings:
         "(deploy/ ships shadow; see README, Silent start and going live)",
         choices=("shadow", "live"),
     )
+    audit_share: float = _opt(
+        0.05,
+        "share of the studies the model does not flag that are drawn at random, when first "
+        "scored, for an audit read (stats and calibrate weight reads by 1/share against "
+        "verification bias; README, Audit reads); 0 = none",
+        min=0.0,
+        max=1.0,
+    )
+    audit_seed: str = _opt(
+        "",
+        "the secret the draw is keyed with (HMAC-SHA256 of the Study Instance UID); empty = "
+        "this database's installation id",
+    )
 
 
 @dataclass(frozen=True)

@@ -144,6 +144,7 @@ class ModelProcessor:
         )
         self.on_result = on_result
         self.decode = decode
+        self._audit_seed: str | None = None  # read from the database at the first result
         # inline decoding (no pool) keeps the pixel budget; the memory cap is for the pool
         limits.apply(decode_limits(settings.worker, memory_cap=False))
         self.pool: ProcessPoolExecutor | None = None
@@ -297,6 +298,15 @@ class ModelProcessor:
         scored_at: datetime,
     ) -> None:
         b = self.bundle
+        if scores:  # a study is drawn for an audit read once, when first scored (screener.audit)
+            from screener.audit import draw_for, seed_of
+
+            if self._audit_seed is None:
+                self._audit_seed = seed_of(session, self.settings.site.audit_seed)
+            draw_for(
+                session, job.instance_id, self.settings.site.audit_share, self._audit_seed,
+                scored_at,
+            )  # fmt: skip
         for score, image in zip(scores, images, strict=True):
             result = Result(
                 job_id=job.job_id,

@@ -38,6 +38,7 @@ from screener.db import (
     utcnow,
 )
 from screener.db.engine import as_utc
+from screener.db.models import AuditDraw
 from screener.errors import ScreenerError
 
 
@@ -103,6 +104,8 @@ class StudyScore:
     read_at: datetime | None = None
     study_time: str | None = None
     study_description: str | None = None
+    #: not flagged, but drawn at random for an audit read (screener.audit)
+    audit: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -252,6 +255,7 @@ def worklist(
     orders: dict[str, tuple[Any, ...]] = {
         "priority": (
             s.flagged.desc(),
+            s.audit.desc(),  # audit reads next: the unbiased sample (screener.audit)
             (rank + waited / (3600.0 * aging_hours)).desc(),
             s.received_at,
         ),
@@ -338,6 +342,7 @@ def _listed(
         read_at=as_utc(row.read_at) if row.reviewed and row.read_at else None,
         study_time=study_time,
         study_description=study_description,
+        audit=bool(row.audit),
     )
 
 
@@ -426,9 +431,14 @@ class StudyDetail:
 
 
 def study_detail(db: Database, key: str, aging_hours: float) -> StudyDetail:
+    from screener.audit import read_weight
+
     with db.transaction() as session:
         study = find_study(session, key)
         scores = _scores(session, aging_hours, [study.id])
+        for score in scores:
+            audit = read_weight(score.flagged, session.get(AuditDraw, study.id)) > 0
+            score.audit = audit and not score.flagged and score.assessment != OUTSIDE_DOMAIN
         images = []
         for inst in session.scalars(
             select(Instance).where(Instance.study_id == study.id).order_by(Instance.id)
@@ -681,6 +691,16 @@ class ModelStats:
     caution: str | None = None
     #: reads that could not tell (in ``reviewed``, in no other figure)
     cannot_tell: int = 0
+    #: reads of studies drawn for an audit read (screener.audit), and of unflagged studies
+    #: not drawn (left out of the weighted figures)
+    audit_reads: int = 0
+    undrawn_reads: int = 0
+    #: sensitivity and specificity with each read weighted by 1 / the chance its study was
+    #: read (flagged 1, audit 1 / share): free of verification bias; name -> (value, 95 %
+    #: interval over the effective sample size, that size)
+    weighted: dict[str, tuple[float | None, tuple[float, float] | None, float]] = field(
+        default_factory=dict
+    )
 
 
 def _ratio(a: int, b: int) -> float | None:
@@ -697,10 +717,16 @@ def review_stats(db: Database) -> list[ModelStats]:
 
     Each study counts once, with its latest review.
     """
+    from screener.audit import read_weight, weighted_proportion
+
     with db.transaction() as session:
         latest: dict[int, Review] = {}
         for review in session.scalars(select(Review).order_by(Review.created_at, Review.id)):
             latest[review.study_id] = review
+        weight = {
+            sid: read_weight(r.model_positive, draw)
+            for sid, r, draw in ((sid, r, session.get(AuditDraw, sid)) for sid, r in latest.items())
+        }
     groups: dict[tuple[str, str, str], list[Review]] = {}
     for review in latest.values():
         groups.setdefault((review.model_name, review.model_version, review.model_uid), []).append(
@@ -712,6 +738,18 @@ def review_stats(db: Database) -> list[ModelStats]:
     for (name, version, uid), every in sorted(groups.items()):
         reviews = [r for r in every if r.radiologist_positive is not None]
         pairs = [(r.model_positive, bool(r.radiologist_positive)) for r in reviews]
+        positive = [
+            (r.model_positive, weight[r.study_id]) for r in reviews if r.radiologist_positive
+        ]
+        negative = [
+            (not r.model_positive, weight[r.study_id])
+            for r in reviews
+            if not r.radiologist_positive
+        ]
+        weighted = {
+            "sensitivity": weighted_proportion([h for h, _ in positive], [w for _, w in positive]),
+            "specificity": weighted_proportion([h for h, _ in negative], [w for _, w in negative]),
+        }
         tp = sum(model and read for model, read in pairs)
         fp = sum(model and not read for model, read in pairs)
         tn = sum(not model and not read for model, read in pairs)
@@ -752,6 +790,9 @@ def review_stats(db: Database) -> list[ModelStats]:
                 intervals,
                 caution,
                 len(every) - len(reviews),
+                sum(1 for r in reviews if not r.model_positive and weight[r.study_id] > 0),
+                sum(1 for r in reviews if not r.model_positive and weight[r.study_id] == 0),
+                weighted,
             )
         )
     return stats
@@ -777,6 +818,14 @@ def reviewed_reads(db: Database, model_uids: set[str], aging_hours: float) -> li
         reads = [r for sid, r in chosen.items() if sid not in outside]
         session.expunge_all()
         return reads
+
+
+def read_weights(db: Database, reads: list[Review]) -> list[float]:
+    """Each read's weight against verification bias (:func:`screener.audit.read_weight`)."""
+    from screener.audit import read_weight
+
+    with db.transaction() as session:
+        return [read_weight(r.model_positive, session.get(AuditDraw, r.study_id)) for r in reads]
 
 
 Curve = tuple[list[int], list[float], list[bool]]

@@ -12,11 +12,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+from sqlalchemy import select
 from support import build_dicom, record_result
 
 from screener.cli import main
-from screener.db import OUTSIDE_DOMAIN, Database
+from screener.db import OUTSIDE_DOMAIN, Database, Study, utcnow
 from screener.db.migrate import upgrade
+from screener.db.models import AuditDraw
 from screener.ingest.accept import Acceptor
 from screener.ingest.spool import Spool
 from screener.model.bundle import read_metadata
@@ -31,6 +33,7 @@ def _site(
     model_bundle: Path,
     positives: int,
     negatives: int,
+    audit_share: float = 1.0,
 ) -> tuple[Any, Path, list[float], list[int]]:
     """A copy of the shipped bundle, and reviewed studies it scored: the first ``positives``
     read as pneumonia (scores spread around the threshold, as a new site's are), then
@@ -63,6 +66,11 @@ def _site(
                 record_review(db, accepted.study_instance_uid, True, None, 12.0)
             continue
         record_review(db, accepted.study_instance_uid, bool(read) == flagged, None, 12.0)
+    # each study drawn as scoring draws it (screener.audit): with share 1 every unflagged
+    # study is an audit study (weight 1), with share 0 none is
+    with db.transaction() as s:
+        for study_id in s.scalars(select(Study.id)):
+            s.add(AuditDraw(study_id=study_id, u=0.5, share=audit_share, drawn_at=utcnow()))
     db.dispose()
     return settings, bundle, [float(p) for p in probs], reads
 
@@ -82,10 +90,10 @@ def test_calibrate_from_reviews_writes_a_new_operating_point(
     model_bundle: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """80 reads (60 pneumonia): the new threshold is the highest whose Wilson lower bound of
+    """90 reads (60 pneumonia, 30 normal, every unflagged study an audit study): the new threshold is the highest whose Wilson lower bound of
     site sensitivity reaches 0.95, the bundle gets a new UID that names its parent, and
     `screener stats` shows the operating point before and after."""
-    settings, bundle, probs, reads = _site(tmp_path, db_url, make_settings, model_bundle, 60, 20)
+    settings, bundle, probs, reads = _site(tmp_path, db_url, make_settings, model_bundle, 60, 30)
     out = tmp_path / "site-bundle"
     db_flag = ["--set", f"database.url={settings.database.url}"]
     assert _calibrate(settings, bundle, out) == 0
@@ -96,8 +104,8 @@ def test_calibrate_from_reviews_writes_a_new_operating_point(
         out / "MODEL_CARD.md"
     ).read_text()
     site = new["site_calibration"]
-    assert site["reviewed_studies"] == 80  # the study outside the domain is not a read to fit on
-    assert (site["read_as_pneumonia"], site["read_as_normal"]) == (60, 20)
+    assert site["reviewed_studies"] == 90  # the study outside the domain is not a read to fit on
+    assert (site["read_as_pneumonia"], site["read_as_normal"]) == (60, 30)
     pos = np.sort(np.array([p for p, r in zip(probs, reads, strict=True) if r]))[::-1]
     caught = int(np.sum(pos >= new["threshold"]))
     assert wilson_lower(caught, 60) >= 0.95 > wilson_lower(caught - 1, 60)
@@ -140,3 +148,23 @@ def test_refit_calibration_composes_with_the_shipped_one(
     new = json.loads((out / "model.json").read_text())
     assert new["site_calibration"]["calibration_refitted"] is True
     assert new["calibration"]["a"] != read_metadata(bundle)["calibration"]["a"]
+
+
+def test_calibrate_refuses_without_audit_reads(
+    tmp_path: Path,
+    sqlite_url: str,
+    make_settings: Callable[..., Any],
+    model_bundle: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Reads of unflagged studies that were not drawn for an audit stand for no one: with
+    none drawn, calibrate refuses and names how many audit reads read as normal it needs."""
+    settings, bundle, _, _ = _site(
+        tmp_path, sqlite_url, make_settings, model_bundle, 60, 20, audit_share=0.0
+    )
+    out = tmp_path / "site-bundle"
+    assert _calibrate(settings, bundle, out) != 0
+    captured = capsys.readouterr()
+    assert "0 audit reads" in captured.err and "20 more" in captured.err
+    assert "reads of unflagged studies not drawn left out" in captured.out
+    assert not out.exists()

@@ -43,7 +43,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from screener.errors import ModelError
     from screener.model.bundle import read_metadata
     from screener.model.site import Reads, write_site_bundle
-    from screener.worklist import reviewed_reads
+    from screener.worklist import read_weights, reviewed_reads
 
     source = Path(args.model or settings.model.bundle)
     meta = read_metadata(source)
@@ -56,11 +56,22 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     db = open_database(settings.database.url)
     try:
         reviews = reviewed_reads(db, lineage, settings.worklist.aging_hours)
+        weights = read_weights(db, reviews)
     finally:
         db.dispose()
+    # reads weighted by 1 / their chance of being read; unflagged reads not drawn are left out
+    kept = [(r, w) for r, w in zip(reviews, weights, strict=True) if w > 0]
     reads = Reads(
-        np.array([r.probability for r in reviews], dtype=np.float64),
-        np.array([int(bool(r.radiologist_positive)) for r in reviews], dtype=np.int64),
+        np.array([r.probability for r, _ in kept], dtype=np.float64),
+        np.array([int(bool(r.radiologist_positive)) for r, _ in kept], dtype=np.int64),
+        np.array([w for _, w in kept], dtype=np.float64),
+        np.array([not r.model_positive for r, _ in kept], dtype=np.bool_),
+    )
+    audited = int(reads.audited.sum()) if reads.audited is not None else 0
+    print(
+        f"weights      {len(kept)} of {len(reviews)} reads used: {len(kept) - audited} of "
+        f"flagged studies (weight 1), {audited} audit reads (weight 1/share); "
+        f"{len(reviews) - len(kept)} reads of unflagged studies not drawn left out"
     )
     new = write_site_bundle(source, args.out, reads, target, args.refit_calibration)
     s = new["site_calibration"]

@@ -85,6 +85,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     for s in stats:
         if s.caution:
             print(f"{s.model_name} {s.model_version}: {s.caution}")
+        print(weighted_line(s))
     _site_calibration(settings)
     return 0
 
@@ -116,3 +117,22 @@ def _site_calibration(settings: Settings) -> None:
         for when in ("before", "after")
     ]
     print(render_table(["", "threshold", "sensitivity", "specificity"], table))
+
+
+def weighted_line(s: Any) -> str:
+    """The figures free of verification bias (screener.audit), and what they rest on."""
+    sens, sens_ci, sens_n = s.weighted.get("sensitivity", (None, None, 0.0))
+    spec, spec_ci, spec_n = s.weighted.get("specificity", (None, None, 0.0))
+    basis = f"{s.audit_reads} audit read(s) of unflagged studies weighted by 1/share" + (
+        f", {s.undrawn_reads} unflagged read(s) not drawn left out" if s.undrawn_reads else ""
+    )
+    if not s.audit_reads:
+        return (
+            f"{s.model_name} {s.model_version}: weighted for verification bias: no audit read "
+            "yet, so no unbiased sensitivity or specificity (read the studies marked AUDIT READ)"
+        )
+    return (
+        f"{s.model_name} {s.model_version}: weighted for verification bias ({basis}): "
+        f"sensitivity {_with_interval(sens, sens_ci)} (effective n {sens_n:.0f}), "
+        f"specificity {_with_interval(spec, spec_ci)} (effective n {spec_n:.0f})"
+    )

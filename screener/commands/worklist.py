@@ -192,6 +192,8 @@ def flag_text(row: StudyScore) -> str:
     """The worklist's flag column: a second read, or why the model gave no assessment."""
     if row.flagged:
         return "SECOND READ"
+    if row.audit:
+        return "AUDIT READ"  # drawn at random among the unflagged (README, Audit reads)
     if row.assessment == "outside_domain":
         return "NOT ASSESSED"  # outside the model's domain (README)
     if row.assessment == "partly_outside_domain":

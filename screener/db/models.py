@@ -330,6 +330,8 @@ class StudyScoreRow(Base):
     verdict: Mapped[str | None] = mapped_column(String(16))  # the latest review's
     reader: Mapped[str | None] = mapped_column(String(64))  # the latest review's
     read_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # ... and when
+    #: not flagged, and drawn for an audit read (screener.audit): listed after the flagged
+    audit: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class WebSession(Base):
@@ -359,3 +361,16 @@ class WebCredential(Base):
     source: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(256))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class AuditDraw(Base):
+    """The random draw of a study for an audit read, made once when it is first scored
+    (:mod:`screener.audit`): selected when the model does not flag it and ``u < share``. The
+    share in force then is kept with it, so a read's weight (1 / share) never changes later."""
+
+    __tablename__ = "audit_draws"
+
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), primary_key=True)
+    u: Mapped[float] = mapped_column(Float)
+    share: Mapped[float] = mapped_column(Float)
+    drawn_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -96,7 +96,7 @@ chosen AS (
 INSERT INTO study_scores (
     study_id, probability, flagged, threshold, model_name, model_version, model_uid,
     assessment, images, top_sop_instance_uid, received_at, received_epoch, reviewed,
-    reopened, verdict, reader, read_at
+    reopened, verdict, reader, read_at, audit
 )
 SELECT t.study_id, t.probability, t.any_flag = 1, t.threshold, t.model_name,
        t.model_version, t.model_uid,
@@ -106,9 +106,11 @@ SELECT t.study_id, t.probability, t.any_flag = 1, t.threshold, t.model_name,
        t.images, t.sop_instance_uid, t.received_at, {epoch},
        rd.study_id IS NOT NULL AND rd.model_positive = (t.any_flag = 1),
        rd.study_id IS NOT NULL AND rd.model_positive <> (t.any_flag = 1),
-       rd.verdict, rd.reader, rd.created_at
+       rd.verdict, rd.reader, rd.created_at,
+       t.any_flag = 0 AND t.assessed > 0 AND ad.u IS NOT NULL AND ad.u < ad.share
 FROM chosen t
 LEFT JOIN reviews rd ON rd.id = t.review_id
+LEFT JOIN audit_draws ad ON ad.study_id = t.study_id
 """
 
 

@@ -50,8 +50,11 @@ class Platt:
         return cls(a=float(data["a"]), b=float(data["b"]))
 
 
-def fit_platt(labels: Any, raw: Any, ridge: float = 1e-3, steps: int = 100) -> Platt:
-    """Fit ``a, b`` by damped Newton steps on the mean log-loss (+ ridge on ``a - 1``, ``b``).
+def fit_platt(
+    labels: Any, raw: Any, ridge: float = 1e-3, steps: int = 100, weights: Any = None
+) -> Platt:
+    """Fit ``a, b`` by damped Newton steps on the mean log-loss (+ ridge on ``a - 1``, ``b``);
+    ``weights`` make it a weighted mean (e.g. reads weighted by 1 / their chance of being read).
 
     Each Newton step is halved until the objective falls, so very over-confident raw scores
     (where the plain Newton step overshoots) converge too; the objective is convex.
@@ -60,20 +63,22 @@ def fit_platt(labels: Any, raw: Any, ridge: float = 1e-3, steps: int = 100) -> P
     z = logit(raw).ravel()
     x = np.stack([z, np.ones_like(z)], axis=1)
     prior = np.array([1.0, 0.0])
+    v = np.ones_like(y) if weights is None else np.asarray(weights, dtype=np.float64).ravel()
+    v = v * (len(y) / v.sum())  # weights with mean 1: the ridge keeps its strength
     n = len(y)
 
     def objective(w: npt.NDArray[np.float64]) -> float:
         m = x @ w
         # log(1 + e^m) - y m, computed stably
-        loss = np.logaddexp(0.0, m) - y * m
+        loss = v * (np.logaddexp(0.0, m) - y * m)
         return float(loss.mean() + 0.5 * ridge * np.sum((w - prior) ** 2))
 
     w = prior.copy()
     current = objective(w)
     for _ in range(steps):
         p = sigmoid(x @ w)
-        grad = x.T @ (p - y) / n + ridge * (w - prior)
-        hess = (x.T * (p * (1 - p))) @ x / n + ridge * np.eye(2)
+        grad = x.T @ (v * (p - y)) / n + ridge * (w - prior)
+        hess = (x.T * (v * p * (1 - p))) @ x / n + ridge * np.eye(2)
         step = np.linalg.solve(hess, grad)
         scale = 1.0
         while scale > 1e-6:

@@ -149,7 +149,7 @@ def specificity_at_sensitivity(labels: Any, scores: Any, target: float) -> float
     return float(np.mean(neg < pos[k - 1]))
 
 
-def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float] | None:
+def wilson_interval(successes: float, n: float, z: float = 1.96) -> tuple[float, float] | None:
     """Two-sided Wilson score interval of a proportion (z = 1.96: 95 %); None when n = 0.
 
     Unlike the normal approximation it stays inside [0, 1] and is honest for small n and for
@@ -164,7 +164,7 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     return max(0.0, centre - margin), min(1.0, centre + margin)
 
 
-def wilson_lower(successes: int, n: int, z: float = 1.645) -> float:
+def wilson_lower(successes: float, n: float, z: float = 1.645) -> float:
     """One-sided lower Wilson bound of a proportion (z = 1.645: 95 % one-sided)."""
     if n == 0:
         return 0.0
@@ -175,15 +175,21 @@ def wilson_lower(successes: int, n: int, z: float = 1.645) -> float:
     return (centre - margin) / denom
 
 
-def threshold_for_sensitivity(labels: Any, scores: Any, target: float) -> tuple[float, str]:
+def threshold_for_sensitivity(
+    labels: Any, scores: Any, target: float, weights: Any = None
+) -> tuple[float, str]:
     """The highest threshold whose validation sensitivity has a 95 % one-sided Wilson lower
     bound of at least ``target``; returns (threshold, the rule in words).
 
     Using the lower bound instead of the observed sensitivity builds in a margin that grows
     as the validation set shrinks. Specificity plays no part in the choice: on this data the
     validation specificity is known to flatter (acquisition shift on unseen normals).
+    ``weights`` (one per read, e.g. 1 / the chance it was read: screener.audit) weight the
+    sensitivity, and the bound is taken over Kish's effective sample size.
     """
     y, s = _check(labels, scores)
+    if weights is not None:
+        return _weighted_threshold(y, s, np.asarray(weights, dtype=np.float64), target)
     pos = np.sort(s[y == 1])[::-1]
     n = len(pos)
     rule = (
@@ -196,6 +202,25 @@ def threshold_for_sensitivity(labels: Any, scores: Any, target: float) -> tuple[
         if wilson_lower(k, n) >= target:
             # Catch the k highest-scoring positives; ties below pos[k-1] come along.
             return float(pos[k - 1]), rule
+    return float(pos[-1]), rule + " (not reachable: threshold set to catch every positive)"
+
+
+def _weighted_threshold(y: Any, s: Any, w: Any, target: float) -> tuple[float, str]:
+    rule = (
+        "highest threshold at which the one-sided 95% Wilson lower bound of site sensitivity, "
+        f"reads weighted by 1 / their chance of being read (effective size), is >= {target:.3f}"
+    )
+    keep = (y == 1) & (w > 0)
+    order = np.argsort(-s[keep], kind="stable")
+    pos, weight = s[keep][order], w[keep][order]
+    if len(pos) == 0:
+        return 0.5, rule
+    total = float(weight.sum())
+    n_eff = total**2 / float((weight**2).sum())
+    caught = np.cumsum(weight) / total
+    for k in range(len(pos)):
+        if wilson_lower(float(caught[k]) * n_eff, n_eff) >= target:
+            return float(pos[k]), rule
     return float(pos[-1]), rule + " (not reachable: threshold set to catch every positive)"
 
 

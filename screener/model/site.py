@@ -31,6 +31,9 @@ from screener.model.metrics import at_threshold, threshold_for_sensitivity, wils
 MIN_POSITIVES_FLOOR = 30
 #: Fewest reads as normal accepted when the calibration is refitted.
 MIN_NEGATIVES_FOR_CALIBRATION = 30
+#: Fewest audit reads (unflagged studies drawn at random, screener.audit) read as normal: the
+#: weighted figures rest on them for what the model does with the studies it does not flag.
+MIN_AUDITED_NORMALS = 20
 
 
 class CalibrationRefused(ModelError):
@@ -43,6 +46,10 @@ class Reads:
 
     probabilities: npt.NDArray[np.float64]
     positives: npt.NDArray[np.int64]
+    #: 1 / the chance each study was read (screener.audit): 1 flagged, 1 / share audited
+    weights: npt.NDArray[np.float64] | None = None
+    #: of the reads, those of unflagged studies drawn for an audit
+    audited: npt.NDArray[np.bool_] | None = None
 
     @property
     def n_positive(self) -> int:
@@ -82,13 +89,23 @@ def site_operating_point(
             f"only {reads.n_negative} reviewed studies were read as normal; refitting the "
             f"calibration needs at least {MIN_NEGATIVES_FOR_CALIBRATION}"
         )
+    if reads.audited is not None:
+        normals = int(np.sum(reads.audited & (reads.positives == 0)))
+        positives = int(np.sum(reads.audited & (reads.positives == 1)))
+        if normals < MIN_AUDITED_NORMALS:
+            raise CalibrationRefused(
+                f"{int(reads.audited.sum())} audit reads ({normals} read as normal, "
+                f"{positives} as pneumonia): the unbiased figures need at least "
+                f"{MIN_AUDITED_NORMALS} audit reads read as normal, {MIN_AUDITED_NORMALS - normals} "
+                "more (read the studies the worklist marks AUDIT READ; README, Audit reads)"
+            )
     base = Platt.from_json(meta.get("calibration"))
     calibration, probs = base, reads.probabilities
     if refit_calibration:
-        local = fit_platt(reads.positives, reads.probabilities)
+        local = fit_platt(reads.positives, reads.probabilities, weights=reads.weights)
         calibration = compose(base, local)
         probs = local.apply(reads.probabilities)
-    threshold, rule = threshold_for_sensitivity(reads.positives, probs, target)
+    threshold, rule = threshold_for_sensitivity(reads.positives, probs, target, reads.weights)
     before = at_threshold(reads.positives, reads.probabilities, float(meta["threshold"]))
     after = at_threshold(reads.positives, probs, threshold)
     return {

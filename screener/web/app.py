@@ -624,7 +624,16 @@ def create_app(
                 "roc": both,
             }
         went_live = await run_in_threadpool(go_live_record, db)
-        return page(request, "stats.html", stats=stats, drawn=drawn, went_live=went_live)
+        from screener.commands.stats import weighted_line
+
+        return page(
+            request,
+            "stats.html",
+            stats=stats,
+            drawn=drawn,
+            weighted_line=weighted_line,
+            went_live=went_live,
+        )
 
     async def stats_picture(request: Request, user: str) -> Response:
         from screener.worklist import review_curves, review_stats
