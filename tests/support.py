@@ -486,3 +486,29 @@ def record_result(
                 scored_at=now,
             )
         )
+
+
+def kill_mid_call(
+    work: Any, call: str, fifo: Path, pid_of: Callable[[], int | None]
+) -> tuple[int, list[Any]]:
+    """Make ``work.call(call, fifo)`` block reading a FIFO no one writes, SIGKILL the child
+    that serves it (``pid_of``) mid-call, and return that pid and what the call raised."""
+    import threading
+
+    from screener.web.modelwork import ModelWorkFailed
+
+    os.mkfifo(fifo)
+    failures: list[ModelWorkFailed] = []
+
+    def blocked_call() -> None:
+        try:
+            work.call(call, str(fifo))
+        except ModelWorkFailed as exc:
+            failures.append(exc)
+
+    caller = threading.Thread(target=blocked_call)
+    caller.start()
+    first = int(wait_for(pid_of, 60))
+    os.kill(first, signal.SIGKILL)
+    caller.join(60)
+    return first, failures

@@ -30,6 +30,7 @@ from support import (
     data_root,
     film_dicom,
     free_port,
+    kill_mid_call,
     multipart_form,
     record_result,
     screenshots,
@@ -321,27 +322,13 @@ def test_the_model_process_dies_alone_and_is_started_again(
     """The web's model process killed in the middle of a call (here: blocked reading a FIFO
     no one writes) answers that call `decoder_crashed`; the next call starts a new process,
     which refuses a PNG over the pixel budget from its header; stop() ends it."""
-    import signal
-    import threading
 
     from screener.web.modelwork import ModelWork, ModelWorkFailed
 
     work = ModelWork(make_settings(), timeout=120)
-    fifo = tmp_path / "never-written"
-    os.mkfifo(fifo)
-    failures: list[ModelWorkFailed] = []
-
-    def blocked_call() -> None:
-        try:
-            work.call("overlay_png", str(fifo))
-        except ModelWorkFailed as exc:
-            failures.append(exc)
-
-    caller = threading.Thread(target=blocked_call)
-    caller.start()
-    first = wait_for(lambda: work.pid, 60)
-    os.kill(first, signal.SIGKILL)
-    caller.join(60)
+    first, failures = kill_mid_call(
+        work, "overlay_png", tmp_path / "never-written", lambda: work.pid
+    )
     assert [f.reason for f in failures] == ["decoder_crashed"]
 
     with pytest.raises(ModelWorkFailed) as refused:

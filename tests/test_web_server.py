@@ -13,7 +13,6 @@ import re
 import select
 import signal
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from support import ServeProcess, film_dicom, free_port, serve_env, wait_for
+from support import ServeProcess, film_dicom, free_port, kill_mid_call, serve_env, wait_for
 
 from screener.db import Database
 from screener.db.migrate import upgrade
@@ -240,26 +239,14 @@ def test_the_film_process_killed_mid_film_answers_an_error_and_the_next_film_wor
     one writes) answers that call `decoder_crashed`, a failure of the process (HTTP 503),
     not of the film; the next film starts a new film process and is drawn; the model
     process was never started; stop() ends the film process."""
-    from screener.web.modelwork import ModelWork, ModelWorkFailed
+    from screener.web.modelwork import ModelWork
 
     film = tmp_path / "film.dcm"
     film.write_bytes(film_dicom(np.full((600, 500), 90, dtype=np.uint8)))
-    fifo = tmp_path / "never-written"
-    os.mkfifo(fifo)
     work = ModelWork(make_settings(), film_timeout=120)
-    failures: list[ModelWorkFailed] = []
-
-    def blocked_call() -> None:
-        try:
-            work.call("film_png", str(fifo))
-        except ModelWorkFailed as exc:
-            failures.append(exc)
-
-    caller = threading.Thread(target=blocked_call)
-    caller.start()
-    first = wait_for(lambda: work.film_pid, 60)
-    os.kill(first, signal.SIGKILL)
-    caller.join(60)
+    first, failures = kill_mid_call(
+        work, "film_png", tmp_path / "never-written", lambda: work.film_pid
+    )
     assert [(f.reason, f.unavailable) for f in failures] == [("decoder_crashed", True)]
 
     png = work.call("film_png", str(film))
