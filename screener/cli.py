@@ -32,6 +32,7 @@ COMMANDS = (
     "echo",
     "train",
     "evaluate",
+    "families",
     "guard",
     "reference",
     "calibrate",

@@ -117,9 +117,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--limit", type=int, default=None, help="use a stratified sample of N images")
     p.add_argument(
         "--exclude-family",
-        choices=("IM", "NORMAL2-IM"),
+        choices=("IM", "NORMAL2-IM", "bacteria", "virus"),
         default=None,
-        help="leave out normal films of this file-name family (robustness probe)",
+        help="leave out the films of this file-name family: the normals IM or NORMAL2-IM, the "
+        "pneumonias bacteria (personN_bacteria_M) or virus (personN_virus_M); the bundle then "
+        "scores them, unseen, with its validation films of the other class (a fold of "
+        "leave-one-family-out model selection, see screener families)",
     )
     p.add_argument(
         "--members",

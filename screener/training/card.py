@@ -106,6 +106,17 @@ def _shift_section(meta: dict[str, Any]) -> str:
     sp = meta.get("shift_proxy")
     if not sp:
         return ""
+    if "unseen_pneumonias" in sp:  # a leave-one-family-out fold without a pneumonia family
+        return f"""
+## Leave-one-family-out fold
+
+This bundle was trained without the {sp["unseen_pneumonias"]} pneumonia films of the
+`{sp["family_left_out"]}` file-name family. Scored unseen, together with its validation
+normals, at its own threshold: AUC {_f(sp["auc"], 4)}, sensitivity on the unseen family
+{_f(sp["sensitivity_unseen"])} ({round(float(sp["missed_unseen"]))} missed), specificity
+{_f(sp["specificity"])}, best specificity with sensitivity >= 0.95
+{_f(sp["specificity_at_sensitivity_0_95"])}. `screener families` compares folds.
+"""
     m = meta["validation_metrics"]
     under = sp.get("under_shift_calibration") or {}
     confusion = m.get("confusion") or {}

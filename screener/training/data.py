@@ -74,6 +74,34 @@ def family_of(name: str) -> str:
     return "person" if _PERSON.match(name) else "other"
 
 
+#: The training folder's four file-name families and the class of their films: normals
+#: ``IM`` and ``NORMAL2-IM``, pneumonias ``bacteria`` and ``virus`` (``personN_bacteria_M``,
+#: ``personN_virus_M``). Each is a proxy for an acquisition batch; leave-one-family-out model
+#: selection trains without one and judges the model on its films.
+FAMILIES: dict[str, int] = {"IM": 0, "NORMAL2-IM": 0, "bacteria": 1, "virus": 1}
+
+
+def film_family(name: str) -> str:
+    """One of :data:`FAMILIES` for a Kaggle file name (``other`` for unknown naming).
+
+    Unlike :func:`family_of`, the pneumonia films are told apart by their cause.
+    """
+    family = family_of(name)
+    if family != "person":
+        return family
+    lower = name.lower()
+    if "_bacteria" in lower:
+        return "bacteria"
+    if "_virus" in lower:
+        return "virus"
+    return "other"
+
+
+def in_family(sample: Sample, family: str) -> bool:
+    """Whether a sample is a film of ``family`` (of its class: a normal film for ``IM``)."""
+    return sample.label == FAMILIES[family] and film_family(Path(sample.path).name) == family
+
+
 def list_samples(root: Path, task: str = "binary") -> list[Sample]:
     """List a Kaggle-layout folder, sorted by path (so every listing is reproducible)."""
     if not root.is_dir():

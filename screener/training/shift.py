@@ -38,13 +38,10 @@ SCORES_FILE = "shift_scores.npz"
 
 
 def unseen_family(cfg: TrainConfig) -> list[data.Sample]:
-    """The normal films a probe run left out: its unseen acquisition batch."""
+    """The films a probe run left out (normal or pneumonia): its unseen acquisition batch."""
     family = cfg.exclude_family
-    return [
-        s
-        for s in data.list_samples(cfg.data_dir, cfg.task)
-        if s.label == 0 and data.family_of(Path(s.path).name) == family
-    ]
+    assert family is not None
+    return [s for s in data.list_samples(cfg.data_dir, cfg.task) if data.in_family(s, family)]
 
 
 def score_unseen_family(
@@ -55,7 +52,9 @@ def score_unseen_family(
 ) -> dict[str, Any]:
     """Score the unseen family, record ``shift_proxy`` in model.json and the card, and keep
     every member's logits on the unseen films and on the validation split."""
+    assert cfg.exclude_family is not None
     unseen = unseen_family(cfg)
+    unseen_label = data.FAMILIES[cfg.exclude_family]
     x_unseen = data.load_images(cfg.data_dir, unseen)
     val_logits = bundle.member_logits(x_val_raw)
     unseen_logits = bundle.member_logits(x_unseen)
@@ -65,20 +64,27 @@ def score_unseen_family(
         val_labels=y_val,
         unseen_logits=unseen_logits,
         unseen_files=np.array([Path(s.path).name for s in unseen]),
+        unseen_label=np.array(unseen_label),
+        family=np.array(cfg.exclude_family),
     )
-    figures = proxy_figures(val_logits, y_val, unseen_logits, bundle.calibration, bundle.threshold)
+    figures = proxy_figures(
+        val_logits, y_val, unseen_logits, bundle.calibration, bundle.threshold, unseen_label
+    )
     if bundle.guard is not None:  # the share of the unseen batch the domain guard lets in
         scores = bundle.assess(x_unseen).domain_scores
         assert scores is not None
         figures["domain_pass_rate_unseen"] = float(np.mean(scores <= bundle.guard.threshold))
     meta = dict(bundle.metadata)
+    unseen_class, other_class = (
+        ("pneumonias", "normals") if unseen_label else ("normals", "pneumonias")
+    )
     meta["shift_proxy"] = {
         "family_left_out": cfg.exclude_family,
-        "unseen_normals": len(unseen),
+        f"unseen_{unseen_class}": len(unseen),
         **figures,
         "method": (
-            "the unseen family's normals and this run's validation pneumonias, scored by "
-            "this bundle at its own calibration and threshold"
+            f"the unseen family's {unseen_class} and this run's validation {other_class}, "
+            "scored by this bundle at its own calibration and threshold"
         ),
     }
     write_metadata(bundle.path, meta)
@@ -87,7 +93,8 @@ def score_unseen_family(
     log.info(
         "shift_proxy",
         unseen_normals=len(unseen),
-        specificity=round(figures["specificity_unseen"], 4),
+        specificity=round(figures["specificity"], 4),
+        sensitivity=round(figures["sensitivity"], 4),
         auc=round(figures["auc"], 4),
     )
     return figures
@@ -97,11 +104,16 @@ def probe_set(
     val_logits: npt.NDArray[np.float64],
     y_val: npt.NDArray[np.int64],
     unseen_logits: npt.NDArray[np.float64],
+    unseen_label: int = 0,
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
-    """Labels and ensemble logits of the probe set: unseen normals + validation pneumonias."""
-    pneumonia = val_logits[:, y_val == 1]
-    logits = np.concatenate([unseen_logits, pneumonia], axis=1).mean(axis=0)
-    labels = np.concatenate([np.zeros(unseen_logits.shape[1]), np.ones(pneumonia.shape[1])])
+    """Labels and ensemble logits of the probe set: the unseen family's films (first) and the
+    validation films of the other class (unseen normals + validation pneumonias, or unseen
+    pneumonias + validation normals)."""
+    other = val_logits[:, y_val == 1 - unseen_label]
+    logits = np.concatenate([unseen_logits, other], axis=1).mean(axis=0)
+    labels = np.concatenate(
+        [np.full(unseen_logits.shape[1], unseen_label), np.full(other.shape[1], 1 - unseen_label)]
+    )
     return labels.astype(np.int64), logits
 
 
@@ -111,16 +123,31 @@ def proxy_figures(
     unseen_logits: npt.NDArray[np.float64],
     calibration: Platt,
     threshold: float,
+    unseen_label: int = 0,
 ) -> dict[str, float]:
-    """The proxy's figures for the ensemble of the given members' logits."""
-    labels, logits = probe_set(val_logits, y_val, unseen_logits)
+    """The proxy's figures for the ensemble of the given members' logits (on unseen normals:
+    their specificity and how many were flagged; on unseen pneumonias: their sensitivity and
+    how many were missed)."""
+    labels, logits = probe_set(val_logits, y_val, unseen_logits, unseen_label)
     probs = calibration.apply(sigmoid(logits))
-    unseen_probs = probs[labels == 0]
+    flagged = probs >= threshold
+    unseen_flagged = flagged[: unseen_logits.shape[1]]
     val_probs = calibration.apply(sigmoid(val_logits.mean(axis=0)))
+    if unseen_label == 0:
+        own = {
+            "specificity_unseen": float(np.mean(~unseen_flagged)),
+            "flagged_unseen": float(np.sum(unseen_flagged)),
+        }
+    else:
+        own = {
+            "sensitivity_unseen": float(np.mean(unseen_flagged)),
+            "missed_unseen": float(np.sum(~unseen_flagged)),
+        }
     return {
         "auc": roc_auc(labels, probs),
-        "specificity_unseen": float(np.mean(unseen_probs < threshold)),
-        "flagged_unseen": float(np.sum(unseen_probs >= threshold)),
+        **own,
+        "sensitivity": float(np.mean(flagged[labels == 1])),
+        "specificity": float(np.mean(~flagged[labels == 0])),
         "specificity_at_sensitivity_0_95": specificity_at_sensitivity(labels, probs, 0.95),
         "brier": brier(labels, probs),
         "ece": expected_calibration_error(labels, probs),

@@ -95,11 +95,7 @@ def select_samples(cfg: TrainConfig) -> list[data.Sample]:
     """The labelled images a run uses: listing, optional family exclusion, optional limit."""
     samples = data.list_samples(cfg.data_dir, cfg.task)
     if cfg.exclude_family:
-        samples = [
-            s
-            for s in samples
-            if not (s.label == 0 and data.family_of(Path(s.path).name) == cfg.exclude_family)
-        ]
+        samples = [s for s in samples if not data.in_family(s, cfg.exclude_family)]
     if cfg.limit:
         samples = data.limit_samples(samples, cfg.limit, cfg.seed)
     return samples
