@@ -36,6 +36,7 @@ COMMANDS = (
     "guard",
     "reference",
     "calibrate",
+    "commission",
     "predict",
     "web",
     "web_password",

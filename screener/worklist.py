@@ -844,3 +844,54 @@ def review_curves(db: Database, aging_hours: float) -> dict[str, Curve]:
         probs.append(float(read.probability))
         flags.append(bool(read.model_positive))
     return curves
+
+
+def lineage(meta: dict[str, Any]) -> set[str]:
+    """A bundle's UID and the UID it was derived from (a site bundle's shipped parent): the
+    results whose reads a site calibration or commissioning may rest on."""
+    uids = {str(meta["uid"])}
+    if meta.get("derived_from"):
+        uids.add(str(meta["derived_from"]["uid"]))
+    return uids
+
+
+@dataclass(frozen=True)
+class SiteReads:
+    """The reads a site operating point rests on (see :func:`site_reads`)."""
+
+    probabilities: list[float]
+    positives: list[int]
+    weights: list[float]
+    audited: list[bool]
+    #: reads of unflagged studies that were not drawn for an audit: weight 0, left out
+    undrawn: int
+    #: every study the lineage assessed (inside the domain): its P, for flags per 100
+    assessed: list[float]
+
+
+def site_reads(db: Database, meta: dict[str, Any], aging_hours: float) -> SiteReads:
+    """The latest read of every study the bundle's lineage assessed, weighted by 1 / the
+    chance the study was read (:func:`read_weights`; weight-0 reads left out), and the
+    P of every study the lineage assessed (from the summary table, one SELECT)."""
+    uids = lineage(meta)
+    reads = reviewed_reads(db, uids, aging_hours)
+    weights = read_weights(db, reads)
+    kept = [(r, w) for r, w in zip(reads, weights, strict=True) if w > 0]
+    with db.transaction() as session:
+        assessed = [
+            float(p)
+            for p in session.scalars(
+                select(StudyScoreRow.probability).where(
+                    StudyScoreRow.model_uid.in_(uids),
+                    StudyScoreRow.assessment != OUTSIDE_DOMAIN,
+                )
+            )
+        ]
+    return SiteReads(
+        probabilities=[float(r.probability) for r, _ in kept],
+        positives=[int(bool(r.radiologist_positive)) for r, _ in kept],
+        weights=[w for _, w in kept],
+        audited=[not r.model_positive for r, _ in kept],
+        undrawn=len(reads) - len(kept),
+        assessed=assessed,
+    )

@@ -43,35 +43,30 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from screener.errors import ModelError
     from screener.model.bundle import read_metadata
     from screener.model.site import Reads, write_site_bundle
-    from screener.worklist import read_weights, reviewed_reads
+    from screener.worklist import site_reads
 
     source = Path(args.model or settings.model.bundle)
     meta = read_metadata(source)
     target = args.target_sensitivity or float(meta.get("target_sensitivity", 0.95))
     if not 0.5 <= target < 1.0:
         raise ModelError(f"--target-sensitivity {target} must lie in [0.5, 1)")
-    lineage = {str(meta["uid"])}
-    if meta.get("derived_from"):
-        lineage.add(str(meta["derived_from"]["uid"]))
     db = open_database(settings.database.url)
     try:
-        reviews = reviewed_reads(db, lineage, settings.worklist.aging_hours)
-        weights = read_weights(db, reviews)
+        site = site_reads(db, meta, settings.worklist.aging_hours)
     finally:
         db.dispose()
     # reads weighted by 1 / their chance of being read; unflagged reads not drawn are left out
-    kept = [(r, w) for r, w in zip(reviews, weights, strict=True) if w > 0]
     reads = Reads(
-        np.array([r.probability for r, _ in kept], dtype=np.float64),
-        np.array([int(bool(r.radiologist_positive)) for r, _ in kept], dtype=np.int64),
-        np.array([w for _, w in kept], dtype=np.float64),
-        np.array([not r.model_positive for r, _ in kept], dtype=np.bool_),
+        np.array(site.probabilities, dtype=np.float64),
+        np.array(site.positives, dtype=np.int64),
+        np.array(site.weights, dtype=np.float64),
+        np.array(site.audited, dtype=np.bool_),
     )
-    audited = int(reads.audited.sum()) if reads.audited is not None else 0
+    used, audited = len(site.weights), sum(site.audited)
     print(
-        f"weights      {len(kept)} of {len(reviews)} reads used: {len(kept) - audited} of "
+        f"weights      {used} of {used + site.undrawn} reads used: {used - audited} of "
         f"flagged studies (weight 1), {audited} audit reads (weight 1/share); "
-        f"{len(reviews) - len(kept)} reads of unflagged studies not drawn left out"
+        f"{site.undrawn} reads of unflagged studies not drawn left out"
     )
     new = write_site_bundle(source, args.out, reads, target, args.refit_calibration)
     s = new["site_calibration"]

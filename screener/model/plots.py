@@ -143,3 +143,83 @@ def plot_confusion(confusion: dict[str, int], path: Target, title: str) -> None:
             ax.text(j, i, str(grid[i, j]), ha="center", va="center", color=colour, fontsize=14)
     ax.set_title(title)
     _save(fig, path)
+
+
+def plot_commission(c: Any, roc_path: Target, calibration_path: Target) -> None:
+    """The commissioning pictures (:class:`screener.model.commission.Commissioning`): the
+    site's weighted ROC with each candidate threshold marked, and the calibration on the
+    weighted reads (observed share per bin of P with its Wilson interval over the bin's
+    effective size), on the scale the site bundle will flag on."""
+    from screener.model.commission import weighted_estimate, weighted_roc
+
+    fpr, tpr = weighted_roc(c.labels, c.probabilities, c.weights)
+    fig = _figure(5.5, 5.5)
+    ax = fig.add_subplot()
+    lo, hi = c.auc_interval
+    ax.plot(fpr, tpr, lw=2, label=f"AUC {c.auc:.3f} (95% CI {lo:.3f}-{hi:.3f})")
+    ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1)
+    for k in c.candidates:
+        if k.sensitivity.value is None or k.specificity.value is None:
+            continue
+        recommended = any("recommended" in n for n in k.names)
+        ax.scatter(
+            [1 - k.specificity.value],
+            [k.sensitivity.value],
+            c="red" if recommended else "black",
+            s=40 if recommended else 16,
+            zorder=3,
+            label=f"{k.threshold:.3f}: {k.label}" if recommended else None,
+        )
+    ax.axhline(c.target, ls=":", c="tab:red", lw=1)
+    ax.set_xlabel("1 - specificity (weighted reads)")
+    ax.set_ylabel("sensitivity (weighted reads)")
+    ax.set_title(
+        f"Site ROC: {len(c.labels)} reads, {c.audit_reads} of them audit reads", fontsize=10
+    )
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    _save(fig, roc_path)
+
+    fig = _figure(5.5, 5)
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1, label="perfect calibration")
+    p = np.asarray(c.probabilities, dtype=np.float64)
+    index = np.minimum((p * 10).astype(np.int64), 9)
+    for b in range(10):
+        inside = index == b
+        if not inside.any():
+            continue
+        e = weighted_estimate(c.labels[inside] == 1, c.weights[inside])
+        if e.value is None:
+            continue
+        x = float(np.average(p[inside], weights=c.weights[inside]))
+        low, high = e.interval or (e.value, e.value)
+        ax.errorbar(
+            [x],
+            [e.value],
+            yerr=[[e.value - low], [high - e.value]],
+            fmt="o",
+            c="tab:blue",
+            capsize=3,
+        )
+        ax.annotate(
+            f"{int(inside.sum())}",
+            (x, e.value),
+            textcoords="offset points",
+            xytext=(5, -10),
+            fontsize=8,
+            color="tab:blue",
+        )
+    after = c.calibration_after
+    ax.set_title(
+        f"Calibration on the site's reads ({'refitted' if c.refitted else 'kept'})\n"
+        f"Brier {after['brier']:.3f}, ECE {after['ece']:.3f}; bins show reads",
+        fontsize=9,
+    )
+    ax.set_xlim(0, 1)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("mean P(pneumonia) in the bin")
+    ax.set_ylabel("read as pneumonia (weighted)")
+    ax.legend(loc="upper left", fontsize=8)
+    _save(fig, calibration_path)

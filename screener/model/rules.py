@@ -210,3 +210,74 @@ def recommend(results: dict[str, list[Summary]], kept_floor: float) -> str | Non
         if all(s.kept >= kept_floor for s, r in zip(summaries, reach, strict=True) if r)
     }
     return max(eligible, key=lambda name: eligible[name]) if eligible else None
+
+
+# Weighted reads (screener.audit): a site's reads of flagged studies weigh 1 and its audit
+# reads of unflagged ones 1 / the audit share (Horvitz & Thompson 1952), so each rule below
+# judges sensitivity as the weighted share of read positives caught.
+
+
+def _weighted_positives(labels: Any, scores: Any, weights: Any) -> tuple[Floats, Floats]:
+    """The positives' scores (highest first) and weights, dropping weight-0 reads."""
+    y, s = _check(labels, scores)
+    w = np.asarray(weights, dtype=np.float64)
+    if w.shape != s.shape:
+        raise ValueError(f"{w.shape[0] if w.ndim else 0} weights for {s.shape[0]} reads")
+    if np.any(~np.isfinite(w)) or np.any(w < 0):
+        raise ValueError("weights must be finite and >= 0")
+    keep = (y == 1) & (w > 0)
+    order = np.argsort(-s[keep], kind="stable")
+    pos, weight = s[keep][order], w[keep][order]
+    if len(pos) == 0:
+        raise ValueError("no positive read: a threshold for a sensitivity needs at least one")
+    return pos, weight
+
+
+def weighted_point_threshold(labels: Any, scores: Any, target: float, weights: Any) -> float:
+    """The highest threshold whose weighted sensitivity on the reads is >= ``target``."""
+    pos, w = _weighted_positives(labels, scores, weights)
+    caught = np.cumsum(w) / w.sum()
+    return float(pos[np.flatnonzero(caught >= target - 1e-12)[0]])
+
+
+def weighted_wilson_threshold(
+    labels: Any, scores: Any, target: float, weights: Any, level: float = 0.95
+) -> float:
+    """:func:`wilson_threshold` on weighted reads: the bound is taken over Kish's effective
+    sample size ((sum w)^2 / sum w^2) of the positives."""
+    pos, w = _weighted_positives(labels, scores, weights)
+    total = float(w.sum())
+    n_eff = total**2 / float((w**2).sum())
+    p = np.cumsum(w) / total
+    z = z_for(level)
+    centre = p + z * z / (2 * n_eff)
+    margin = z * np.sqrt(p * (1 - p) / n_eff + z * z / (4 * n_eff * n_eff))
+    lower = (centre - margin) / (1.0 + z * z / n_eff)
+    reached = np.flatnonzero(lower >= target)
+    return float(pos[reached[0]] if len(reached) else pos[-1])
+
+
+def weighted_bootstrap_threshold(
+    labels: Any,
+    scores: Any,
+    target: float,
+    weights: Any,
+    level: float = 0.90,
+    resamples: int = 4000,
+    seed: int = 0,
+) -> float:
+    """:func:`bootstrap_threshold` on weighted reads. With equal weights it *is*
+    :func:`bootstrap_threshold` (exact); otherwise the positives are resampled with their
+    weights ``resamples`` times (seeded: the same reads give the same threshold) and the
+    threshold is the ``1 - level`` quantile of the resamples' weighted point estimates."""
+    pos, w = _weighted_positives(labels, scores, weights)
+    if np.allclose(w, w[0]):
+        return bootstrap_threshold(np.ones(len(pos), dtype=np.int64), pos, target, level)
+    rng = np.random.default_rng(seed)
+    n = len(pos)
+    picks = np.sort(rng.integers(0, n, size=(resamples, n)), axis=1)  # pos is sorted: keep it
+    cw = np.cumsum(w[picks], axis=1)
+    first = np.argmax(cw >= (target - 1e-12) * cw[:, -1:], axis=1)
+    estimates = pos[picks[np.arange(resamples), first]]
+    # the lower (1 - level) quantile, as one of the positives' own scores
+    return float(np.sort(estimates)[math.floor((1 - level) * resamples)])

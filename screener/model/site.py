@@ -74,9 +74,15 @@ def compose(first: Platt, second: Platt) -> Platt:
 
 
 def site_operating_point(
-    meta: dict[str, Any], reads: Reads, target: float, refit_calibration: bool
+    meta: dict[str, Any],
+    reads: Reads,
+    target: float,
+    refit_calibration: bool,
+    rule: str | None = None,
 ) -> dict[str, Any]:
-    """The new calibration, threshold and before/after figures on the reads."""
+    """The new calibration, threshold and before/after figures on the reads. ``rule`` is a
+    key of :data:`screener.model.commission.RULES`; None keeps ``calibrate``'s rule (the
+    weighted one-sided 95 % Wilson bound)."""
     needed = min_positives(target)
     if reads.n_positive < needed:
         raise CalibrationRefused(
@@ -105,26 +111,45 @@ def site_operating_point(
         local = fit_platt(reads.positives, reads.probabilities, weights=reads.weights)
         calibration = compose(base, local)
         probs = local.apply(reads.probabilities)
-    threshold, rule = threshold_for_sensitivity(reads.positives, probs, target, reads.weights)
+    if rule is None:
+        threshold, words = threshold_for_sensitivity(reads.positives, probs, target, reads.weights)
+        words = words.replace("validation", "site")
+    else:
+        from screener.model.commission import RULES
+
+        name, choose = RULES[rule]
+        weights = np.ones(len(probs)) if reads.weights is None else reads.weights
+        threshold = float(choose(reads.positives, probs, target, weights))
+        words = (
+            f"the {name} rule on the site's reads, weighted by 1 / their chance of being read, "
+            f"for sensitivity >= {target:.3f} (screener commission)"
+        )
     before = at_threshold(reads.positives, reads.probabilities, float(meta["threshold"]))
     after = at_threshold(reads.positives, probs, threshold)
     return {
         "calibration": calibration,
         "threshold": threshold,
-        "rule": rule.replace("validation", "site"),
+        "rule": words,
         "before": before,
         "after": after,
     }
 
 
 def write_site_bundle(
-    source: Path, out: Path, reads: Reads, target: float, refit_calibration: bool
+    source: Path,
+    out: Path,
+    reads: Reads,
+    target: float,
+    refit_calibration: bool,
+    rule: str | None = None,
+    commissioning: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Copy ``source`` to ``out`` with the site's operating point and a new UID."""
+    """Copy ``source`` to ``out`` with the site's operating point and a new UID; with
+    ``commissioning`` (screener commission) its table goes into model.json and the card."""
     from pydicom.uid import generate_uid
 
     meta = read_metadata(source)
-    point = site_operating_point(meta, reads, target, refit_calibration)
+    point = site_operating_point(meta, reads, target, refit_calibration, rule)
     if out.exists():
         raise ModelError(f"{str(out)!r} exists; choose a new folder for the site bundle")
     shutil.copytree(source, out)
@@ -158,6 +183,8 @@ def write_site_bundle(
         "after": point["after"],
         "note": "figures on the reads the threshold was fitted on (in-sample)",
     }
+    if commissioning is not None:
+        new["commissioning"] = commissioning
     write_metadata(out, new)
     _append_card_note(out, new)
     return new
@@ -180,7 +207,40 @@ def _append_card_note(out: Path, meta: dict[str, Any]) -> None:
         f"{_pct(a['specificity'])} |\n\n"
         "Measured on the same reads it was fitted on: confirm on the next reviewed studies.\n"
     )
+    if "commissioning" in meta:
+        text += _commissioning_table(meta["commissioning"])
     card.write_text(text)
+
+
+def _commissioning_table(c: dict[str, Any]) -> str:
+    """The candidate table ``screener commission`` showed, for the card."""
+
+    def est(e: dict[str, Any]) -> str:
+        if e["value"] is None:
+            return "-"
+        lo, hi = e["interval"] or (e["value"], e["value"])
+        return f"{e['value']:.3f} ({lo:.3f}-{hi:.3f})"
+
+    lo, hi = c["auc_interval"]
+
+    def flags(value: float | None) -> str:
+        return "-" if value is None else f"{value:.1f}"
+
+    rows = "".join(
+        f"| {k['threshold']:.4f} | {est(k['sensitivity'])} | {est(k['specificity'])} | "
+        f"{flags(k['flags_per_100'])} | {', '.join(k['chosen_by'])} |\n"
+        for k in c["candidates"]
+    )
+    return (
+        f"\n### Commissioning (screener commission)\n\n"
+        f"{c['reads']} reads ({c['read_as_pneumonia']} as pneumonia, {c['read_as_normal']} as "
+        f"normal; {c['audit_reads']} audit reads of unflagged studies), weighted by 1 / their "
+        f"chance of being read; {c['assessed_studies']} studies assessed in all. Site AUC "
+        f"{c['auc']:.3f} (95% CI {lo:.3f}-{hi:.3f}). Threshold chosen by the "
+        f"**{c['rule']}** rule (recommended: {c['recommended_rule']}; {c['why']})\n\n"
+        "| threshold | sensitivity (95% CI) | specificity (95% CI) | flags per 100 studies "
+        "| chosen by |\n|---|---|---|---|---|\n" + rows
+    )
 
 
 def _pct(value: float) -> str:

@@ -1,0 +1,137 @@
+"""`screener commission` over a real database: the table of candidate thresholds from the
+weighted reads, the refusal that names how many more reads it needs, and the site bundle it
+writes (new UID, refitted calibration, the recommended rule's threshold, the table in the
+card, pictures)."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from sqlalchemy import select
+from support import build_dicom, record_result
+
+from screener.cli import main
+from screener.db import Database, Study, utcnow
+from screener.db.migrate import upgrade
+from screener.db.models import AuditDraw
+from screener.ingest.accept import Acceptor
+from screener.ingest.spool import Spool
+from screener.model import commission, rules
+from screener.model.bundle import read_metadata
+from screener.model.calibration import Platt, fit_platt
+from screener.worklist import record_review
+
+
+def _site(
+    tmp_path: Path,
+    db_url: str,
+    make_settings: Callable[..., Any],
+    model_bundle: Path,
+    positives: int,
+    negatives: int,
+) -> tuple[Any, Path, dict[str, Any]]:
+    """A copy of the shipped bundle and studies it scored, each read by its truth: every
+    second study drawn for an audit at share 0.5 (weight 2 when unflagged), the others not
+    (their reads of unflagged studies weigh 0). Returns what the reads should weigh."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(model_bundle, bundle)
+    meta = read_metadata(bundle)
+    settings = make_settings(db_url, model__bundle=str(bundle))
+    db = Database(db_url)
+    upgrade(db)
+    acceptor = Acceptor(db, Spool(settings.storage.spool_dir, 0), settings)
+    rng = np.random.default_rng(11)
+    probs = np.r_[rng.beta(6, 1.2, positives), rng.beta(1.2, 4, negatives)].clip(0.001, 0.999)
+    truth = np.r_[np.ones(positives, dtype=np.int64), np.zeros(negatives, dtype=np.int64)]
+    threshold = float(meta["threshold"])
+    uids = []
+    for i, (p, read) in enumerate(zip(probs, truth, strict=True)):
+        accepted = acceptor.accept(build_dicom(seed=i), source="dicom")
+        record_result(
+            db, accepted.sop_instance_uid, float(p), threshold,
+            (meta["name"], meta["version"], meta["uid"]), domain_score=1.0,
+        )  # fmt: skip
+        record_review(db, accepted.study_instance_uid, bool(read) == (p >= threshold), None, 12)
+        uids.append(accepted.study_instance_uid)
+    drawn = np.arange(len(probs)) % 2 == 0
+    with db.transaction() as s:
+        for uid, d in zip(uids, drawn, strict=True):
+            study_id = s.scalars(select(Study.id).where(Study.study_instance_uid == uid)).one()
+            s.add(AuditDraw(study_id=study_id, u=0.25 if d else 0.75, share=0.5, drawn_at=utcnow()))
+    db.dispose()
+    flagged = probs >= threshold
+    weights = np.where(flagged, 1.0, np.where(drawn, 2.0, 0.0))
+    return settings, bundle, {"probs": probs, "truth": truth, "weights": weights}
+
+
+def _commission(settings: Any, bundle: Path, *extra: str) -> int:
+    """`screener commission` on the settings' database."""
+    db = ["--set", f"database.url={settings.database.url}"]
+    return main([*db, "commission", "--model", str(bundle), *extra])
+
+
+def test_commission_shows_the_table_and_writes_the_site_bundle(
+    tmp_path: Path,
+    db_url: str,
+    make_settings: Callable[..., Any],
+    model_bundle: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The table lists every rule's threshold with intervals and flags per 100; --out writes a
+    bundle whose threshold is bootstrap 90 % on the weighted reads after the refitted
+    calibration, with a new UID naming its parent, the table in model.json and the card."""
+    settings, bundle, site = _site(tmp_path, db_url, make_settings, model_bundle, 90, 160)
+    out, plots = tmp_path / "site-bundle", tmp_path / "pictures"
+    assert _commission(settings, bundle, "--out", str(out), "--plots", str(plots)) == 0
+    printed = capsys.readouterr().out
+    keep = site["weights"] > 0
+    y, p, w = site["truth"][keep], site["probs"][keep], site["weights"][keep]
+    assert f"reads        {int(keep.sum())} used" in printed
+    assert f"{int((~keep).sum())} reads of unflagged studies not drawn left out" in printed
+    for name, _ in commission.RULES.values():
+        assert name in printed
+    assert "recommended  bootstrap 90 %" in printed and "flags/100" in printed
+    old, new = read_metadata(bundle), read_metadata(out)
+    assert new["uid"] != old["uid"] and new["derived_from"]["uid"] == old["uid"]
+    local = fit_platt(y, p, weights=w)
+    expected = rules.weighted_bootstrap_threshold(y, local.apply(p), 0.95, w)
+    assert new["threshold"] == pytest.approx(expected)
+    assert Platt.from_json(new["calibration"]).a != Platt.from_json(old["calibration"]).a
+    record = new["commissioning"]
+    assert record["rule"] == "bootstrap90" and record["audit_reads"] == int(
+        (keep & (site["probs"] < old["threshold"])).sum()
+    )
+    assert len(record["candidates"]) >= 4
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "### Commissioning" in card and "bootstrap 90 % (recommended)" in card
+    for picture in ("roc.png", "calibration.png"):
+        assert (plots / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # with the site bundle configured, stats names it
+    main(
+        ["--set", f"database.url={settings.database.url}", "--set", f"model.bundle={out}", "stats"]
+    )
+    assert new["version"] in capsys.readouterr().out
+
+
+def test_commission_refuses_to_write_with_too_few_reads(
+    tmp_path: Path,
+    sqlite_url: str,
+    make_settings: Callable[..., Any],
+    model_bundle: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """30 read pneumonias and few audit reads: the table is still shown, the bundle is not
+    written, and the refusal names how many more reads of each kind it needs."""
+    settings, bundle, _ = _site(tmp_path, sqlite_url, make_settings, model_bundle, 30, 30)
+    out = tmp_path / "site-bundle"
+    assert _commission(settings, bundle, "--out", str(out)) == 1
+    printed = capsys.readouterr().out
+    assert "threshold" in printed and "refused" in printed
+    assert "30 reads as pneumonia, 52 needed for sensitivity 0.95: 22 more" in printed
+    assert "audit reads read as normal, 20 needed" in printed
+    assert not out.exists()
