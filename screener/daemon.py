@@ -504,7 +504,7 @@ def compose(settings: Settings, processor: Processor | None = None) -> Daemon:
     if settings.export.destinations and settings.export.enabled:
         daemon.exporter = exporter
     if settings.rescan.schedule and ingest:
-        daemon.scheduler = RescanScheduler(settings)
+        daemon.scheduler = RescanScheduler(settings, acceptor=acceptor)  # wakes the workers
     if settings.worker.enabled:
         if processor is not None:
             wake = threading.Event()

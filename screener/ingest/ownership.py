@@ -5,6 +5,10 @@ the ``installation`` row of migration 0005). Started with another database, e.g.
 while moving from SQLite to PostgreSQL, ``serve`` would "recover" every spooled file into it,
 score them again and send their SRs a second time. So it refuses, in one line, unless
 ``storage.adopt_spool`` (``serve --adopt-spool``) says that is what is wanted.
+
+``serve`` checks in ``Daemon.start``; a command that writes to the spool without it
+(``screener rescan``, ``screener web``) builds its accept path with :func:`claimed_acceptor`,
+which makes the same check first.
 """
 
 from __future__ import annotations
@@ -12,8 +16,10 @@ from __future__ import annotations
 import structlog
 from sqlalchemy import func, select
 
+from screener.config import Settings
 from screener.db import Database, Installation, Instance
 from screener.errors import ConfigError
+from screener.ingest.accept import Acceptor
 from screener.ingest.spool import Spool
 
 log = structlog.get_logger(__name__)
@@ -56,3 +62,13 @@ def claim_spool(db: Database, spool: Spool, *, adopt: bool) -> None:
         if adopt and theirs is not None:
             log.warning("spool_adopted", previous_installation=theirs, installation=ours)
         marker.write_text(ours + "\n")
+
+
+def claimed_acceptor(db: Database, settings: Settings) -> Acceptor:
+    """An accept path over ``storage.spool_dir`` for a command other than ``serve``, once the
+    spool is found to belong to ``db`` (or adopted, ``storage.adopt_spool``); raises
+    :class:`ConfigError` as ``serve`` does otherwise. It wakes no worker: one that runs
+    elsewhere finds the jobs by polling."""
+    spool = Spool(settings.storage.spool_dir, settings.storage.min_free_mb)
+    claim_spool(db, spool, adopt=settings.storage.adopt_spool)
+    return Acceptor(db, spool, settings)

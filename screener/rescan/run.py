@@ -12,6 +12,12 @@ the re-queueing):
 The folder and the backlog go first, so a study they put back in hand is not retrieved.
 ``dry_run`` changes nothing: it lists the files, jobs and studies concerned (the C-FIND,
 a read, still runs). The summary holds counts, UIDs, accession numbers and dates: no PHI.
+
+Inside ``serve`` the rescan is given the daemon's :class:`~screener.ingest.accept.Acceptor`:
+the folder's files go through the accept path whose spool ``serve`` has claimed, and what
+it queues (taken files, re-queued jobs) wakes the daemon's workers like a C-STORE does.
+Alone (``screener rescan``) it opens the database and claims the spool itself
+(:func:`screener.ingest.ownership.claimed_acceptor`).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from __future__ import annotations
 import sys
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -30,6 +36,9 @@ from screener.rescan import backlog
 from screener.rescan.folder import list_folder, take_folder
 from screener.rescan.query import PacsClient, StudyMatch, parse_pacs
 from screener.tls import client_context
+
+if TYPE_CHECKING:
+    from screener.ingest.accept import Acceptor
 
 log = structlog.get_logger(__name__)
 
@@ -133,12 +142,14 @@ def run_rescan(
     query_pacs: bool = True,
     progress: bool = True,
     scan_folder: bool = True,
+    acceptor: Acceptor | None = None,
 ) -> RescanSummary:
     """Find what was missed and queue it; see the module docstring.
 
     ``since``/``until`` bound the PACS query (default: the last ``rescan.window_hours``
     up to now); naive values are local time. ``scan_folder=False`` leaves the watch folder
-    to a running watcher.
+    to a running watcher. ``acceptor`` is the daemon's (its database is used, and its
+    ``on_queued`` wakes the workers); without one the rescan opens its own.
     """
     end = _local(until) if until else datetime.now()
     start = _local(since) if since else end - timedelta(hours=settings.rescan.window_hours)
@@ -154,15 +165,19 @@ def run_rescan(
         rescore=rescore,
     )
     log.info("rescan_started", since=summary.since, until=summary.until, dry_run=dry_run)
-    db = Database(settings.database.url)
+    db = acceptor.db if acceptor is not None else Database(settings.database.url)
     try:
         if scan_folder:
-            _folder_step(settings, db, summary, say)
+            _folder_step(settings, db, acceptor, summary, say)
         _backlog_step(settings, db, summary, say)
+        requeued = not dry_run and (summary.requeued_failed or summary.requeued_rescore)
+        if requeued and acceptor is not None and acceptor.on_queued is not None:
+            acceptor.on_queued()  # re-queued jobs wake the workers like received ones
         if query_pacs:
             _pacs_step(settings, db, summary, say, start, end)
     finally:
-        db.dispose()
+        if acceptor is None:
+            db.dispose()
     log.info("rescan_finished", dry_run=dry_run, **summary.counts())
     return summary
 
@@ -179,16 +194,20 @@ def _step_failed(
     say(f"{step}: failed: {exc}")
 
 
-def _folder_step(settings: Settings, db: Database, summary: RescanSummary, say: _Progress) -> None:
-    from screener.ingest.accept import Acceptor
-    from screener.ingest.spool import Spool
+def _folder_step(
+    settings: Settings,
+    db: Database,
+    acceptor: Acceptor | None,
+    summary: RescanSummary,
+    say: _Progress,
+) -> None:
+    from screener.ingest.ownership import claimed_acceptor
 
     try:
         if summary.dry_run:
             outcome = list_folder(settings.watch)
         else:
-            spool = Spool(settings.storage.spool_dir, settings.storage.min_free_mb)
-            outcome = take_folder(settings.watch, Acceptor(db, spool, settings))
+            outcome = take_folder(settings.watch, acceptor or claimed_acceptor(db, settings))
     except Exception as exc:  # step boundary: the other steps still run
         _step_failed(
             summary, say, "rescan_folder_failed", f"watch folder {settings.watch.dir}", exc

@@ -15,12 +15,16 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from datetime import datetime, time, timedelta
+from typing import TYPE_CHECKING
 
 import structlog
 
 from screener.config import Settings
 from screener.errors import ConfigError
 from screener.rescan.run import RescanSummary, run_rescan
+
+if TYPE_CHECKING:
+    from screener.ingest.accept import Acceptor
 
 log = structlog.get_logger(__name__)
 
@@ -51,25 +55,40 @@ def next_run(at: time, now: datetime) -> datetime:
     return candidate if candidate > now else candidate + timedelta(days=1)
 
 
-def _default_runner(settings: Settings) -> RescanSummary:
-    # In the daemon the watcher, when enabled, already takes the folder's files.
-    return run_rescan(settings, progress=False, scan_folder=not settings.watch.enabled)
+def daemon_runner(acceptor: Acceptor) -> Runner:
+    """The daemon's rescan: through its own accept path (claimed spool, workers woken)."""
+
+    def run(settings: Settings) -> RescanSummary:
+        # In the daemon the watcher, when enabled, already takes the folder's files.
+        return run_rescan(
+            settings, progress=False, scan_folder=not settings.watch.enabled, acceptor=acceptor
+        )
+
+    return run
 
 
 class RescanScheduler:
-    """Runs a rescan every day at ``rescan.schedule``; ``start()`` / ``stop()``."""
+    """Runs a rescan every day at ``rescan.schedule``; ``start()`` / ``stop()``.
+
+    ``acceptor`` is the daemon's (see :func:`daemon_runner`); tests give a ``runner``.
+    """
 
     def __init__(
         self,
         settings: Settings,
         *,
+        acceptor: Acceptor | None = None,
         runner: Runner | None = None,
         clock: Clock = datetime.now,
         poll_seconds: float = 30.0,
     ) -> None:
         self.settings = settings
         self.at = parse_schedule(settings.rescan.schedule)
-        self.runner = runner or _default_runner
+        if runner is None:
+            if acceptor is None:
+                raise TypeError("RescanScheduler needs the daemon's acceptor or a runner")
+            runner = daemon_runner(acceptor)
+        self.runner = runner
         self.clock = clock
         self.poll_seconds = poll_seconds
         self.next_at: datetime | None = None

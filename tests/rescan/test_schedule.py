@@ -111,7 +111,7 @@ def test_an_empty_schedule_starts_no_thread(make_settings: Callable[..., Setting
 
 
 def test_scheduled_rescan_really_rescans(store: Callable[..., Store]) -> None:
-    """With the default runner, a scheduled run re-queues a retryable failed job in the database."""
+    """With the daemon's runner, a scheduled run re-queues a retryable failed job in the database."""
     st = store(rescan__schedule="02:00")
     accepted = st.acceptor.accept(build_dicom(), source="dicom")
     with st.db.transaction() as s:
@@ -119,7 +119,10 @@ def test_scheduled_rescan_really_rescans(store: Callable[..., Store]) -> None:
         assert job is not None
         job.state, job.reason = JobState.FAILED, "processor_error"
     scheduler = RescanScheduler(
-        st.settings, clock=_fake_clock(datetime(2026, 11, 22, 1, 59, 59, 800000)), poll_seconds=0.05
+        st.settings,
+        acceptor=st.acceptor,
+        clock=_fake_clock(datetime(2026, 11, 22, 1, 59, 59, 800000)),
+        poll_seconds=0.05,
     )
     scheduler.start()
     try:
