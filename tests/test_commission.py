@@ -5,6 +5,7 @@ card, pictures)."""
 
 from __future__ import annotations
 
+import http.client
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 from sqlalchemy import select
-from support import build_dicom, record_result
+from support import ServeProcess, build_dicom, free_port, record_result, serve_env, wait_for
 
 from screener.cli import main
 from screener.db import Database, Study, utcnow
@@ -135,3 +136,59 @@ def test_commission_refuses_to_write_with_too_few_reads(
     assert "30 reads as pneumonia, 52 needed for sensitivity 0.95: 22 more" in printed
     assert "audit reads read as normal, 20 needed" in printed
     assert not out.exists()
+
+
+def _get(port: int, path: str) -> tuple[int, bytes]:
+    """GET as alice, named by the trusted header from loopback (the default trusted proxy)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        conn.request("GET", path, headers={"X-Remote-User": "alice"})
+        response = conn.getresponse()
+        return response.status, response.read()
+    except OSError:
+        return 0, b""
+    finally:
+        conn.close()
+
+
+def test_commissioning_page_shows_the_same_table(
+    tmp_path: Path,
+    sqlite_url: str,
+    make_settings: Callable[..., Any],
+    model_bundle: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`screener web` shows the command's candidate table, its recommended threshold and both
+    pictures, and (with enough reads) no shortfall."""
+    settings, bundle, _ = _site(tmp_path, sqlite_url, make_settings, model_bundle, 90, 160)
+    assert _commission(settings, bundle) == 0
+    printed = capsys.readouterr().out
+    rec = next(line for line in printed.splitlines() if line.startswith("recommended"))
+    threshold = rec.split("threshold ")[1].split(",")[0]
+    port = free_port()
+    env = serve_env(
+        tmp_path,
+        sqlite_url,
+        free_port(),
+        screener_model_bundle=str(bundle),
+        screener_web_port=str(port),
+        screener_web_trusted_user_header="X-Remote-User",
+    )
+    proc = ServeProcess(tmp_path, env, command="web").start()
+    try:
+        wait_for(lambda: _get(port, "/commission")[0] == 200, 60)
+        status, body = _get(port, "/commission")
+        page = body.decode()
+        assert (
+            'id="candidates"' in page
+            and f"Recommended: bootstrap 90 %</strong>, threshold {threshold}" in page
+        )
+        assert page.count('<tr class="recommended">') == 1
+        for name, _ in commission.RULES.values():
+            assert name in page
+        for picture in ("roc", "calibration"):
+            status, png = _get(port, f"/commission/{picture}.png")
+            assert status == 200 and png[:8] == b"\x89PNG\r\n\x1a\n"
+        assert 'href="/commission"' in page and 'id="not-yet"' not in page
+    finally:
+        proc.terminate()

@@ -19,9 +19,9 @@ from screener.commands import setting_flag
 from screener.config import Settings
 
 if TYPE_CHECKING:
+    from screener.commissioning import SiteReads
     from screener.db import Database
     from screener.model.commission import Commissioning
-    from screener.worklist import SiteReads
 
 
 def register(sub: Any) -> None:
@@ -66,10 +66,10 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    from screener.commissioning import figures, shortfalls, site_reads
     from screener.db.migrate import open_database
     from screener.errors import ModelError
     from screener.model.bundle import read_metadata
-    from screener.worklist import site_reads
 
     source = Path(args.model or settings.model.bundle)
     meta = read_metadata(source)
@@ -125,54 +125,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 def _audit_weight(reads: SiteReads) -> str:
     ws = sorted({round(w, 2) for w, a in zip(reads.weights, reads.audited, strict=True) if a})
     return "/".join(f"{w:g}" for w in ws) or "1 / share"
-
-
-def shortfalls(reads: SiteReads, target: float, refit: bool) -> list[str]:
-    """What the site bundle still needs, in reads, each naming how many more."""
-    from screener.model.site import (
-        MIN_AUDITED_NORMALS,
-        MIN_NEGATIVES_FOR_CALIBRATION,
-        min_positives,
-    )
-
-    out = []
-    positives = sum(reads.positives)
-    needed = min_positives(target)
-    if positives < needed:
-        out.append(
-            f"{positives} reads as pneumonia, {needed} needed for sensitivity {target:.2f}: "
-            f"{needed - positives} more"
-        )
-    normals = len(reads.positives) - positives
-    if refit and normals < MIN_NEGATIVES_FOR_CALIBRATION:
-        out.append(
-            f"{normals} reads as normal, {MIN_NEGATIVES_FOR_CALIBRATION} needed to refit the "
-            f"calibration: {MIN_NEGATIVES_FOR_CALIBRATION - normals} more"
-        )
-    audited_normals = sum(
-        1 for a, y in zip(reads.audited, reads.positives, strict=True) if a and y == 0
-    )
-    if audited_normals < MIN_AUDITED_NORMALS:
-        out.append(
-            f"{audited_normals} audit reads read as normal, {MIN_AUDITED_NORMALS} needed: "
-            f"{MIN_AUDITED_NORMALS - audited_normals} more (read the studies marked AUDIT READ)"
-        )
-    return out
-
-
-def figures(reads: SiteReads, meta: dict[str, Any], target: float, refit: bool) -> Commissioning:
-    from screener.model.commission import commission
-
-    return commission(
-        reads.positives,
-        reads.probabilities,
-        reads.weights,
-        reads.audited,
-        reads.assessed,
-        float(meta["threshold"]),
-        target,
-        refit,
-    )
 
 
 def report(c: Commissioning, rule: str, short: list[str]) -> list[str]:

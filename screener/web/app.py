@@ -650,6 +650,19 @@ def create_app(
         png = await run_in_threadpool(_stats_png, what, labels, probs, flags, name)
         return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
 
+    async def commission_page(request: Request, user: str) -> Response:
+        view = await run_in_threadpool(_commission_view, db, settings)
+        return page(request, "commission.html", **view)
+
+    async def commission_picture(request: Request, user: str) -> Response:
+        what = request.path_params["what"]
+        if what not in ("roc", "calibration"):
+            return PlainTextResponse("no such picture", status_code=404)
+        png = await run_in_threadpool(_commission_png, db, settings, what)
+        if png is None:
+            return PlainTextResponse("no reads of both kinds yet", status_code=404)
+        return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
+
     async def upload_page(request: Request, user: str) -> Response:
         return page(request, "upload.html", result=None)
 
@@ -744,6 +757,8 @@ def create_app(
         Route("/status", login_required(status_page)),
         Route("/stats", login_required(stats_page)),
         Route("/stats/{uid}/{what}.png", login_required(stats_picture)),
+        Route("/commission", login_required(commission_page)),
+        Route("/commission/{what}.png", login_required(commission_picture)),
         Route("/upload", login_required(upload_page)),
         Route("/upload", login_required(upload), methods=["POST"]),
         Route(
@@ -758,6 +773,43 @@ def create_app(
         Middleware(BodyLimit, max_bytes=settings.web.max_upload_mb * 1024 * 1024),
     ]
     return Starlette(routes=routes, middleware=middleware)
+
+
+def _commission_view(db: Database, settings: Settings) -> dict[str, Any]:
+    """What the commissioning page shows: ``screener commission``'s figures for the bundle
+    in use (its own target; calibration refitted, as the command does by default)."""
+    from screener.commissioning import figures, shortfalls, site_reads
+    from screener.model.bundle import read_metadata
+    from screener.model.commission import RECOMMENDED, RULES, WHY
+
+    meta = read_metadata(settings.model.bundle)
+    target = float(meta.get("target_sensitivity", 0.95))
+    reads = site_reads(db, meta, settings.worklist.aging_hours)
+    positives = sum(reads.positives)
+    both = 0 < positives < len(reads.positives)
+    return {
+        "meta": meta,
+        "target": target,
+        "reads": reads,
+        "positives": positives,
+        "audited": sum(reads.audited),
+        "short": shortfalls(reads, target, refit=True),
+        "c": figures(reads, meta, target, refit=True) if both else None,
+        "recommended": RULES[RECOMMENDED][0],
+        "why": WHY,
+    }
+
+
+def _commission_png(db: Database, settings: Settings, what: str) -> bytes | None:
+    """The commissioning page's ROC or calibration picture; None without reads of both kinds."""
+    from screener.model.plots import plot_commission
+
+    c = _commission_view(db, settings)["c"]
+    if c is None:
+        return None
+    roc, calibration = io.BytesIO(), io.BytesIO()
+    plot_commission(c, roc, calibration)
+    return (roc if what == "roc" else calibration).getvalue()
 
 
 def _stats_png(
