@@ -7,8 +7,8 @@ score them again and send their SRs a second time. So it refuses, in one line, u
 ``storage.adopt_spool`` (``serve --adopt-spool``) says that is what is wanted.
 
 ``serve`` checks in ``Daemon.start``; a command that writes to the spool without it
-(``screener rescan``, ``screener web``) builds its accept path with :func:`claimed_acceptor`,
-which makes the same check first.
+(``screener rescan``, ``screener web``) opens it with :func:`claimed_spool`, which makes the
+same check first.
 """
 
 from __future__ import annotations
@@ -49,14 +49,14 @@ def claim_spool(db: Database, spool: Spool, *, adopt: bool) -> None:
                 f"storage.spool_dir = {str(spool.root)!r} belongs to another database "
                 f"(installation {theirs}, this database is {ours}): its {files} files would be "
                 "screened and their SRs sent again. Use that spool's database, an empty spool "
-                "folder, or `serve --adopt-spool` to take the files into this database"
+                "folder, or `--adopt-spool` (storage.adopt_spool) to take the files into this database"
             )
         if theirs is None and files and known == 0:
             raise ConfigError(
                 f"storage.spool_dir = {str(spool.root)!r} holds {files} files but this database "
                 "has no instances (a new database with an old spool?): they would be screened "
                 "and their SRs sent again. Use the spool's database, an empty spool folder, or "
-                "`serve --adopt-spool` to take the files into this database"
+                "`--adopt-spool` (storage.adopt_spool) to take the files into this database"
             )
     if theirs != ours:
         if adopt and theirs is not None:
@@ -64,11 +64,16 @@ def claim_spool(db: Database, spool: Spool, *, adopt: bool) -> None:
         marker.write_text(ours + "\n")
 
 
-def claimed_acceptor(db: Database, settings: Settings) -> Acceptor:
-    """An accept path over ``storage.spool_dir`` for a command other than ``serve``, once the
-    spool is found to belong to ``db`` (or adopted, ``storage.adopt_spool``); raises
-    :class:`ConfigError` as ``serve`` does otherwise. It wakes no worker: one that runs
-    elsewhere finds the jobs by polling."""
+def claimed_spool(db: Database, settings: Settings) -> Spool:
+    """``storage.spool_dir`` for a command other than ``serve``, once found to belong to
+    ``db`` (or adopted, ``storage.adopt_spool``); raises :class:`ConfigError` as ``serve``
+    does otherwise."""
     spool = Spool(settings.storage.spool_dir, settings.storage.min_free_mb)
     claim_spool(db, spool, adopt=settings.storage.adopt_spool)
-    return Acceptor(db, spool, settings)
+    return spool
+
+
+def claimed_acceptor(db: Database, settings: Settings) -> Acceptor:
+    """An accept path over :func:`claimed_spool` (``screener rescan`` alone). It wakes no
+    worker: one that runs elsewhere finds the jobs by polling."""
+    return Acceptor(db, claimed_spool(db, settings), settings)
