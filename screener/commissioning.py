@@ -7,9 +7,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from sqlalchemy import select
 
 from screener.db import OUTSIDE_DOMAIN, Database, StudyScoreRow
+from screener.model.calibration import Platt
 from screener.model.commission import Commissioning
 from screener.worklist import read_weights, reviewed_reads
 
@@ -37,26 +39,46 @@ class SiteReads:
     assessed: list[float]
 
 
+def parent_to_own(meta: dict[str, Any]) -> Platt | None:
+    """The map from the parent bundle's P to this bundle's, both Platt maps on the same
+    networks' raw P (a site bundle records its parent's calibration); None for a bundle
+    with no parent, or one whose parent's calibration was not recorded."""
+    parent = (meta.get("derived_from") or {}).get("calibration")
+    if not parent:
+        return None
+    first, own = Platt.from_json(parent), Platt.from_json(meta.get("calibration"))
+    # own(raw) = own.a * logit(raw) + own.b with logit(raw) = (logit(P_parent) - b1) / a1
+    return Platt(a=own.a / first.a, b=own.b - own.a * first.b / first.a)
+
+
 def site_reads(db: Database, meta: dict[str, Any], aging_hours: float) -> SiteReads:
     """The latest read of every study the bundle's lineage assessed, weighted by 1 / the
     chance the study was read (:func:`read_weights`; weight-0 reads left out), and the
-    P of every study the lineage assessed (from the summary table, one SELECT)."""
+    P of every study the lineage assessed (from the summary table, one SELECT). P scored
+    by the parent bundle is put on this bundle's scale (:func:`parent_to_own`)."""
     uids = lineage(meta)
     reads = reviewed_reads(db, uids, aging_hours)
     weights = read_weights(db, reads)
     kept = [(r, w) for r, w in zip(reads, weights, strict=True) if w > 0]
+    remap = parent_to_own(meta)
+
+    def own(p: float, uid: str) -> float:
+        if remap is None or uid == str(meta["uid"]):
+            return float(p)
+        return float(remap.apply(np.array([p]))[0])
+
     with db.transaction() as session:
         assessed = [
-            float(p)
-            for p in session.scalars(
-                select(StudyScoreRow.probability).where(
+            own(p, uid)
+            for p, uid in session.execute(
+                select(StudyScoreRow.probability, StudyScoreRow.model_uid).where(
                     StudyScoreRow.model_uid.in_(uids),
                     StudyScoreRow.assessment != OUTSIDE_DOMAIN,
                 )
             )
         ]
     return SiteReads(
-        probabilities=[float(r.probability) for r, _ in kept],
+        probabilities=[own(r.probability, r.model_uid) for r, _ in kept],
         positives=[int(bool(r.radiologist_positive)) for r, _ in kept],
         weights=[w for _, w in kept],
         audited=[not r.model_positive for r, _ in kept],

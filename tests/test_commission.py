@@ -112,6 +112,12 @@ def test_commission_shows_the_table_and_writes_the_site_bundle(
     assert "### Commissioning" in card and "bootstrap 90 % (recommended)" in card
     for picture in ("roc.png", "calibration.png"):
         assert (plots / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # commissioned again on the same reads, the site bundle's own scale gives back its threshold:
+    # the parent's P are mapped through the refit (parent_to_own), not taken as they are
+    assert _commission(settings, out, "--keep-calibration") == 0
+    again = capsys.readouterr().out
+    row = next(x for x in again.splitlines() if "bootstrap 90 % (recommended)" in x)
+    assert f"{new['threshold']:.4f}" in row and "the bundle's threshold now" in row
     # with the site bundle configured, stats names it
     main(
         ["--set", f"database.url={settings.database.url}", "--set", f"model.bundle={out}", "stats"]

@@ -276,16 +276,24 @@ def commission(
         else (shipped_threshold)
     )
     chosen: dict[float, list[str]] = {}
+
+    def name(t: float, label: str) -> None:
+        # one row per threshold: the same score reached by two float paths is one threshold
+        same = next((k for k in chosen if abs(k - t) <= 1e-9 * max(1.0, abs(t))), t)
+        chosen.setdefault(same, []).append(label)
+
     rule_thresholds: dict[str, float] = {}
-    for key, (name, rule) in RULES.items():
+    for key, (label, rule) in RULES.items():
         t = float(rule(y, p, target, w))
         rule_thresholds[key] = t
-        chosen.setdefault(t, []).append(name + (" (recommended)" if key == RECOMMENDED else ""))
-    chosen.setdefault(shipped, []).append("the bundle's threshold now")
+        name(t, label + (" (recommended)" if key == RECOMMENDED else ""))
+    name(shipped, "the bundle's threshold now")
     for level in (0.90, 0.975, 0.99):
         if level != target:
-            t = rules.weighted_point_threshold(y, p, level, w)
-            chosen.setdefault(float(t), []).append(f"sensitivity {level:g} (point estimate)")
+            name(
+                float(rules.weighted_point_threshold(y, p, level, w)),
+                f"sensitivity {level:g} (point estimate)",
+            )
     candidates = [
         judge(t, y, p, w, scale, tuple(names))
         for t, names in sorted(chosen.items(), key=lambda kv: -kv[0])

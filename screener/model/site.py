@@ -154,7 +154,10 @@ def write_site_bundle(
         raise ModelError(f"{str(out)!r} exists; choose a new folder for the site bundle")
     shutil.copytree(source, out)
     now = dt.datetime.now(dt.UTC)
+    # the parent's calibration too: its results' P are put on this bundle's scale when the
+    # site bundle is commissioned again (screener.commissioning.parent_to_own)
     parent = {k: meta[k] for k in ("name", "version", "uid")}
+    parent["calibration"] = meta.get("calibration") or Platt().to_json()
     calibration: Platt = point["calibration"]
     new = dict(meta)
     new.update(
