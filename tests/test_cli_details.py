@@ -21,6 +21,7 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
 
 
 def test_every_option_and_argument_has_help() -> None:
+    """Every option and argument of every subcommand has a help text."""
     missing = [
         f"{name} {action.dest}"
         for name, sub in _subparsers(build_parser()).items()
@@ -31,6 +32,9 @@ def test_every_option_and_argument_has_help() -> None:
 
 
 def test_help_texts_read_as_text() -> None:
+    """The --help output of the CLI reads as plain text: no reST markup, no doubled percent signs,
+    formats spelt out."""
+
     def help_of(*args: str) -> str:
         run = subprocess.run(
             [sys.executable, "-m", "screener.cli", *args, "--help"],
@@ -54,13 +58,19 @@ def test_help_texts_read_as_text() -> None:
         (["--since", "yesterday"], "90m, 24h or 7d"),
     ],
 )
-def test_worklist_refuses_values_that_cannot_mean_anything(args: list[str], message: str) -> None:
+def test_worklist_refuses_values_that_cannot_mean_anything(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """worklist refuses a negative limit, a probability outside 0..1 or an unreadable --since
+    with a usage error (exit 2) saying what it expects."""
     with pytest.raises(SystemExit) as exit_:
         build_parser().parse_args(["worklist", *args])
     assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
 
 
 def test_worklist_since_takes_minutes() -> None:
+    """worklist --since 90m means 90 minutes before now."""
     args = build_parser().parse_args(["worklist", "--since", "90m"])
     from screener.db import utcnow
 
@@ -69,6 +79,7 @@ def test_worklist_since_takes_minutes() -> None:
 
 
 def test_set_takes_a_toml_list_or_a_comma_list() -> None:
+    """A list setting given with --set takes a TOML list or a comma-separated list alike."""
     for raw in ('["MODALITY1", "CT2"]', "MODALITY1,CT2"):
         settings = load_settings(None, {"listener.allowed_calling_aets": raw}, environ={})
         assert settings.listener.allowed_calling_aets == ["MODALITY1", "CT2"]
@@ -76,6 +87,8 @@ def test_set_takes_a_toml_list_or_a_comma_list() -> None:
 
 @pytest.mark.skipif(dcmtk_tool("echoscu") is None, reason="dcmtk's echoscu not installed")
 def test_the_listener_can_require_its_own_called_ae_title(tmp_path: Path) -> None:
+    """With listener.require_called_aet a C-ECHO to our AE title succeeds and one to another title
+    is refused."""
     port = free_port()
     env = serve_env(
         tmp_path, f"sqlite:///{tmp_path / 's.db'}", port, screener_worker_enabled="false",

@@ -28,6 +28,8 @@ def _table_uids(text: str) -> list[str]:
 
 
 def test_the_scp_tables_are_what_the_listener_supports(tmp_path: Path) -> None:
+    """The conformance statement's SCP tables list exactly the SOP classes and transfer syntaxes
+    the listener accepts."""
     settings = load_settings(None, {"storage.spool_dir": str(tmp_path)}, environ={})
     listener = Listener(settings.listener, acceptor=None)  # type: ignore[arg-type]
     supported = {
@@ -46,6 +48,8 @@ def test_the_scp_tables_are_what_the_listener_supports(tmp_path: Path) -> None:
 
 
 def test_the_scu_tables_are_what_screener_proposes() -> None:
+    """The conformance statement's SCU tables list exactly the SR classes, transfer syntaxes and
+    query/retrieve models screener proposes."""
     scu = _section("#### 4.2.2", "### 4.3")
     sent, query = scu.split("Query/Retrieve (rescan)")
     assert set(_table_uids(sent)) == set(SR_SOP_CLASSES.values()) | {"1.2.840.10008.5.1.4.1.1.7"}

@@ -55,6 +55,8 @@ def _check_args(args: list[str]) -> None:
 
 @pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
 def test_kubernetes_manifests_validate(path: Path) -> None:
+    """Each Kubernetes manifest validates strictly and its containers use only real commands, flags
+    and settings."""
     docs = _documents(path)
     assert docs
     for doc in docs:
@@ -65,6 +67,7 @@ def test_kubernetes_manifests_validate(path: Path) -> None:
 
 
 def test_the_validator_would_catch_a_typo() -> None:
+    """The strict Kubernetes validation fails on a misspelt field, so the manifest test can fail."""
     doc = _documents(DEPLOY / "kubernetes" / "worker.yaml")[0]
     doc["spec"]["replcas"] = doc["spec"].pop("replicas")
     with pytest.raises(kubernetes_validate.ValidationError):
@@ -72,6 +75,8 @@ def test_the_validator_would_catch_a_typo() -> None:
 
 
 def test_the_configmaps_screener_toml_loads(tmp_path: Path) -> None:
+    """The ConfigMap's screener.toml loads as settings with the spool, schedule, watcher and cookie
+    values the manifests rely on."""
     (config_map,) = [
         d for d in _documents(DEPLOY / "kubernetes" / "config.yaml") if d["kind"] == "ConfigMap"
     ]
@@ -84,6 +89,8 @@ def test_the_configmaps_screener_toml_loads(tmp_path: Path) -> None:
 
 
 def test_the_compose_file_is_consistent() -> None:
+    """compose.yaml has its services, each dependency and volume is declared, and screener services
+    use real flags and settings."""
     compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
     services, volumes = compose["services"], set(compose.get("volumes", {}))
     assert {"postgres", "orthanc", "screener-migrate", "screener-front", "screener-worker"} <= set(
@@ -103,6 +110,7 @@ def test_the_compose_file_is_consistent() -> None:
 
 
 def test_the_containerfile_sets_only_real_settings() -> None:
+    """The Containerfile sets only real SCREENER_ settings and runs the installed wheel's screener."""
     text = (DEPLOY / "Containerfile").read_text()
     _check_env(re.findall(r"\b(SCREENER_[A-Z_]+)=", text))
     assert 'ENTRYPOINT ["screener"]' in text and "COPY dist/screener-*.whl" in text

@@ -36,6 +36,7 @@ def _one_line(run: subprocess.CompletedProcess[str], code: int, *words: str) -> 
 
 
 def test_a_port_in_use_names_the_setting(tmp_path: Path) -> None:
+    """serve on a port already in use exits 2 with one line naming listener.port and the cause."""
     with socket.socket() as held:
         held.bind(("127.0.0.1", 0))
         held.listen()
@@ -49,6 +50,8 @@ def test_a_port_in_use_names_the_setting(tmp_path: Path) -> None:
 
 
 def test_an_unusable_spool_names_the_setting(tmp_path: Path) -> None:
+    """serve with a spool folder that cannot be created exits 2 with one line naming
+    storage.spool_dir."""
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     run = _screener(
@@ -65,11 +68,14 @@ def test_an_unusable_spool_names_the_setting(tmp_path: Path) -> None:
     ids=lambda a: a[0],
 )
 def test_an_unreachable_postgresql_is_one_line(tmp_path: Path, args: list[str]) -> None:
+    """Each command against an unreachable PostgreSQL exits 1 with one line naming the address and
+    database.url."""
     run = _screener(tmp_path, "--set", f"database.url={UNREACHABLE_PG}", *args)
     _one_line(run, 1, "cannot use the database at", "127.0.0.1:1", "database.url")
 
 
 def test_an_unknown_host_is_one_line(tmp_path: Path) -> None:
+    """echo to a host that does not resolve exits 1 with one line naming the host and port."""
     run = _screener(tmp_path, "echo", "nohost.invalid", "104", "--timeout", "5")
     _one_line(run, 1, "nohost.invalid:104", "cannot connect")
 
@@ -115,6 +121,7 @@ def test_a_tensorflow_command_prints_its_answer_not_tensorflows_start_up(tmp_pat
 
 
 def test_a_database_password_never_reaches_a_message(tmp_path: Path) -> None:
+    """The database password is masked in the one-line error and appears nowhere in the output."""
     run = _screener(
         tmp_path,
         "--set",

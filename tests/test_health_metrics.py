@@ -44,6 +44,8 @@ def _value(text: str, name: str, **labels: str) -> float:
 
 
 def test_metrics_move_during_an_end_to_end_run(tmp_path: Path) -> None:
+    """/healthz, /readyz and /metrics of a running serve answer, and the counters and histograms
+    move with the films sent and scored."""
     port, mport, db = free_port(), free_port(), tmp_path / "s.db"
     env = serve_env(
         tmp_path,

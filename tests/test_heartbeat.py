@@ -18,6 +18,8 @@ def _status(env: dict[str, str], cwd: Path) -> tuple[str, dict[str, object]]:
 
 
 def test_status_tells_running_from_stopped_from_killed(tmp_path: Path) -> None:
+    """screener status says RUNNING for a live serve and its worker, stopped cleanly after SIGTERM,
+    and SILENT with no clean stop after SIGKILL."""
     port, db = free_port(), tmp_path / "s.db"
     env = serve_env(tmp_path, f"sqlite:///{db}", port, screener_metrics_heartbeat_seconds="1")
     serve = ServeProcess(tmp_path, env).start()
@@ -52,6 +54,8 @@ def test_status_tells_running_from_stopped_from_killed(tmp_path: Path) -> None:
 
 
 def test_a_spool_of_another_database_is_refused_unless_adopted(tmp_path: Path) -> None:
+    """serve refuses in one line a spool holding another database's files, and with --adopt-spool
+    recovers them into its own."""
     port = free_port()
     first = serve_env(
         tmp_path, f"sqlite:///{tmp_path / 'first.db'}", port, screener_worker_enabled="false"
@@ -75,6 +79,8 @@ def test_a_spool_of_another_database_is_refused_unless_adopted(tmp_path: Path) -
 
 
 def test_workers_without_a_serve_are_not_called_running() -> None:
+    """Worker heartbeats without a serve process are reported as NO SERVE PROCESS RUNNING, each
+    worker named with its host and device."""
     from screener.status import render_processes
 
     worker = {

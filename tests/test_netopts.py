@@ -25,6 +25,8 @@ def _event(sock: socket.socket) -> SimpleNamespace:
 
 
 def test_the_listener_socket_gets_nodelay_and_quick_acks_and_still_reads() -> None:
+    """A listener's accepted socket gets TCP_NODELAY and quick ACKs, keeps its timeout and still
+    carries data both ways."""
     accepted, client = _pair()
     accepted.settimeout(5.0)
     event = _event(accepted)
@@ -44,6 +46,7 @@ def test_the_listener_socket_gets_nodelay_and_quick_acks_and_still_reads() -> No
 
 
 def test_an_outgoing_association_gets_nodelay_only() -> None:
+    """An outgoing association's socket gets TCP_NODELAY and is not replaced by a quick-ACK socket."""
     accepted, client = _pair()
     event = _event(client)
     tune_socket(event)

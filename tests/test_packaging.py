@@ -102,6 +102,8 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_an_installed_wheel_migrates_and_serves_from_any_folder(
     installed: Path, tmp_path: Path
 ) -> None:
+    """The installed wheel migrates, serves, scores a C-STORE and reports it from any working
+    folder, with paths relative to its config file."""
     site, elsewhere = tmp_path / "site", tmp_path / "elsewhere"
     site.mkdir()
     elsewhere.mkdir()

@@ -27,6 +27,8 @@ def _spooled(db: Path) -> dict[str, tuple[str, object]]:
 
 
 def test_retention_deletes_only_settled_images_and_keeps_their_rows(tmp_path: Path) -> None:
+    """Retention (command and daemon) deletes only spooled images whose SR is delivered and keeps
+    every database row."""
     port, db = free_port(), tmp_path / "s.db"
     url = f"sqlite:///{db}"
     uids = {name: f"1.2.826.0.1.3680043.10.1234.{i}" for i, name in enumerate("ABCD", 1)}

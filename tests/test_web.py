@@ -54,6 +54,7 @@ def test_password_hashes_verify_and_differ() -> None:
 
 
 def test_web_password_command_prints_a_users_entry() -> None:
+    """web-password prints a users entry whose hash verifies the password given on stdin."""
     out = subprocess.run(
         [sys.executable, "-m", "screener.cli", "web-password", "alice", "--stdin"],
         input=PASSWORD + "\n",
@@ -86,6 +87,8 @@ def _count(db_url: str, sql: str) -> int:
 def test_a_pushed_film_is_read_in_the_browser(
     tmp_path: Path, dicom_dir: Path, browser: Any
 ) -> None:
+    """A film pushed with storescu is logged into, listed, shown with its overlay and read in a
+    real browser, every page accessible."""
     from selenium.webdriver.common.by import By
 
     storescu = dcmtk_tool("storescu")

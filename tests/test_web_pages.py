@@ -186,6 +186,8 @@ def _loaded(browser: Any, element: Any) -> bool:
 def test_stats_and_upload_in_the_browser(
     web: tuple[str, ServeProcess, dict[str, Any]], browser: Any, tmp_path: Path
 ) -> None:
+    """The stats page shows the reads' figures, and uploads score a JPEG, queue a pediatric DICOM
+    and refuse an adult's, as screener predict scores them."""
     from selenium.webdriver.common.by import By
 
     base, proc, expected = web

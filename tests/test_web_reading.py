@@ -72,6 +72,8 @@ def _login(browser: Any) -> None:
 
 
 def test_a_radiologists_session(tmp_path: Path, dicom_dir: Path, browser: Any) -> None:
+    """A radiologist finds a study, views its film, records a read with a note (Enter sends
+    nothing) and keeps it through a login that ended mid-read."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 

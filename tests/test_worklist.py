@@ -237,6 +237,8 @@ def test_a_new_result_that_changes_the_flag_reopens_a_read_study(
 def test_reads_keep_the_reader_and_a_second_read_is_said(
     scored: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """Each read keeps its reader, and a second read of the same result is recorded with a note
+    naming the first reader."""
     settings, _db, _ = scored
     _cli(settings, "review", "A", "--agree", "--reader", "dr.a", capsys=capsys)
     assert capsys.readouterr().err == ""

@@ -42,6 +42,8 @@ def test_graph_and_eager_engines_agree(model_bundle: Path, chest_train: Path) ->
 
 
 def test_an_unknown_engine_is_refused() -> None:
+    """model.engine names a known engine; an unknown one is refused with a ModelError naming the
+    setting."""
     assert named("eager") == "eager"
     with pytest.raises(ModelError, match=r"model\.engine"):
         named("tensorrt")
