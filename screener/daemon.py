@@ -77,13 +77,14 @@ def compose_worker(
     """
     if processor is None:
         from screener.logs import native_output_as_event
-        from screener.scoring import ModelProcessor, configure_inference
+        from screener.model.runtime import open_model
+        from screener.scoring import ModelProcessor
 
         # TensorFlow's start-up notices become one event; on a GPU set-up they may matter
         level = "warning" if settings.worker.device.startswith("gpu") else "debug"
         with native_output_as_event("tensorflow_startup_output", level=level):
-            configure_inference(settings.worker, index, settings.worker.processes)
-            processor = ModelProcessor(settings, on_result=_export_planner(settings))
+            bundle = open_model(settings, index=index, processes=settings.worker.processes)
+            processor = ModelProcessor(settings, bundle, on_result=_export_planner(settings))
     return Worker(
         db or Database(settings.database.url),
         settings,

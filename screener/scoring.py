@@ -33,6 +33,10 @@ from screener.errors import ImageError
 from screener.imaging import limits
 from screener.lifecycle import die_with_parent
 from screener.logs import configure_logging
+
+# until every caller opens its model with screener.model.runtime.open_model
+from screener.model.runtime import configure_inference as configure_inference
+from screener.model.runtime import limit_threads as limit_threads
 from screener.queue import LeasedJob
 from screener.worker import JobDone, JobFailure, Outcome
 
@@ -135,13 +139,10 @@ class ModelProcessor:
         on_result: ResultHook | None = None,
         decode: DecodeFn = decode_spooled,
     ) -> None:
-        from screener.model import load_bundle
-        from screener.model.engine import named
+        from screener.model.runtime import open_model
 
         self.settings = settings
-        self.bundle = bundle or load_bundle(
-            settings.model.bundle, engine=named(settings.model.engine)
-        )
+        self.bundle = bundle or open_model(settings)
         self.on_result = on_result
         self.decode = decode
         self._audit_seed: str | None = None  # read from the database at the first result
@@ -374,37 +375,3 @@ def load_heatmap(settings: Settings, result: Result) -> npt.NDArray[np.uint8] | 
         return None
     with Image.open(path) as im:
         return np.asarray(im.convert("RGB"), dtype=np.uint8)
-
-
-def configure_inference(settings: WorkerSettings, index: int = 0, processes: int = 1) -> None:
-    """``worker.device`` and ``worker.inference_threads``, before TensorFlow is imported."""
-    select_device(settings.device, index, processes)
-    limit_threads(settings.inference_threads)
-
-
-def limit_threads(threads: int) -> None:
-    """Cap TensorFlow's thread pools at ``threads`` (0 = leave its default: every core).
-
-    Must run before TensorFlow executes its first operation.
-    """
-    if threads <= 0:
-        return
-    import tensorflow as tf
-
-    tf.config.threading.set_intra_op_parallelism_threads(threads)
-    tf.config.threading.set_inter_op_parallelism_threads(threads)
-
-
-def select_device(device: str, index: int, processes: int) -> None:
-    """Make TensorFlow see the configured device; call before TensorFlow is imported.
-
-    ``cpu`` hides every GPU; ``gpu:N`` shows GPU N only; ``auto`` gives worker *i* GPU *i*
-    when several worker processes run (one worker per GPU), and otherwise leaves TensorFlow
-    to use a GPU if there is one.
-    """
-    if device == "cpu":
-        os.environ["CUDA_VISIBLE_DEVICES"] = "-1"
-    elif device.startswith("gpu:"):
-        os.environ["CUDA_VISIBLE_DEVICES"] = device.split(":", 1)[1]
-    elif processes > 1:
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(index)

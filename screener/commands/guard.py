@@ -34,24 +34,17 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from screener.scoring import configure_inference
+    from screener.model.runtime import open_model
 
-    configure_inference(settings.worker)  # before TensorFlow is imported
+    bundle = open_model(settings, args.model, with_guard=args.keep)  # before TensorFlow
 
     import numpy as np
 
     from screener.errors import ModelError
-    from screener.model import load_bundle
-    from screener.model.engine import named
     from screener.training import data
     from screener.training.card import write_card
     from screener.training.guard import bundle_split, fit_bundle_guard
 
-    bundle = load_bundle(
-        args.model or settings.model.bundle,
-        with_guard=args.keep,
-        engine=named(settings.model.engine),
-    )
     train, val, root = bundle_split(bundle, args.data)
     val_images = data.load_images(root, val)
     if args.keep:

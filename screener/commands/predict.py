@@ -43,18 +43,15 @@ def heatmap_path(base: Path, source: Path, frame: int, n_frames: int, n_files: i
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from screener.scoring import configure_inference
+    from screener.model.runtime import open_model
 
-    configure_inference(settings.worker)  # before TensorFlow is imported
+    bundle = open_model(settings, args.model)  # before anything imports TensorFlow
 
     import numpy as np
 
     from screener.errors import ImageError
-    from screener.model import load_bundle
-    from screener.model.engine import named
     from screener.model.inputs import load_frames
 
-    bundle = load_bundle(args.model or settings.model.bundle, engine=named(settings.model.engine))
     results: list[dict[str, Any]] = []
     failures = 0
     for path in args.files:

@@ -25,19 +25,16 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from screener.scoring import configure_inference
+    from screener.model.runtime import open_model
 
-    configure_inference(settings.worker)  # before TensorFlow is imported
+    bundle = open_model(settings, args.model)  # before anything imports TensorFlow
 
     import numpy as np
 
-    from screener.model import load_bundle
-    from screener.model.engine import named
     from screener.monitor.reference import input_facts, make_reference, write_reference
     from screener.training import data
     from screener.training.guard import bundle_split
 
-    bundle = load_bundle(args.model or settings.model.bundle, engine=named(settings.model.engine))
     _, val, root = bundle_split(bundle, args.data)
     images = data.load_images(root, val)
     probabilities, scores = [], []

@@ -101,8 +101,8 @@ def _heatmap(db: Any, study_uid: str, out: Path, settings: Settings) -> None:
     from screener.db import OUTSIDE_DOMAIN, Instance, Result, Study
     from screener.errors import ScreenerError
     from screener.imaging import load_image
-    from screener.model import load_bundle
     from screener.model.gradcam import display_frames, write_heatmap
+    from screener.model.runtime import open_model
 
     with db.transaction() as session:
         row = session.execute(
@@ -131,7 +131,7 @@ def _heatmap(db: Any, study_uid: str, out: Path, settings: Settings) -> None:
     if not Path(row.spool_path).is_file():
         raise ScreenerError("no heatmap: the spooled image is missing (deleted outside screener)")
     image = load_image(row.spool_path)[row.frame_number - 1]
-    bundle = load_bundle(settings.model.bundle)
+    bundle = open_model(settings)
     write_heatmap(
         bundle,
         image,

@@ -1,12 +1,21 @@
-"""Starting TensorFlow quietly: its start-up notices (absl, oneDNN, cudart, ``failed call to
-cuInit`` on a CPU-only host) become one debug event instead of raw lines before a command's
-answer, and whether a GPU is used is said once, as the ``tensorflow_ready`` event."""
+"""Opening a model for inference, the one way every caller does it (:func:`open_model`):
+``worker.device`` and ``worker.inference_threads`` applied before TensorFlow is imported,
+TensorFlow started quietly (its start-up notices, absl, oneDNN, cudart, ``failed call to
+cuInit`` on a CPU-only host, become one debug event instead of raw lines before a command's
+answer, and whether a GPU is used is said once, as the ``tensorflow_ready`` event), then the
+bundle loaded with ``model.engine`` and its domain guard."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
+
+if TYPE_CHECKING:
+    from screener.config import Settings, WorkerSettings
+    from screener.model.bundle import Bundle
 
 log = structlog.get_logger(__name__)
 
@@ -16,7 +25,7 @@ _started = False
 def start_tensorflow() -> None:
     """Import TensorFlow and find its devices once per process (idempotent).
 
-    ``worker.device`` must have been applied before (``screener.scoring.select_device`` sets
+    ``worker.device`` must have been applied before (:func:`select_device` sets
     ``CUDA_VISIBLE_DEVICES``), as TensorFlow reads it here.
     """
     global _started
@@ -35,4 +44,60 @@ def start_tensorflow() -> None:
         version=tf.__version__,
         gpus=len(gpus),
         device="GPU" if gpus else "CPU only (no GPU visible)",
+    )
+
+
+def configure_inference(settings: WorkerSettings, index: int = 0, processes: int = 1) -> None:
+    """``worker.device`` and ``worker.inference_threads``, before TensorFlow is imported."""
+    select_device(settings.device, index, processes)
+    limit_threads(settings.inference_threads)
+
+
+def limit_threads(threads: int) -> None:
+    """Cap TensorFlow's thread pools at ``threads`` (0 = leave its default: every core).
+
+    Must run before TensorFlow executes its first operation.
+    """
+    if threads <= 0:
+        return
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)
+
+
+def select_device(device: str, index: int, processes: int) -> None:
+    """Make TensorFlow see the configured device; call before TensorFlow is imported.
+
+    ``cpu`` hides every GPU; ``gpu:N`` shows GPU N only; ``auto`` gives worker *i* GPU *i*
+    when several worker processes run (one worker per GPU), and otherwise leaves TensorFlow
+    to use a GPU if there is one.
+    """
+    if device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = "-1"
+    elif device.startswith("gpu:"):
+        os.environ["CUDA_VISIBLE_DEVICES"] = device.split(":", 1)[1]
+    elif processes > 1:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(index)
+
+
+def open_model(
+    settings: Settings,
+    path: str | Path | None = None,
+    *,
+    with_guard: bool = True,
+    index: int = 0,
+    processes: int = 1,
+) -> Bundle:
+    """The model bundle at ``path`` (default: ``model.bundle``) ready for inference:
+    :func:`configure_inference` for worker ``index`` of ``processes`` (so call this before
+    anything imports TensorFlow), TensorFlow started, the bundle loaded with the configured
+    ``model.engine``; ``with_guard=False`` leaves the domain guard out (``screener guard``
+    refits it). Raises :class:`screener.errors.ModelError` for a missing or bad bundle."""
+    from screener.model.bundle import load_bundle
+    from screener.model.engine import named
+
+    configure_inference(settings.worker, index, processes)
+    return load_bundle(
+        path or settings.model.bundle, with_guard=with_guard, engine=named(settings.model.engine)
     )
