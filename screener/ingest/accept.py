@@ -32,9 +32,9 @@ from screener.db import AuditEvent, Database, Instance, Job, JobState, utcnow
 from screener.errors import IngestError
 from screener.imaging.codestream import native_length
 from screener.ingest.inflate import DatasetTooLarge, check_size, limit_bytes
-from screener.ingest.population import apply_population, screened_ages
 from screener.ingest.record import Arrival, GroupCommit, Header, Source, _int, _str
-from screener.ingest.selection import Skip, apply_selection
+from screener.ingest.selection import Skip
+from screener.ingest.skip import SkipRule
 from screener.ingest.sopclasses import IMAGE_STORAGE_SOP_CLASSES
 from screener.ingest.spool import OutOfResources, Spool
 from screener.ingest.uids import uid_problem
@@ -208,7 +208,7 @@ class Acceptor:
         self.spool = spool
         self.settings = settings
         self.on_queued = on_queued  # e.g. wake the workers
-        self.ages = screened_ages(settings)
+        self.skip_rule = SkipRule.of(settings)
         self.commits = GroupCommit(db, on_group=_observe_group)
         # arrivals of one SOP Instance UID are spooled and recorded one at a time, so one
         # never removes a file another has just written under the same name
@@ -228,9 +228,7 @@ class Acceptor:
         validate(ds, data)
         header = Header.of(ds)
         sha256 = hashlib.sha256(data).hexdigest()
-        skip = apply_selection(ds, self.settings.selection) or apply_population(
-            ds, self.ages, self.settings.population.allow_unknown_age
-        )
+        skip = self.skip_rule(ds)
         target = self.spool.path_for(header.study_instance_uid, header.sop_instance_uid, sha256)
         lock = self._uid_locks[hash(header.sop_instance_uid) % len(self._uid_locks)]
         with lock:
