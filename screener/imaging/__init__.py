@@ -2,7 +2,7 @@
 
 The *canonical image* is what every training image is: a ``uint8`` array of shape
 ``(CANONICAL_SIZE, CANONICAL_SIZE)``, grey, 0 = black, resized without keeping the aspect
-ratio (see ``../shared/data/README.md``). The model package turns it into the network's
+ratio, as the training data set's images were resized to 224 x 224. The model package turns it into the network's
 input (intensity normalisation, resolution) from the parameters in the bundle.
 
 Modules, in pipeline order: :mod:`~screener.imaging.dicom` (read and check the Image Pixel

@@ -111,7 +111,7 @@ _PERMANENT_STATUSES = frozenset(
         0x0121,  # Missing attribute value
         0x0122,  # Refused: SOP Class not supported (PS3.4 B.2.3)
         0x0123,  # No such action
-        0x0124,  # Refused: Not authorized (PS3.7 C.4.2.1.x)
+        0x0124,  # Refused: Not authorized (PS3.7 Annex C, general statuses)
         0x0211,  # Unrecognized operation
         0x0212,  # Mistyped argument
     }
