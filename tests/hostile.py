@@ -88,7 +88,8 @@ def _write(ds: Dataset, syntax: UID) -> bytes:
     out = io.BytesIO()
     little = syntax != ExplicitVRBigEndian
     implicit = syntax == ImplicitVRLittleEndian
-    part10 = FileDataset(None, ds, file_meta=meta, preamble=b"\x00" * 128)
+    # None: a data set in memory (pydicom takes it; its annotation names only files)
+    part10 = FileDataset(None, ds, file_meta=meta, preamble=b"\x00" * 128)  # type: ignore[arg-type]
     dcmwrite(out, part10, implicit_vr=implicit, little_endian=little, force_encoding=True)
     return out.getvalue()
 
@@ -121,7 +122,8 @@ def _chest(side: int = 256) -> np.ndarray:
     body = 200 - 60 * ((x - 0.5) ** 2 + (y - 0.5) ** 2)
     lungs = np.exp(-(((x - 0.3) / 0.12) ** 2 + ((y - 0.5) / 0.25) ** 2))
     lungs += np.exp(-(((x - 0.7) / 0.12) ** 2 + ((y - 0.5) / 0.25) ** 2))
-    return np.clip(body - 140 * lungs, 0, 255).astype(np.uint8)
+    chest: np.ndarray = np.clip(body - 140 * lungs, 0, 255).astype(np.uint8)
+    return chest
 
 
 class Sources:
@@ -208,10 +210,14 @@ def build_cases(src: Sources) -> list[Case]:
     ok = Expect(0x0000, "done", None)
     corrupt = Expect(0x0000, "failed", "corrupt_pixel_data")
     too_large = Expect(0x0000, "failed", "image_too_large")
-    cannot_understand = lambda reason: Expect(0xC000, None, reason)  # noqa: E731
+
+    def cannot_understand(reason: str) -> Expect:
+        return Expect(0xC000, None, reason)
+
     cases: list[Case] = []
 
-    def add(name: str, expect: Expect, build: Callable[[str], bytes]) -> None:
+    # Callable[..., bytes]: the lambdas bind the loop's values as defaults (r is the UID root)
+    def add(name: str, expect: Expect, build: Callable[..., bytes]) -> None:
         cases.append(Case(name, build, expect))
 
     # -- valid films beside the hostile ones: all must be scored ----------------------
@@ -766,7 +772,7 @@ def deflated_film(source: Path, root: str, name: str) -> bytes:
     ds = dcmread(source)
     sop, study, series = _uids(root, name)
     ds.SOPInstanceUID, ds.StudyInstanceUID, ds.SeriesInstanceUID = sop, study, series
-    ds.file_meta.MediaStorageSOPInstanceUID = sop
+    ds.file_meta.MediaStorageSOPInstanceUID = UID(sop)
     ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
     out = io.BytesIO()
     ds.save_as(out, enforce_file_format=True)

@@ -73,7 +73,7 @@ class ServeProcess:
     def start(self, *extra: str) -> ServeProcess:
         ready = "daemon_started" if self.command == "serve" else "web_started"
         with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
+            self.proc = proc = subprocess.Popen(
                 [sys.executable, "-m", "screener.cli", self.command, *extra],
                 cwd=self.tmp_path,
                 # faulthandler: a start-up that hangs is dumped (below) rather than guessed at
@@ -83,7 +83,7 @@ class ServeProcess:
             )
         ServeProcess.started.append(self)
         try:
-            wait_for(lambda: ready in self.log() or self.proc.poll() is not None, START_SECONDS)
+            wait_for(lambda: ready in self.log() or proc.poll() is not None, START_SECONDS)
         except AssertionError:
             # SIGABRT makes faulthandler write every thread's stack to the log
             self.proc.send_signal(signal.SIGABRT)
@@ -286,7 +286,6 @@ def c_store(
     """Send files over one real association with pynetdicom; return each C-STORE status."""
     from pydicom import dcmread
     from pynetdicom import AE
-    from pynetdicom.sop_class import Verification  # noqa: F401
 
     ae = AE(ae_title=calling_aet)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from support import dcmtk_tool, free_port, run_screener, serve_env, storescu
+from support import ServeProcess, dcmtk_tool, free_port, run_screener, serve_env, storescu
 
 pytestmark = pytest.mark.skipif(
     dcmtk_tool("storescu") is None, reason="dcmtk (storescu) not installed"
@@ -15,7 +15,10 @@ pytestmark = pytest.mark.skipif(
 
 
 def test_serve_storescu_status(
-    db_url: str, tmp_path: Path, serve_process: Callable[..., object], dicom_dir: Path
+    db_url: str,
+    tmp_path: Path,
+    serve_process: Callable[[dict[str, str]], ServeProcess],
+    dicom_dir: Path,
 ) -> None:
     """Every shared file sent by storescu is accepted; `screener status` shows 13 queued, 14 skipped with reasons."""
     port = free_port()
@@ -37,7 +40,7 @@ def test_serve_storescu_status(
     assert report["oldest_queued_age_seconds"] >= 0
     text = run_screener(env, tmp_path, "status").stdout
     assert "selection:body_part_examined" in text and "queued" in text
-    assert daemon.terminate() == 0  # type: ignore[attr-defined]
+    assert daemon.terminate() == 0
 
 
 def test_echo_to_nobody_fails(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sqlalchemy import select
-from support import c_store, free_port, serve_env, wait_for
+from support import ServeProcess, c_store, free_port, serve_env, wait_for
 
 from screener.db import Database, Job, JobState, Result
 
@@ -29,7 +29,7 @@ def _states(url: str) -> dict[str, str]:
 def test_sigkill_after_success_loses_nothing(
     db_url: str,
     tmp_path: Path,
-    serve_process: Callable[..., object],
+    serve_process: Callable[[dict[str, str]], ServeProcess],
     dicom_dir: Path,
     dicom_file: Callable[..., Path],
     model_bundle: Path,
@@ -90,6 +90,7 @@ def test_worker_killed_mid_job_is_picked_up_after_lease_expiry(
     assert isinstance(settings, Settings)
     daemon = compose(settings)
     daemon.start()
+    assert daemon.listener is not None
     try:
         assert c_store(daemon.listener.port, [dicom_file(seed=i) for i in range(3)]) == [0] * 3
     finally:
@@ -117,7 +118,7 @@ def test_worker_killed_mid_job_is_picked_up_after_lease_expiry(
 
 
 def test_sigterm_stops_cleanly(
-    tmp_path: Path, serve_process: Callable[..., object], sqlite_url: str
+    tmp_path: Path, serve_process: Callable[[dict[str, str]], ServeProcess], sqlite_url: str
 ) -> None:
     """SIGTERM makes `screener serve` stop its listener, watcher and worker and exit 0."""
     port = free_port()

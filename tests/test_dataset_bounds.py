@@ -344,7 +344,9 @@ def _c_store_command(sop_instance_uid: str) -> bytes:
     req.DataSet = io.BytesIO(b"\x00")
     message = C_STORE_RQ()
     message.primitive_to_message(req)
-    return bytes(encode(message.command_set, True, True))
+    encoded = encode(message.command_set, True, True)
+    assert encoded is not None
+    return encoded
 
 
 def _stream(port: int, *, one_pdu: bool) -> tuple[str, int, bool]:
@@ -453,8 +455,8 @@ def test_a_deflate_bomb_and_a_huge_file_in_the_watch_folder_are_rejected(
     with huge.open("wb") as f:
         f.truncate(2 << 30)
     digests = {hashlib.sha256(bomb.read_bytes()).hexdigest()[:16]: "bomb"}
-    with huge.open("rb") as f:
-        digests[hashlib.file_digest(f, "sha256").hexdigest()[:16]] = "huge"
+    with huge.open("rb") as read:
+        digests[hashlib.file_digest(read, "sha256").hexdigest()[:16]] = "huge"
     (daemon.incoming / "bomb.dcm").write_bytes(bomb.read_bytes())
     huge.rename(daemon.incoming / "huge.dcm")
 

@@ -85,7 +85,7 @@ def test_decoder_crash_fails_only_its_culprit(
     by_uid = {uid: (state, reason, attempts, error) for uid, state, reason, attempts, error in rows}
     state, reason, attempts, error = by_uid.pop(crasher_uid)
     assert (state, reason, attempts) == (JobState.FAILED, "decoder_crashed", 1)
-    assert crasher_uid in error
+    assert error is not None and crasher_uid in error
     assert len(by_uid) == 10
     for uid, (state, reason, attempts, _error) in by_uid.items():
         assert (state, reason, attempts) == (JobState.DONE, None, 1), uid

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from pydicom import dcmread
 from support import (
+    ServeProcess,
     dcmtk_tool,
     free_port,
     run_screener,
@@ -68,7 +69,7 @@ def pacs(tmp_path: Path) -> Iterator[Callable[[int], Storescp]]:
 def _serve_to_pacs(
     tmp_path: Path,
     db_url: str,
-    serve_process: Callable[..., Any],
+    serve_process: Callable[[dict[str, str]], ServeProcess],
     pacs_port: int,
     **extra: str,
 ) -> tuple[dict[str, str], int, Any]:
@@ -103,7 +104,7 @@ def _assert_each_source_has_one_sr(store: Storescp, films: list[Path]) -> None:
 def test_chest_film_to_sr_and_worklist(
     tmp_path: Path,
     sqlite_url: str,
-    serve_process: Callable[..., object],
+    serve_process: Callable[[dict[str, str]], ServeProcess],
     pacs: Callable[[int], Storescp],
     dicom_dir: Path,
     model_bundle: Path,
@@ -134,13 +135,13 @@ def test_chest_film_to_sr_and_worklist(
     status = json.loads(_screener(env, tmp_path, "status", "--json"))
     assert status["exports"] == {"pending": 0, "delivered": 3, "dead": 0}
     assert status["counts"]["done"] == 3
-    assert daemon.terminate() == 0  # type: ignore[attr-defined]
+    assert daemon.terminate() == 0
 
 
 def test_pacs_down_then_up_gets_everything_once(
     tmp_path: Path,
     sqlite_url: str,
-    serve_process: Callable[..., object],
+    serve_process: Callable[[dict[str, str]], ServeProcess],
     pacs: Callable[[int], Storescp],
     dicom_dir: Path,
     model_bundle: Path,
@@ -172,13 +173,13 @@ def test_pacs_down_then_up_gets_everything_once(
     wait_for(lambda: _exports(env, tmp_path)["delivered"] == 3, timeout=60, interval=0.2)
     assert _exports(env, tmp_path) == {"pending": 0, "delivered": 3, "dead": 0}
     _assert_each_source_has_one_sr(store, films)  # no SR twice
-    assert daemon.terminate() == 0  # type: ignore[attr-defined]
+    assert daemon.terminate() == 0
 
 
 def test_heatmap_capture_goes_with_the_sr(
     tmp_path: Path,
     sqlite_url: str,
-    serve_process: Callable[..., object],
+    serve_process: Callable[[dict[str, str]], ServeProcess],
     pacs: Callable[[int], Storescp],
     dicom_dir: Path,
     model_bundle: Path,
@@ -198,4 +199,4 @@ def test_heatmap_capture_goes_with_the_sr(
     capture = received["1.2.840.10008.5.1.4.1.1.7"]
     assert capture.StudyInstanceUID == dcmread(film, stop_before_pixels=True).StudyInstanceUID
     assert capture.PhotometricInterpretation == "RGB" and capture.Rows >= 224
-    assert daemon.terminate() == 0  # type: ignore[attr-defined]
+    assert daemon.terminate() == 0

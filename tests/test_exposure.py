@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
@@ -60,7 +61,7 @@ def test_open_needs_all_three(env: dict[str, str], open_: bool) -> None:
         assert warned[0]["allowed_calling_aets"] == 0 and warned[0]["tls"] is False
 
 
-def _status(env: dict[str, str], cwd: Path) -> tuple[str, dict[str, object]]:
+def _status(env: dict[str, str], cwd: Path) -> tuple[str, dict[str, Any]]:
     text = run_screener(env, cwd, "status")
     data = run_screener(env, cwd, "status", "--json")
     assert text.returncode == 0 and data.returncode == 0, text.stderr + data.stderr
@@ -87,7 +88,7 @@ def test_serve_warns_and_status_names_an_open_listener(tmp_path: Path) -> None:
         text, data = _status(env, tmp_path)
         (line,) = [x for x in text.splitlines() if x.startswith("WARNING:")]
         assert f"listens on 0.0.0.0:{port} for any calling AE title without TLS" in line
-        (exposed,) = data["exposed_listeners"]  # type: ignore[misc]
+        (exposed,) = data["exposed_listeners"]
         assert exposed["port"] == port and exposed["open"] is True
         assert exposed["allowed_calling_aets"] == 0 and exposed["loopback_only"] is False
     finally:
@@ -101,7 +102,7 @@ def test_serve_warns_and_status_names_an_open_listener(tmp_path: Path) -> None:
         assert "listener_open_to_any_caller" not in serve.log()
         text, data = _status(allowed, tmp_path)
         assert "WARNING:" not in text and data["exposed_listeners"] == []
-        running = [p for p in data["processes"] if p["state"] == "running"]  # type: ignore[union-attr, index]
+        running = [p for p in data["processes"] if p["state"] == "running"]
         assert running[0]["details"]["listener_exposure"]["allowed_calling_aets"] == 1
     finally:
         assert serve.terminate() == 0

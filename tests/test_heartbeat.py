@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 from support import ServeProcess, build_dicom, c_store, free_port, run_screener, serve_env, wait_for
 
 
-def _status(env: dict[str, str], cwd: Path) -> tuple[str, dict[str, object]]:
+def _status(env: dict[str, str], cwd: Path) -> tuple[str, dict[str, Any]]:
     text = run_screener(env, cwd, "status")
     data = run_screener(env, cwd, "status", "--json")
     assert text.returncode == 0 and data.returncode == 0, text.stderr + data.stderr
@@ -42,7 +43,7 @@ def test_status_tells_running_from_stopped_from_killed(tmp_path: Path) -> None:
         assert serve.terminate() == 0
     text, data = _status(env, tmp_path)
     assert text.startswith("screener: NOT RUNNING (last heartbeat") and "stopped cleanly" in text
-    assert {p["state"] for p in data["processes"]} == {"stopped"}  # type: ignore[index]
+    assert {p["state"] for p in data["processes"]} == {"stopped"}
 
     serve = ServeProcess(tmp_path, env).start()
     wait_for(lambda: _status(env, tmp_path)[0].startswith("screener: RUNNING"), 60, 0.5)

@@ -116,14 +116,17 @@ def _c_store_case(port: int, case: Case, path: Path) -> tuple[int, int]:
             assoc._reactor_checkpoint.clear()
             wait_for(lambda: assoc._is_paused, 5, interval=0.001)
             try:
-                assoc.dimse.send_msg(req, store_cx[0].context_id)
+                context_id = store_cx[0].context_id
+                assert context_id is not None
+                assoc.dimse.send_msg(req, context_id)
                 _cx, rsp = assoc.dimse.get_msg(block=True)
             finally:
                 assoc._reactor_checkpoint.set()
-            status = int(rsp.Status) if rsp is not None else -1
+            code = rsp.Status if rsp is not None else None
+            status = int(code) if code is not None else -1
         else:
-            rsp = assoc.send_c_store(path)
-            status = int(rsp.Status) if "Status" in rsp else -1
+            answer = assoc.send_c_store(path)
+            status = int(answer.Status) if "Status" in answer else -1
         assert assoc.is_established, f"{case.name}: the association did not survive"
         echo = assoc.send_c_echo()
         echo_status = int(echo.Status) if "Status" in echo else -1

@@ -12,11 +12,12 @@ from __future__ import annotations
 import json
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 from support import ServeProcess, build_dicom, c_store, free_port, run_screener, serve_env, wait_for
 
 
-def _rows(db: Path, sql: str) -> list[tuple[object, ...]]:
+def _rows(db: Path, sql: str) -> list[tuple[Any, ...]]:
     with sqlite3.connect(db) as c:
         return list(c.execute(sql).fetchall())
 

@@ -188,7 +188,7 @@ def test_dead_worker_is_restarted_recorded_and_scores_again(
 
     def scored() -> bool:
         out = run_screener(env, tmp_path, "status", "--json")
-        return json.loads(out.stdout)["counts"]["done"] == 1
+        return bool(json.loads(out.stdout)["counts"]["done"] == 1)
 
     wait_for(scored, 60, interval=0.5)
     report = json.loads(run_screener(env, tmp_path, "status", "--json").stdout)

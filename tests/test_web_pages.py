@@ -116,7 +116,7 @@ def web(
 
 def _get(base: str, path: str, cookie: str = "") -> tuple[int, bytes]:
     parts = urllib.parse.urlparse(base)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+    conn = http.client.HTTPConnection(parts.netloc, timeout=60)
     try:
         conn.request("GET", path, headers={"Cookie": cookie})
         response = conn.getresponse()
@@ -129,7 +129,7 @@ def _post(
     base: str, body: Any, content_type: str, cookie: str, headers: dict[str, str] | None = None
 ) -> tuple[int, bytes]:
     parts = urllib.parse.urlparse(base)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=120)
+    conn = http.client.HTTPConnection(parts.netloc, timeout=120)
     try:
         conn.request(
             "POST",

@@ -51,7 +51,7 @@ def _children() -> list[Path]:
 
 
 def _path(browser: Any) -> str:
-    return urllib.parse.urlparse(browser.current_url).path
+    return str(urllib.parse.urlparse(browser.current_url).path)
 
 
 def _absent(browser: Any, by: str, value: str) -> bool:

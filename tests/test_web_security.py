@@ -87,7 +87,7 @@ class Client:
     def request(
         self, method: str, path: str, form: dict[str, str] | None = None, **headers: str
     ) -> tuple[int, dict[str, str], str]:
-        conn = http.client.HTTPConnection(self.base.hostname, self.base.port, timeout=60)
+        conn = http.client.HTTPConnection(self.base.netloc, timeout=60)
         body = urllib.parse.urlencode(form).encode() if form is not None else None
         sent = {
             "X-Forwarded-For": self.address,
@@ -115,7 +115,7 @@ class Client:
             conn.close()
 
     def get(self, path: str, **headers: str) -> tuple[int, dict[str, str], str]:
-        return self.request("GET", path, **headers)
+        return self.request("GET", path, None, **headers)
 
     def post(
         self, path: str, form: dict[str, str], **headers: str
@@ -370,7 +370,7 @@ def test_unknown_users_cost_one_hash_like_known_ones(
         costs.append(kw["n"])
         return real(*args, **kw)
 
-    monkeypatch.setattr(auth.hashlib, "scrypt", counted)
+    monkeypatch.setattr(hashlib, "scrypt", counted)  # the module screener.web.auth uses
     assert not store.check_password("nobody", PASSWORD)
     assert not store.check_password("alice", "wrong")
     assert costs == [SCRYPT_N, SCRYPT_N]

@@ -162,7 +162,7 @@ def test_the_resent_message_is_shown_once(
 def _upload(client: Client, data: bytes, filename: str, **fields: str) -> tuple[int, str]:
     """POST ``data`` as the upload form's file ``filename``, as ``client``'s browser would."""
     body, content_type = multipart_form({"csrf": client.csrf, **fields}, data, filename)
-    conn = http.client.HTTPConnection(client.base.hostname, client.base.port, timeout=180)
+    conn = http.client.HTTPConnection(client.base.netloc, timeout=180)
     try:
         conn.request("POST", "/upload", body=body, headers={
             "Content-Type": content_type, "X-Forwarded-For": client.address,

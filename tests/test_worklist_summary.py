@@ -197,7 +197,7 @@ def _at_0006(db: Database) -> list[int]:
     """Studies with results and reviews written at revision 0006, before the summary existed:
     a two-image study, a two-frame image, an outside-domain study, a rescored read study."""
     now = utcnow()
-    tables = {m: m.__table__ for m in (Study, Instance, Job, Result, Review)}
+    tables: dict[Any, Any] = {m: m.__table__ for m in (Study, Instance, Job, Result, Review)}
     study_ids = []
     with db.engine.begin() as conn:
 

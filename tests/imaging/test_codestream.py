@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 
 import pytest
-from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit, JPEGLSLossless, RLELossless
+from pydicom.uid import UID, JPEG2000Lossless, JPEGBaseline8Bit, JPEGLSLossless, RLELossless
 
 from screener.errors import ImageError
 from screener.imaging.codestream import (
@@ -27,11 +27,11 @@ def _jpeg(rows: int = 64, columns: int = 64, sof: int = 0xC0, scan: bytes = b"\x
     )  # fmt: skip
 
 
-def _check(frame: bytes, syntax: str = JPEGBaseline8Bit, rows: int = 64, columns: int = 64) -> None:
+def _check(frame: bytes, syntax: UID = JPEGBaseline8Bit, rows: int = 64, columns: int = 64) -> None:
     check_frame(frame, syntax, rows=rows, columns=columns, samples=1, bits_allocated=8, index=0)
 
 
-def _corrupt(frame: bytes, syntax: str = JPEGBaseline8Bit) -> str:
+def _corrupt(frame: bytes, syntax: UID = JPEGBaseline8Bit) -> str:
     with pytest.raises(ImageError) as caught:
         _check(frame, syntax)
     assert caught.value.reason == "corrupt_pixel_data"

@@ -14,7 +14,8 @@ def _film(seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:224, 0:224]
     base = 120 + 60 * np.sin(xx / 20.0) * np.cos(yy / 30.0) + rng.normal(0, 5, (224, 224))
-    return np.clip(base, 0, 255).astype(np.uint8)
+    film: np.ndarray = np.clip(base, 0, 255).astype(np.uint8)
+    return film
 
 
 def test_equalize_removes_exposure_and_gamma_differences() -> None:
@@ -37,7 +38,7 @@ def test_preprocess_shape_and_range() -> None:
 def test_preprocess_rejects_non_uint8() -> None:
     """A float batch is refused with a ModelError naming the dtype."""
     with pytest.raises(ModelError, match="float"):
-        preprocess(np.zeros((1, 224, 224), dtype=np.float32), PreprocessParams())  # type: ignore[arg-type]
+        preprocess(np.zeros((1, 224, 224), dtype=np.float32), PreprocessParams())
 
 
 def test_augmentation_is_seeded_and_keeps_the_film_upright() -> None:

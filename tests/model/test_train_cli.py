@@ -140,7 +140,7 @@ def test_load_bundle_refuses_a_missing_folder(tmp_path: Path) -> None:
 def test_bundle_predict_refuses_wrong_dtype(tiny_bundle: Path) -> None:
     """predict takes uint8 canonical images only."""
     with pytest.raises(ModelError, match="uint8"):
-        load_bundle(tiny_bundle).predict(np.zeros((1, 224, 224), dtype=np.float32))  # type: ignore[arg-type]
+        load_bundle(tiny_bundle).predict(np.zeros((1, 224, 224), dtype=np.float32))
 
 
 def test_heatmap_names_are_derived_for_several_images() -> None:

@@ -104,14 +104,14 @@ class StoreSCP:
         log = open(self.out.parent / f"storescp-{self.port}.log", "ab")  # noqa: SIM115
         # +uf: a unique file per received instance, so a duplicate send is a second file
         argv = [need_tool("storescp"), "-od", str(self.out), "-aet", self.ae_title, "+xa", "+uf"]
-        self.proc = subprocess.Popen(
+        self.proc = proc = subprocess.Popen(
             [*argv, str(self.port)],
             stdout=log,
             stderr=subprocess.STDOUT,
         )
         log.close()
-        wait_for(lambda: _listening(self.port) or self.proc.poll() is not None, 20)
-        assert self.proc.poll() is None, "storescp exited at start"
+        wait_for(lambda: _listening(self.port) or proc.poll() is not None, 20)
+        assert proc.poll() is None, "storescp exited at start"
         return self
 
     def files(self) -> list[Path]:

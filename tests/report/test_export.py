@@ -129,7 +129,9 @@ def test_destination_down_then_up_delivers_everything_once(
     assert {e.attempts for e in exports} == {2}
     assert exporter.deliver_due() == 0
     received = _received(pacs.files())
-    assert len(received) == 3 and sorted(received) == sorted(e.sr_sop_instance_uid for e in exports)
+    assert len(received) == 3 and sorted(received) == sorted(
+        str(e.sr_sop_instance_uid) for e in exports
+    )
 
 
 def test_one_destination_down_does_not_delay_another(

@@ -10,10 +10,10 @@ from typing import Any
 
 import pydicom
 import pytest
+from report.test_charsets import CASES, dsrdump_patient_line, source_bytes
 from sqlalchemy import select
 from structlog.testing import capture_logs
 from support import build_dicom
-from test_charsets import CASES, dsrdump_patient_line, source_bytes
 
 from screener.config import Settings
 from screener.db import Database, Export, Instance, Result

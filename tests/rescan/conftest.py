@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rescan_support import (  # noqa: F401
+from rescan.rescan_support import (  # noqa: F401
     dcmqrscp,
     model_bundle,
     orthanc,

@@ -6,8 +6,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from rescan_support import Store, build_dicom
+from rescan.rescan_support import Store
 from sqlalchemy import select
+from support import build_dicom
 
 from screener.db import Instance, Job
 from screener.rescan import run_rescan

@@ -10,9 +10,9 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from pydicom import dcmread
-from rescan_support import Orthanc, free_port, serve_env, wait_for
-from support import run_screener
+from pydicom import Dataset, dcmread
+from rescan.rescan_support import Orthanc
+from support import ServeProcess, free_port, run_screener, serve_env, wait_for
 
 SR_3D = "1.2.840.10008.5.1.4.1.1.88.34"
 
@@ -23,11 +23,11 @@ def _sr_instances(pacs: Orthanc) -> list[str]:
     return sorted(found)
 
 
-def _referenced_sop_instances(sr: object) -> set[str]:
+def _referenced_sop_instances(sr: Dataset) -> set[str]:
     """SOP Instance UIDs in the SR's Current Requested Procedure Evidence Sequence."""
     return {
         str(sop.ReferencedSOPInstanceUID)
-        for study in sr.CurrentRequestedProcedureEvidenceSequence  # type: ignore[attr-defined]
+        for study in sr.CurrentRequestedProcedureEvidenceSequence
         for series in study.ReferencedSeriesSequence
         for sop in series.ReferencedSOPSequence
     }
@@ -36,7 +36,7 @@ def _referenced_sop_instances(sr: object) -> set[str]:
 def test_rescan_from_orthanc_ends_with_srs_in_orthanc(
     tmp_path: Path,
     sqlite_url: str,
-    serve_process: Callable[..., object],
+    serve_process: Callable[[dict[str, str]], ServeProcess],
     orthanc: Callable[..., Orthanc],
     recent_copies: Callable[..., list[Path]],
     siim_films: list[Path],
@@ -82,4 +82,4 @@ def test_rescan_from_orthanc_ends_with_srs_in_orthanc(
     status = json.loads(run_screener(env, tmp_path, "status", "--json").stdout)
     assert status["exports"] == {"pending": 0, "delivered": 3, "dead": 0}
     assert len(_sr_instances(pacs)) == 3
-    assert daemon.terminate() == 0  # type: ignore[attr-defined]
+    assert daemon.terminate() == 0

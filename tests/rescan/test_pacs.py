@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 from pydicom import dcmread
-from rescan_support import Dcmqrscp, Store, free_port, study_uid, wait_for
+from rescan.rescan_support import Dcmqrscp, Store, study_uid
 from sqlalchemy import select
+from support import free_port, wait_for
 
 from screener.commands import rescan as rescan_command
 from screener.db import Instance, Job, Study

@@ -9,8 +9,9 @@ from datetime import datetime, timedelta
 from datetime import time as clock_time
 
 import pytest
-from rescan_support import Store, build_dicom, wait_for
+from rescan.rescan_support import Store
 from structlog.testing import capture_logs
+from support import build_dicom, wait_for
 
 from screener.config import Settings
 from screener.db import Job, JobState
