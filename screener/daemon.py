@@ -77,7 +77,7 @@ def compose_worker(
     """
     if processor is None:
         from screener.logs import native_output_as_event
-        from screener.model.runtime import open_model
+        from screener.model.opening import open_model
         from screener.scoring import ModelProcessor
 
         # TensorFlow's start-up notices become one event; on a GPU set-up they may matter

@@ -139,7 +139,7 @@ class ModelProcessor:
         on_result: ResultHook | None = None,
         decode: DecodeFn = decode_spooled,
     ) -> None:
-        from screener.model.runtime import open_model
+        from screener.model.opening import open_model
 
         self.settings = settings
         self.bundle = bundle or open_model(settings)

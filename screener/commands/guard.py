@@ -34,7 +34,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from screener.model.runtime import open_model
+    from screener.model.opening import open_model
 
     bundle = open_model(settings, args.model, with_guard=args.keep)  # before TensorFlow
 

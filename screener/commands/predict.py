@@ -43,7 +43,7 @@ def heatmap_path(base: Path, source: Path, frame: int, n_frames: int, n_files: i
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from screener.model.runtime import open_model
+    from screener.model.opening import open_model
 
     bundle = open_model(settings, args.model)  # before anything imports TensorFlow
 

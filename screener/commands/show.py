@@ -102,7 +102,7 @@ def _heatmap(db: Any, study_uid: str, out: Path, settings: Settings) -> None:
     from screener.errors import ScreenerError
     from screener.imaging import load_image
     from screener.model.gradcam import display_frames, write_heatmap
-    from screener.model.runtime import open_model
+    from screener.model.opening import open_model
 
     with db.transaction() as session:
         row = session.execute(

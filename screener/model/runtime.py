@@ -1,21 +1,19 @@
-"""Opening a model for inference, the one way every caller does it (:func:`open_model`):
-``worker.device`` and ``worker.inference_threads`` applied before TensorFlow is imported,
-TensorFlow started quietly (its start-up notices, absl, oneDNN, cudart, ``failed call to
+"""TensorFlow's process set-up: ``worker.device`` and ``worker.inference_threads`` applied
+before it is imported (:func:`configure_inference`), and started quietly
+(:func:`start_tensorflow`: its start-up notices, absl, oneDNN, cudart, ``failed call to
 cuInit`` on a CPU-only host, become one debug event instead of raw lines before a command's
-answer, and whether a GPU is used is said once, as the ``tensorflow_ready`` event), then the
-bundle loaded with ``model.engine`` and its domain guard."""
+answer, and whether a GPU is used is said once, as the ``tensorflow_ready`` event).
+:func:`screener.model.opening.open_model` is how callers use it."""
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import structlog
 
 if TYPE_CHECKING:
-    from screener.config import Settings, WorkerSettings
-    from screener.model.bundle import Bundle
+    from screener.config import WorkerSettings
 
 log = structlog.get_logger(__name__)
 
@@ -79,25 +77,3 @@ def select_device(device: str, index: int, processes: int) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = device.split(":", 1)[1]
     elif processes > 1:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(index)
-
-
-def open_model(
-    settings: Settings,
-    path: str | Path | None = None,
-    *,
-    with_guard: bool = True,
-    index: int = 0,
-    processes: int = 1,
-) -> Bundle:
-    """The model bundle at ``path`` (default: ``model.bundle``) ready for inference:
-    :func:`configure_inference` for worker ``index`` of ``processes`` (so call this before
-    anything imports TensorFlow), TensorFlow started, the bundle loaded with the configured
-    ``model.engine``; ``with_guard=False`` leaves the domain guard out (``screener guard``
-    refits it). Raises :class:`screener.errors.ModelError` for a missing or bad bundle."""
-    from screener.model.bundle import load_bundle
-    from screener.model.engine import named
-
-    configure_inference(settings.worker, index, processes)
-    return load_bundle(
-        path or settings.model.bundle, with_guard=with_guard, engine=named(settings.model.engine)
-    )
