@@ -208,7 +208,7 @@ def test_a_site_commissions_the_model_and_goes_live(
     sick, sick_truth = _write(tmp_path / "films", films["pneumonias"], [1] * PNEUMONIAS, "P")
     truth |= normal_truth | sick_truth
     site = normals + sick
-    np.random.default_rng(5).shuffle(site)  # type: ignore[arg-type]
+    np.random.default_rng(5).shuffle(site)
     for start in range(0, len(site), 60):
         storescu(port, site[start : start + 60])
     total = WINDOW + NORMALS + PNEUMONIAS
