@@ -22,7 +22,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Hashable, Iterator, MutableMapping
+from collections.abc import Callable, Hashable, Iterator, MutableMapping
 from typing import Any
 
 import structlog
@@ -84,14 +84,17 @@ class RepeatLimiter:
 
     _MAX_KEYS = 2048
 
-    def __init__(self, window: float = REPEAT_WINDOW_SECONDS) -> None:
+    def __init__(
+        self, window: float = REPEAT_WINDOW_SECONDS, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.window = window
+        self.clock = clock  # seconds, monotonic; tests pass their own
         self._lock = threading.Lock()
         self._seen: dict[Hashable, list[float | int]] = {}  # key -> [last emitted, dropped]
 
     def admit(self, key: Hashable) -> int | None:
         """None: drop this event; otherwise how many identical ones were dropped before it."""
-        now = time.monotonic()
+        now = self.clock()
         with self._lock:
             entry = self._seen.get(key)
             if entry is not None and now - entry[0] < self.window:
@@ -201,11 +204,16 @@ class _SinkHandler(logging.Handler):
 
 
 def configure_logging(
-    settings: LoggingSettings, stream: Any = None, *, repeat_window: float | None = None
+    settings: LoggingSettings,
+    stream: Any = None,
+    *,
+    repeat_window: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> None:
     """Set up structlog, and route stdlib logging (pydicom, pynetdicom, warnings) through it.
 
-    ``repeat_window`` overrides :data:`REPEAT_WINDOW_SECONDS` (0 turns rate limiting off).
+    ``repeat_window`` overrides :data:`REPEAT_WINDOW_SECONDS` (0 turns rate limiting off);
+    ``clock`` is what the window is measured with (tests move it instead of sleeping).
     Calling it again replaces the previous set-up.
     """
     out = stream or _CurrentStderr()
@@ -220,7 +228,7 @@ def configure_logging(
         else structlog.processors.JSONRenderer()
     )
     window = REPEAT_WINDOW_SECONDS if repeat_window is None else repeat_window
-    limiter = RepeatLimiter(window)
+    limiter = RepeatLimiter(window, clock)
     limit: list[Any] = [limiter] if window > 0 else []
     structlog.configure(
         processors=[

@@ -60,6 +60,17 @@ def _alive(pids: list[int]) -> list[int]:
     return [pid for pid in pids if pid in table and table[pid][1] != "Z"]
 
 
+def _accepted(port: int, client_port: int) -> bool:
+    """Whether the connection from ``client_port`` to our ``port`` has been accepted: in
+    /proc/net/tcp a socket still in the listen queue has no inode, an accepted one has."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote, inode = fields[1], fields[2], fields[9]
+        if int(local.split(":")[1], 16) == port and int(remote.split(":")[1], 16) == client_port:
+            return inode != "0"
+    return False
+
+
 def _cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
@@ -233,9 +244,9 @@ def test_idle_serve_stops_at_once_after_a_port_probe(
     port = free_port()
     serve = serve_process(serve_env(tmp_path, sqlite_url, port)).start("--no-worker")
     assert serve.proc is not None
-    with socket.create_connection(("127.0.0.1", port), timeout=5):
-        pass
-    time.sleep(0.5)  # let the listener take the connection before the signal
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as probe:
+        # the listener has taken the connection (it is no longer in the accept queue)
+        wait_for(lambda: _accepted(port, probe.getsockname()[1]), 30)
     started = time.monotonic()
     serve.proc.terminate()
     assert serve.proc.wait(timeout=60) == 0
