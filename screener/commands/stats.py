@@ -9,6 +9,7 @@ from typing import Any
 
 from screener.commands import render_table, setting_flag
 from screener.config import Settings
+from screener.wording import weighted_line, with_interval
 
 
 def register(sub: Any) -> None:
@@ -22,13 +23,6 @@ def register(sub: Any) -> None:
 
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
-
-
-def _with_interval(value: float | None, interval: tuple[float, float] | None) -> str:
-    """``80.0% (56-94)``: the point and its 95 % Wilson interval, in percent."""
-    if value is None or interval is None:
-        return "-"
-    return f"{100 * value:.1f}% ({100 * interval[0]:.0f}-{100 * interval[1]:.0f})"
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -65,15 +59,15 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             s.model_name,
             s.model_version,
             str(s.reviewed),
-            _with_interval(s.agreement, s.intervals.get("agreement")),
+            with_interval(s.agreement, s.intervals.get("agreement")),
             str(s.true_positive),
             str(s.false_positive),
             str(s.true_negative),
             str(s.false_negative),
-            _with_interval(s.sensitivity, s.intervals.get("sensitivity")),
-            _with_interval(s.specificity, s.intervals.get("specificity")),
-            _with_interval(s.ppv, s.intervals.get("ppv")),
-            _with_interval(s.npv, s.intervals.get("npv")),
+            with_interval(s.sensitivity, s.intervals.get("sensitivity")),
+            with_interval(s.specificity, s.intervals.get("specificity")),
+            with_interval(s.ppv, s.intervals.get("ppv")),
+            with_interval(s.npv, s.intervals.get("npv")),
         ]
         for s in stats
     ]
@@ -117,22 +111,3 @@ def _site_calibration(settings: Settings) -> None:
         for when in ("before", "after")
     ]
     print(render_table(["", "threshold", "sensitivity", "specificity"], table))
-
-
-def weighted_line(s: Any) -> str:
-    """The figures free of verification bias (screener.audit), and what they rest on."""
-    sens, sens_ci, sens_n = s.weighted.get("sensitivity", (None, None, 0.0))
-    spec, spec_ci, spec_n = s.weighted.get("specificity", (None, None, 0.0))
-    basis = f"{s.audit_reads} audit read(s) of unflagged studies weighted by 1/share" + (
-        f", {s.undrawn_reads} unflagged read(s) not drawn left out" if s.undrawn_reads else ""
-    )
-    if not s.audit_reads:
-        return (
-            f"{s.model_name} {s.model_version}: weighted for verification bias: no audit read "
-            "yet, so no unbiased sensitivity or specificity (read the studies marked AUDIT READ)"
-        )
-    return (
-        f"{s.model_name} {s.model_version}: weighted for verification bias ({basis}): "
-        f"sensitivity {_with_interval(sens, sens_ci)} (effective n {sens_n:.0f}), "
-        f"specificity {_with_interval(spec, spec_ci)} (effective n {spec_n:.0f})"
-    )

@@ -8,13 +8,11 @@ import io
 import json
 import sys
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from screener.commands import format_age, render_table, setting_flag
 from screener.config import Settings
-
-if TYPE_CHECKING:
-    from screener.worklist import StudyScore
+from screener.wording import STATUSES, flag_text, short_uid, status_text
 
 #: CSV: every column in full, for other programs.
 COLUMNS = [
@@ -32,12 +30,6 @@ COLUMNS = [
 ]
 #: The terminal table: narrower than 120 characters (the UID shortened unless --wide).
 TABLE = ["id", "accession", "date", "mod", "imgs", "prob", "flag", "waited", "status", "study"]
-#: The end of a Study Instance UID kept in the table: ``show``/``review`` accept it as is.
-UID_TAIL = 18
-
-
-#: The worklist's read-status filters (``--status``; the web worklist offers the same).
-STATUSES = ("unread", "reviewed", "all")
 
 
 def _since(text: str) -> datetime:
@@ -170,32 +162,5 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def short_uid(uid: str) -> str:
-    """The end of a UID (the part that differs between studies), marked as shortened."""
-    return uid if len(uid) <= UID_TAIL + 1 else "…" + uid[-UID_TAIL:]
-
-
-def status_text(row: StudyScore) -> str:
-    """Unread, reopened, or the read in the reader's words with its agreement: "pneumonia
-    (disagrees)" on an unflagged study."""
-    if row.reopened:
-        return "REOPENED"
-    if row.finding is None:
-        return row.verdict or "unread"
-    from screener.worklist import FINDINGS
-
-    words = FINDINGS.get(row.finding, row.finding)
-    return words if row.finding == "cannot_tell" else f"{words} ({row.verdict}s)"
-
-
-def flag_text(row: StudyScore) -> str:
-    """The worklist's flag column: a second read, or why the model gave no assessment."""
-    if row.flagged:
-        return "SECOND READ"
-    if row.audit:
-        return "AUDIT READ"  # drawn at random among the unflagged (README, Audit reads)
-    if row.assessment == "outside_domain":
-        return "NOT ASSESSED"  # outside the model's domain (README)
-    if row.assessment == "partly_outside_domain":
-        return "part assessed"
-    return ""
+# the worklist's words live in screener.wording (the web shows them too); named here as well
+__all__ = ["STATUSES", "flag_text", "register", "run", "short_uid", "status_text"]
