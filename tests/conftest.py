@@ -1,4 +1,5 @@
-"""Shared fixtures: real databases (SQLite and the local PostgreSQL), real files, free ports.
+"""Shared fixtures: real databases (SQLite and the local PostgreSQL), real files, free ports;
+and the ``slow`` mark, given at collection to every test that starts something.
 
 Plain helpers are in ``support.py``."""
 
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from slowness import starts_something
 from support import (
     PG_ADMIN_URL,
     ServeProcess,
@@ -200,3 +202,11 @@ def browser() -> Iterator[Any]:
         yield driver
     finally:
         driver.quit()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark ``slow`` every test that starts something (``./dev test --fast`` leaves them out)."""
+    del config
+    for item in items:
+        if item.get_closest_marker("slow") is None and starts_something(item):
+            item.add_marker(pytest.mark.slow)
