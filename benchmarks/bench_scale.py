@@ -31,7 +31,9 @@ worklist (unread; ``--since 1h``; ``--min-prob 0.99``; ``--status reviewed``), `
 study, ``status`` (``screener status --json``), ``stats`` (agreement and weighted figures),
 the stats page's pictures' data (``review_curves``), the ``/metrics`` scrape, ``/readyz``'s
 check, the worker's dequeue (1M done jobs beside 100 queued, and the 100 alone) and
-``screener commission``'s reads. Each path is first called once in a forked child: past
+``screener commission``'s reads; and the web's pages over HTTP from a real uvicorn (a
+trusted-proxy user header standing in for a login): /worklist (default and
+``since=1h&min_prob=0.99``), /study/N, /status, /stats and its ROC picture. Each path is first called once in a forked child: past
 ``--limit`` seconds (30) it is killed and recorded as "> 30 s". Otherwise one warm-up, then
 ``--repeat`` calls (stopping early when they pass ``--budget`` seconds, at least 3), p50 and
 p95. The table is printed and, unless ``--no-record``, appended to benchmarks/RESULTS.md.
@@ -43,8 +45,7 @@ again without a fill (drop the PostgreSQL ones by hand when done: their names ar
 TODO (the fix step of issue 24, not measured here):
 - purge of 50,000 expired images while a storescu pushes (ingest p95 latency with and without);
 - a rescan whose C-FIND answers 100,000 studies (Orthanc or a test SCP), memory bounded;
-- listener ingest on several processes (1, 2, 4 senders against 1 and 2 listener processes);
-- the web pages themselves (GET /worklist, /study/N, /stats with its pictures).
+- listener ingest on several processes (1, 2, 4 senders against 1 and 2 listener processes).
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -598,8 +599,53 @@ class Path_:
     after: Callable[[], None] | None = None  # puts back what the call changed (untimed)
 
 
-def paths(db: Any, empty: Any, settings: Any) -> dict[str, Path_]:
-    """Every read path, as the CLI and the web call them, over ``db``."""
+@contextmanager
+def web_server(settings: Any, db: Any) -> Iterator[int]:
+    """The web app over ``db`` in a real uvicorn on a free port (a thread of this process)."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    from screener.web.app import create_app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings, db), host="127.0.0.1", port=port, log_level="error")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def get(port: int, path: str, timeout: float) -> str:
+    """GET ``path`` as a logged-in user (the trusted-proxy header); its size, or raise."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path, headers={"X-Remote-User": "dr.bench"})
+        response = conn.getresponse()
+        body = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"GET {path}: {response.status} {body[:120]!r}")
+        return f"{len(body):,} bytes"
+    finally:
+        conn.close()
+
+
+def paths(db: Any, empty: Any, settings: Any, port: int | None = None) -> dict[str, Path_]:
+    """Every read path, as the CLI and the web call them, over ``db``; the web's pages too
+    when its server listens on ``port``."""
     from datetime import timedelta
 
     from prometheus_client import generate_latest
@@ -612,13 +658,13 @@ def paths(db: Any, empty: Any, settings: Any) -> dict[str, Path_]:
     from screener.status import build_report
     from screener.worklist import review_curves, review_stats, study_detail, worklist
 
-    with db.transaction() as session:  # a read study of two images, one rescored if any
-        key = session.scalar(
-            select(Study.study_instance_uid)
+    with db.transaction() as session:  # a read study of two images
+        key, short_id = session.execute(
+            select(Study.study_instance_uid, Study.id)
             .join(StudyScoreRow, StudyScoreRow.study_id == Study.id)
             .order_by(StudyScoreRow.reviewed.desc(), StudyScoreRow.images.desc(), Study.id)
             .limit(1)
-        )
+        ).one()
 
     def listed(since_hours: float | None = None, **filters: Any) -> Callable[[], str]:
         def call() -> str:  # the CLI's defaults: limit 50, aging 12 h
@@ -694,6 +740,18 @@ def paths(db: Any, empty: Any, settings: Any) -> dict[str, Path_]:
         reads = site_reads(db, meta, AGING_HOURS)
         return f"{len(reads.weights):,} reads, {len(reads.assessed):,} assessed"
 
+    pages: dict[str, Path_] = {}
+    if port is not None:
+        for page in (
+            "/worklist",
+            "/worklist?since=1h&min_prob=0.99",
+            f"/study/{short_id}",
+            "/status",
+            "/stats",
+            f"/stats/{MODELS[0][1]}/roc.png",
+        ):
+            name = "GET " + page.replace(f"/{short_id}", "/N").replace(MODELS[0][1], "UID")
+            pages[name] = Path_(lambda page=page: get(port, page, 120.0))  # type: ignore[misc]
     return {
         "worklist (unread)": Path_(listed(status="unread")),
         "worklist --since 1h": Path_(listed(status="unread", since_hours=1)),
@@ -708,6 +766,7 @@ def paths(db: Any, empty: Any, settings: Any) -> dict[str, Path_]:
         "dequeue (done jobs + 100 queued)": Path_(dequeue(db), requeue(db)),
         "dequeue (100 queued alone)": Path_(dequeue(empty), requeue(empty)),
         "commission (site_reads)": Path_(commission),
+        **pages,
     }
 
 
@@ -776,6 +835,7 @@ def time_paths(
     budget: float = 60.0,
     only: str | None = None,
     quiet: bool = False,
+    web: bool = True,
 ) -> list[Timing]:
     """Each path over the filled database ``url`` (dequeue's baseline over ``empty_url``)."""
     from screener.config import load_settings
@@ -785,22 +845,45 @@ def time_paths(
     config.write_text("")
     settings = load_settings(
         config,
-        overrides={"database.url": url, "storage.spool_dir": str(workdir / "spool")},
+        overrides={
+            "database.url": url,
+            "storage.spool_dir": str(workdir / "spool"),
+            "web.trusted_user_header": "X-Remote-User",
+        },
         environ={},
     )
     db, empty = Database(url), Database(empty_url)
-    timings = []
+    timings: list[Timing] = []
     try:
-        for name, path in paths(db, empty, settings).items():
-            if only is not None and only.lower() not in name.lower():
-                continue
-            timing = measure(name, path, [db, empty], repeat, limit, budget)
-            if not quiet:
-                print(f"  {_line(timing)}", flush=True)
-            timings.append(timing)
+        with ExitStack() as stack:
+            port = stack.enter_context(web_server(settings, db)) if web else None
+            timings = _each(
+                paths(db, empty, settings, port), [db, empty], repeat, limit, budget, only, quiet
+            )
     finally:
         db.dispose()
         empty.dispose()
+    return timings
+
+
+def _each(
+    named: dict[str, Path_],
+    dbs: list[Any],
+    repeat: int,
+    limit: float,
+    budget: float,
+    only: str | None,
+    quiet: bool,
+) -> list[Timing]:
+    """Each of ``named`` (those whose name holds ``only``) measured in turn."""
+    timings = []
+    for name, path in named.items():
+        if only is not None and only.lower() not in name.lower():
+            continue
+        timing = measure(name, path, dbs, repeat, limit, budget)
+        if not quiet:
+            print(f"  {_line(timing)}", flush=True)
+        timings.append(timing)
     return timings
 
 
@@ -820,8 +903,9 @@ def _ms(t: Timing | None) -> str:
 
 
 def _line(t: Timing) -> str:
-    calls = f"n={t.calls}" if t.calls else ""
-    return f"{t.path:<32} {_ms(t):>22} ms  {calls:<5} {t.detail}"
+    if t.status != "ok":
+        return f"{t.path:<32} {t.status}: {t.detail}"
+    return f"{t.path:<32} {_ms(t):>22} ms  n={t.calls:<3} {t.detail}"
 
 
 def table(runs: dict[str, list[Timing]]) -> str:
