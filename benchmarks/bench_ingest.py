@@ -279,7 +279,7 @@ def pynetdicom_run(
 
     from pynetdicom import AE, AllStoragePresentationContexts, evt
 
-    from screener.netopts import tune_socket
+    from screener.dicomnet.netopts import tune_socket
 
     ae = AE("NOOP")
     ae.maximum_pdu_size = 0

@@ -651,12 +651,12 @@ def paths(db: Any, empty: Any, settings: Any, port: int | None = None) -> dict[s
     from prometheus_client import generate_latest
     from sqlalchemy import select, text, update
 
-    from screener import queue
-    from screener.commissioning import site_reads
     from screener.db import Job, JobState, Study, StudyScoreRow
-    from screener.metrics import HealthServer, registry_for
-    from screener.status import build_report
-    from screener.worklist import review_curves, review_stats, study_detail, worklist
+    from screener.serve.health import HealthServer, registry_for
+    from screener.views.commissioning import site_reads
+    from screener.views.status import build_report
+    from screener.views.worklist import review_curves, review_stats, study_detail, worklist
+    from screener.work import queue
 
     with db.transaction() as session:  # a read study of two images
         key, short_id = session.execute(

@@ -130,7 +130,7 @@ def fill(db: Any, studies: int, seed: int = 1) -> int:
 def before(db: Any, **filters: Any) -> list[Any]:
     """The worklist as computed before the summary: every result in Python."""
     from screener.db.engine import as_utc
-    from screener.worklist import _scores
+    from screener.views.worklist import _scores
 
     with db.transaction() as session:
         rows = _scores(session, AGING)
@@ -210,7 +210,7 @@ def get(port: int, path: str) -> int:
 def bench(kind: str, studies: int, repeat: int, with_before: bool) -> None:
     from screener.db import Database
     from screener.db.migrate import upgrade
-    from screener.worklist import worklist
+    from screener.views.worklist import worklist
 
     with tempfile.TemporaryDirectory() as tmp, database(kind, Path(tmp)) as url:
         db = Database(url)

@@ -5,7 +5,7 @@ The flow, as the sub-packages are laid out:
     ingest (listener, watcher) -> queue (db jobs) -> imaging (pixel pipeline)
     -> model (inference) -> results -> report / export
 
-``screener.daemon`` wires the stages together in one place; the CLI lives in
+``screener.serve.daemon`` wires the stages together in one place; the CLI lives in
 ``screener.cli`` and ``screener.commands``.
 """
 

@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from screener.config import load_settings
-    from screener.logs import configure_logging
+    from screener.runtime.logs import configure_logging
 
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -148,7 +148,7 @@ def dicom_file(tmp_path: Path) -> Callable[..., Path]:
 @pytest.fixture
 def running_daemon(make_settings: Callable[..., Settings]) -> Iterator[Callable[..., Any]]:
     """Start an in-process daemon (listener + watcher, worker optional); stopped at teardown."""
-    from screener.daemon import compose
+    from screener.serve.daemon import compose
 
     started: list[Any] = []
 

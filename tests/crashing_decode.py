@@ -7,7 +7,7 @@ import os
 import signal
 from pathlib import Path
 
-from screener.scoring import DecodeFailure, Frames, decode_spooled
+from screener.work.scoring import DecodeFailure, Frames, decode_spooled
 
 #: A file holding these bytes kills the process that decodes it.
 MARK = b"KILL-THE-DECODER"

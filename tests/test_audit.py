@@ -23,14 +23,14 @@ from support import (
     wait_for,
 )
 
-from screener.audit import draw_u, read_weight
 from screener.cli import main
 from screener.db import Database, Study, utcnow
 from screener.db.migrate import upgrade
 from screener.db.models import AuditDraw
 from screener.ingest.accept import Acceptor
 from screener.ingest.spool import Spool
-from screener.worklist import record_read, review_stats, worklist
+from screener.site.audit import draw_u, read_weight
+from screener.views.worklist import record_read, review_stats, worklist
 
 MODEL = ("m", "1.0", "1.2.3.1")
 

@@ -15,8 +15,8 @@ from screener.config import load_settings
 from screener.db import AuditEvent, Database
 from screener.db.migrate import upgrade
 from screener.db.models import AuditCount
-from screener.retention import prune_audit
-from screener.status import build_report
+from screener.views.status import build_report
+from screener.work.retention import prune_audit
 
 NOW = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
 

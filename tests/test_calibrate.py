@@ -23,7 +23,7 @@ from screener.ingest.accept import Acceptor
 from screener.ingest.spool import Spool
 from screener.model.bundle import read_metadata
 from screener.model.metrics import wilson_lower
-from screener.worklist import NotReadable, record_review
+from screener.views.worklist import NotReadable, record_review
 
 
 def _site(
@@ -66,7 +66,7 @@ def _site(
                 record_review(db, accepted.study_instance_uid, True, None, 12.0)
             continue
         record_review(db, accepted.study_instance_uid, bool(read) == flagged, None, 12.0)
-    # each study drawn as scoring draws it (screener.audit): with share 1 every unflagged
+    # each study drawn as scoring draws it (screener.site.audit): with share 1 every unflagged
     # study is an audit study (weight 1), with share 0 none is
     with db.transaction() as s:
         for study_id in s.scalars(select(Study.id)):

@@ -25,7 +25,7 @@ from screener.ingest.spool import Spool
 from screener.model import commission, rules
 from screener.model.bundle import read_metadata
 from screener.model.calibration import Platt, fit_platt
-from screener.worklist import record_review
+from screener.views.worklist import record_review
 
 
 def _site(

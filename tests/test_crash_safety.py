@@ -65,7 +65,7 @@ def test_sigkill_after_success_loses_nothing(
 WORKER_SCRIPT = textwrap.dedent(
     """
     import sys, time
-    from screener import queue
+    from screener.work import queue
     from screener.db import Database
     db = Database(sys.argv[1])
     batch = queue.dequeue(db, "doomed-worker", 10, lease_seconds=float(sys.argv[2]), max_attempts=3)
@@ -83,8 +83,8 @@ def test_worker_killed_mid_job_is_picked_up_after_lease_expiry(
 ) -> None:
     """A worker process SIGKILLed while holding jobs: once its lease expires another worker takes and finishes them."""
     from screener.config import Settings
-    from screener.daemon import compose
-    from screener.worker import SpoolCheckProcessor, Worker
+    from screener.serve.daemon import compose
+    from screener.work.worker import SpoolCheckProcessor, Worker
 
     settings = make_settings(db_url, worker__enabled=False, watch__enabled=False)
     assert isinstance(settings, Settings)

@@ -15,7 +15,7 @@ from sqlalchemy import select
 from support import wait_for
 
 from screener.db import Instance, Job, JobState, Result
-from screener.scoring import ModelProcessor
+from screener.work.scoring import ModelProcessor
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +37,8 @@ def test_decoder_crash_fails_only_its_culprit(
 ) -> None:
     """Ten films around one that kills the decoder (twice) are all scored on their first
     attempt; the culprit alone is failed as decoder_crashed, its SOP Instance UID named."""
-    from screener.daemon import compose, compose_worker
+    from screener.serve.daemon import compose
+    from screener.serve.workers import compose_worker
 
     settings = make_settings(
         db_url,
@@ -107,7 +108,7 @@ def test_decode_over_the_memory_cap_fails_with_its_reason(
 
     from screener.config import LoggingSettings
     from screener.imaging.limits import DecodeLimits
-    from screener.scoring import DecodeFailure, decode_spooled, init_decode_process
+    from screener.work.scoring import DecodeFailure, decode_spooled, init_decode_process
 
     film = tmp_path / "large.dcm"
     film.write_bytes(build_dicom(rows=6000, columns=6000))  # 36 Mpx of 16 bits: 72 MB

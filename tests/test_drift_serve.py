@@ -20,9 +20,9 @@ from test_web_pages import _login
 from test_web_security import Client, _hash
 
 from screener.db import Database
-from screener.heartbeat import Heart
 from screener.model import load_bundle
 from screener.monitor.drift import DriftReport, SignalDrift
+from screener.runtime.heartbeat import Heart
 
 web = security.web  # `screener web` alone over a seeded database
 

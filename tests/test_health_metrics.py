@@ -17,7 +17,7 @@ from support import ServeProcess, build_dicom, c_store, free_port, serve_env, wa
 
 from screener.config import load_settings
 from screener.db import Database
-from screener.metrics import HealthServer
+from screener.serve.health import HealthServer
 
 
 def _get(port: int, path: str) -> tuple[int, str]:
@@ -187,7 +187,7 @@ def test_a_client_that_stops_mid_request_is_dropped() -> None:
 def test_readyz_gives_a_fixed_reason_when_the_database_is_gone(tmp_path: Path) -> None:
     """With the daemon's own checks and nothing listening at the database's address, /readyz
     says "database unreachable" (no exception text, host or port) and logs the exception."""
-    from screener.daemon import _health_server
+    from screener.serve.daemon import _health_server
 
     gone = free_port()
     db = Database(f"postgresql+psycopg://screener@127.0.0.1:{gone}/screener", create=False)

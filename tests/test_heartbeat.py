@@ -84,7 +84,7 @@ def test_a_spool_of_another_database_is_refused_unless_adopted(tmp_path: Path) -
 def test_workers_without_a_serve_are_not_called_running() -> None:
     """Worker heartbeats without a serve process are reported as NO SERVE PROCESS RUNNING, each
     worker named with its host and device."""
-    from screener.status import render_processes
+    from screener.views.status import render_processes
 
     worker = {
         "component": "worker", "host": "gpu1", "pid": 7, "state": "running",

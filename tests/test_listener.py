@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from support import REPO, c_store, dcmtk_tool, wait_for
 
 from screener.db import AuditEvent, Instance, Job, JobState
-from screener.status import build_report
+from screener.views.status import build_report
 
 needs_dcmtk = pytest.mark.skipif(
     dcmtk_tool("storescu") is None, reason="dcmtk (storescu) not installed"

@@ -13,11 +13,11 @@ SCRIPT = textwrap.dedent(
     """
     import logging, warnings
     import structlog
-    import screener.logs
+    import screener.runtime.logs
     from screener.config import LoggingSettings
 
     now = [1000.0]  # the limiter's clock, moved by hand: the window is the production minute
-    screener.logs.configure_logging(
+    screener.runtime.logs.configure_logging(
         LoggingSettings(format="json", level="info"), clock=lambda: now[0]
     )
     log = structlog.get_logger("test")
@@ -30,7 +30,7 @@ SCRIPT = textwrap.dedent(
     logging.getLogger("pydicom").warning("odd tag", extra={"patient_name": "DOE^JOHN"})
     for _ in range(20):
         log.warning("disk_low", free_mb=10)
-    now[0] += screener.logs.REPEAT_WINDOW_SECONDS  # the window has passed
+    now[0] += screener.runtime.logs.REPEAT_WINDOW_SECONDS  # the window has passed
     log.warning("disk_low", free_mb=10)
     log.info("done", patient_id="12345678")
     """

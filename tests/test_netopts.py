@@ -7,7 +7,7 @@ from __future__ import annotations
 import socket
 from types import SimpleNamespace
 
-from screener.netopts import QuickAckSocket, tune_socket
+from screener.dicomnet.netopts import QuickAckSocket, tune_socket
 
 
 def _pair() -> tuple[socket.socket, socket.socket]:

@@ -9,12 +9,12 @@ from datetime import timedelta
 from sqlalchemy import select, update
 from support import build_dicom
 
-from screener import queue
 from screener.config import Settings
 from screener.db import AuditEvent, Database, Job, JobState, utcnow
 from screener.db.migrate import upgrade
 from screener.ingest.accept import Acceptor
 from screener.ingest.spool import Spool
+from screener.work import queue
 
 
 def _setup(settings: Settings, n: int) -> tuple[Database, list[int]]:
@@ -148,7 +148,7 @@ def test_a_lone_job_is_not_held_for_company(
     wait for a fuller batch ends at the first tick in which no new job arrives."""
     from dataclasses import replace
 
-    from screener.worker import FILL_TICK_SECONDS, Worker
+    from screener.work.worker import FILL_TICK_SECONDS, Worker
 
     settings = make_settings(db_url)
     settings = replace(settings, worker=replace(settings.worker, max_wait_ms=600_000))

@@ -16,7 +16,7 @@ from screener.db import Database, Review, Study
 from screener.db.migrate import upgrade
 from screener.ingest.accept import Acceptor
 from screener.ingest.spool import Spool
-from screener.worklist import (
+from screener.views.worklist import (
     MAX_NOTE,
     NotReadable,
     record_read,

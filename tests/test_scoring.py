@@ -11,14 +11,14 @@ from sqlalchemy import select
 
 from screener.db import Job, JobState, Result
 from screener.model.bundle import read_metadata
-from screener.scoring import ModelProcessor
-from screener.worker import JobDone, Worker
+from screener.work.scoring import ModelProcessor
+from screener.work.worker import JobDone, Worker
 
 
 @pytest.fixture
 def scoring_setup(make_settings: Callable[..., Any], model_bundle: Path, dicom_dir: Path) -> Any:
     """A daemon (no listener/watcher) with 3 chest films and one undecodable JPLY film queued."""
-    from screener.daemon import compose
+    from screener.serve.daemon import compose
 
     settings = make_settings(
         listener__enabled=False,
@@ -106,7 +106,7 @@ def test_inference_threads_caps_tensorflow(tmp_path: Path) -> None:
     import sys
 
     code = (
-        "from screener.scoring import limit_threads\n"
+        "from screener.work.scoring import limit_threads\n"
         "limit_threads(1)\n"
         "import tensorflow as tf\n"
         "print(tf.config.threading.get_intra_op_parallelism_threads(),"

@@ -30,7 +30,6 @@ from support import (
 )
 
 from screener.config import Settings
-from screener.daemon import _export_planner
 from screener.db import Database, Export, Job, Result, utcnow
 from screener.db.migrate import upgrade
 from screener.errors import ModelError
@@ -38,7 +37,8 @@ from screener.ingest.accept import Acceptor
 from screener.ingest.spool import Spool
 from screener.model.bundle import read_metadata
 from screener.report.export import Exporter
-from screener.site import (
+from screener.serve.workers import _export_planner
+from screener.site.mode import (
     GO_LIVE,
     LIVE,
     SHADOW,

@@ -261,8 +261,8 @@ def test_exporter_thread_that_ends_is_restarted_and_recorded(
     """The supervisor starts the exporter again when its thread has ended, and records it."""
     from sqlalchemy import select
 
-    from screener.daemon import compose
     from screener.db import AuditEvent
+    from screener.serve.daemon import compose
 
     settings = make_settings(
         sqlite_url,

@@ -67,7 +67,7 @@ def test_files_present_at_start_up_are_picked_up(
     make_settings: Callable[..., Any], tmp_path: Path
 ) -> None:
     """Files dropped while the daemon was down are taken when it starts."""
-    from screener.daemon import compose
+    from screener.serve.daemon import compose
 
     settings = make_settings(worker__enabled=False, listener__enabled=False)
     incoming = Path(settings.watch.dir)
@@ -84,9 +84,9 @@ def test_files_present_at_start_up_are_picked_up(
 
 def test_a_growing_file_is_not_taken_until_it_settles(make_settings: Callable[..., Any]) -> None:
     """A file whose size keeps changing is left alone; once unchanged for settle_seconds it is taken."""
-    from screener.daemon import compose
     from screener.ingest.accept import Acceptor
     from screener.ingest.watcher import FolderWatcher
+    from screener.serve.daemon import compose
 
     settings = make_settings(watch__settle_seconds=0.5)
     daemon = compose(
@@ -120,7 +120,7 @@ PHI_FRAGMENTS = ("DOE", "JOHN", "12345678", "Smith", "998877")
 def _json_log() -> Iterator[io.StringIO]:
     """Everything logged (structlog and stdlib) as the JSON lines a process writes; restored after."""
     from screener.config import LoggingSettings
-    from screener.logs import configure_logging
+    from screener.runtime.logs import configure_logging
 
     old_config = structlog.get_config()
     root = logging.getLogger()
@@ -149,7 +149,7 @@ def test_dropped_file_and_folder_names_are_recorded_nowhere(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Names of dropped files and their folders appear in no log line, database row, rejected file or `screener status`: a content digest does."""
-    from screener.daemon import compose
+    from screener.serve.daemon import compose
 
     good = build_dicom(sop_instance_uid="1.2.3.4.5", study_instance_uid="1.2.3.4")
     junk = b"not an image at all\n" * 20
@@ -210,7 +210,7 @@ def test_dropped_file_and_folder_names_are_recorded_nowhere(
 
 def test_a_deferred_file_is_logged_once_and_when_taken(make_settings: Callable[..., Any]) -> None:
     """A file held back by the spool's disk floor logs watch_file_deferred once, not every poll, and watch_file_resumed when taken."""
-    from screener.daemon import compose
+    from screener.serve.daemon import compose
 
     daemon = compose(
         make_settings(worker__enabled=False, listener__enabled=False, storage__min_free_mb=10**9)

@@ -43,8 +43,8 @@ from screener.db.migrate import upgrade
 from screener.ingest.accept import Acceptor
 from screener.ingest.spool import Spool
 from screener.model.bundle import read_metadata
+from screener.views.worklist import record_review
 from screener.web.auth import hash_password
-from screener.worklist import record_review
 
 REPO = Path(__file__).resolve().parents[1]
 PASSWORD = "correct horse battery"

@@ -21,7 +21,7 @@ from screener.db import Database
 from screener.ingest.accept import Acceptor
 from screener.ingest.spool import Spool
 from screener.report.ledger import STATES
-from screener.status import COUNTER_LABELS
+from screener.views.status import COUNTER_LABELS
 
 FLASH = "screener_flash"
 web = security.web  # the security tests' fixture: `screener web` over a seeded database

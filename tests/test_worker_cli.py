@@ -17,7 +17,7 @@ def test_worker_once_scores_and_plans_the_sr_delivery(
 ) -> None:
     """One batch through `screener worker --once`: the film is scored and, with a destination
     configured, its SR delivery is planned (it used to be scored and never sent)."""
-    from screener.daemon import compose
+    from screener.serve.daemon import compose
 
     settings = make_settings(
         sqlite_url, listener__enabled=False, watch__enabled=False, worker__enabled=False

@@ -18,7 +18,7 @@ from screener.db.engine import as_utc
 from screener.db.migrate import upgrade
 from screener.ingest.accept import Acceptor
 from screener.ingest.spool import Spool
-from screener.worklist import StudyScore, _scores, record_review, worklist
+from screener.views.worklist import StudyScore, _scores, record_review, worklist
 
 AGING = 12.0
 OLD, NEW = ("m", "1.0", "1.2.3.1"), ("m", "2.0", "1.2.3.2")

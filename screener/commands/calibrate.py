@@ -39,11 +39,11 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     import numpy as np
 
-    from screener.commissioning import site_reads
     from screener.db.migrate import open_database
     from screener.errors import ModelError
     from screener.model.bundle import read_metadata
     from screener.model.site import Reads, write_site_bundle
+    from screener.views.commissioning import site_reads
 
     source = Path(args.model or settings.model.bundle)
     meta = read_metadata(source)

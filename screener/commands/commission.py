@@ -1,7 +1,7 @@
 """``screener commission``: choose the site's operating point with the numbers in front of you.
 
 Shows the site's ROC and calibration from the weighted reads (flagged studies and audit reads
-of unflagged ones, :mod:`screener.audit`), a table of candidate thresholds with sensitivity
+of unflagged ones, :mod:`screener.site.audit`), a table of candidate thresholds with sensitivity
 and specificity intervals and the flags per 100 studies each would raise, and the threshold
 of the recommended rule (:mod:`screener.model.commission`). With ``--out`` it writes the site
 bundle: the same networks, the calibration refitted and the threshold of the chosen rule, a
@@ -19,9 +19,9 @@ from screener.commands import setting_flag
 from screener.config import Settings
 
 if TYPE_CHECKING:
-    from screener.commissioning import SiteReads
     from screener.db import Database
     from screener.model.commission import Commissioning
+    from screener.views.commissioning import SiteReads
 
 
 def register(sub: Any) -> None:
@@ -66,10 +66,10 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from screener.commissioning import figures, shortfalls, site_reads
     from screener.db.migrate import open_database
     from screener.errors import ModelError
     from screener.model.bundle import read_metadata
+    from screener.views.commissioning import figures, shortfalls, site_reads
 
     source = Path(args.model or settings.model.bundle)
     meta = read_metadata(source)

@@ -23,9 +23,9 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from pynetdicom import AE
 
+    from screener.dicomnet.tls import client_context
     from screener.errors import ScreenerError
     from screener.ingest.sopclasses import VERIFICATION
-    from screener.tls import client_context
 
     ae = AE(ae_title=settings.listener.ae_title)
     ae.add_requested_context(VERIFICATION)

@@ -45,7 +45,7 @@ def _validation_items(bundle: Any, data_dir: Path | None) -> tuple[Any, Any, str
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from screener.scoring import configure_inference
+    from screener.work.scoring import configure_inference
 
     configure_inference(settings.worker)  # before TensorFlow is imported
 

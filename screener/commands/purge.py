@@ -31,7 +31,7 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from screener.db.migrate import open_database
-    from screener.retention import prune_audit, purge
+    from screener.work.retention import prune_audit, purge
 
     db = open_database(settings.database.url)
     try:

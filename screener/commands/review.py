@@ -43,7 +43,7 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from screener.db.migrate import open_database
-    from screener.worklist import FINDINGS, record_read, record_review
+    from screener.views.worklist import FINDINGS, record_read, record_review
 
     reader = args.reader or _login()
     db = open_database(settings.database.url)

@@ -70,7 +70,7 @@ def with_roles(settings: Settings, roles: frozenset[str]) -> Settings:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from screener.daemon import compose
+    from screener.serve.daemon import compose
 
     if args.roles is not None:
         settings = with_roles(settings, args.roles)

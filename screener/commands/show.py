@@ -30,7 +30,7 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from screener.db.migrate import open_database
-    from screener.worklist import study_detail
+    from screener.views.worklist import study_detail
 
     db = open_database(settings.database.url)
     try:

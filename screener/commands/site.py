@@ -1,6 +1,6 @@
 """``screener site status|go-live|shadow|send-shadow``: the silent start and going live.
 
-The rule that decides the mode is :mod:`screener.site`'s; these commands record its events
+The rule that decides the mode is :mod:`screener.site.mode`'s; these commands record its events
 and show it. A running daemon follows a go-live or a return to shadow at its exporter's next
 poll (``export.poll_seconds``) and its workers' next result: no restart.
 """
@@ -50,7 +50,7 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from screener.db.migrate import open_database
-    from screener.site import GO_LIVE, SHADOW, history, record, send_shadow, site_mode
+    from screener.site.mode import GO_LIVE, SHADOW, history, record, send_shadow, site_mode
 
     db = open_database(settings.database.url)
     try:

@@ -9,7 +9,7 @@ from typing import Any
 
 from screener.commands import render_table, setting_flag
 from screener.config import Settings
-from screener.wording import weighted_line, with_interval
+from screener.views.wording import weighted_line, with_interval
 
 
 def register(sub: Any) -> None:
@@ -27,7 +27,7 @@ def _pct(value: float | None) -> str:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from screener.db.migrate import open_database
-    from screener.worklist import review_stats
+    from screener.views.worklist import review_stats
 
     db = open_database(settings.database.url)
     try:

@@ -22,7 +22,7 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from screener.db.migrate import open_database
-    from screener.status import build_report, render_text
+    from screener.views.status import build_report, render_text
 
     db = open_database(settings.database.url)
     try:

@@ -20,7 +20,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from screener.daemon import compose_worker, worker_process_main
+    from screener.serve.workers import compose_worker, worker_process_main
 
     if args.once:
         worker = compose_worker(settings)

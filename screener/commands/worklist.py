@@ -12,7 +12,7 @@ from typing import Any
 
 from screener.commands import format_age, render_table, setting_flag
 from screener.config import Settings
-from screener.wording import STATUSES, flag_text, short_uid, status_text
+from screener.views.wording import STATUSES, flag_text, short_uid, status_text
 
 #: CSV: every column in full, for other programs.
 COLUMNS = [
@@ -99,8 +99,8 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from screener.db.migrate import open_database
-    from screener.site import site_mode
-    from screener.worklist import worklist
+    from screener.site.mode import site_mode
+    from screener.views.worklist import worklist
 
     db = open_database(settings.database.url)
     try:
@@ -162,5 +162,5 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-# the worklist's words live in screener.wording (the web shows them too); named here as well
+# the worklist's words live in screener.views.wording (the web shows them too); named here as well
 __all__ = ["STATUSES", "flag_text", "register", "run", "short_uid", "status_text"]

@@ -3,7 +3,7 @@
 SQLite (the embedded default) runs in WAL mode with ``synchronous=FULL`` (a committed
 instance survives a power cut) and every transaction opened with ``BEGIN IMMEDIATE``, so
 writers queue on the database lock instead of failing half-way. PostgreSQL is used as is;
-the queue uses ``FOR UPDATE SKIP LOCKED`` there (see :mod:`screener.queue`).
+the queue uses ``FOR UPDATE SKIP LOCKED`` there (see :mod:`screener.work.queue`).
 """
 
 from __future__ import annotations

@@ -102,7 +102,7 @@ class Instance(Base):
     receive_count: Mapped[int] = mapped_column(Integer, default=1)
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    # set when retention removed the spooled file (screener.retention); the row stays
+    # set when retention removed the spooled file (screener.work.retention); the row stays
     purged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     study: Mapped[Study] = relationship(back_populates="instances")
@@ -170,7 +170,7 @@ class Export(Base):
 
     __tablename__ = "exports"
     __table_args__ = (
-        # "shadow": built while the site was silent (screener.site); never sent by the exporter
+        # "shadow": built while the site was silent (screener.site.mode); never sent by the exporter
         CheckConstraint("state IN ('pending', 'delivered', 'dead', 'shadow')", name="state"),
         Index("ix_exports_state_next_attempt_at", "state", "next_attempt_at"),
     )
@@ -191,7 +191,7 @@ class Export(Base):
 
 
 class SiteEvent(Base):
-    """A site going live with a bundle, or back to a silent start (:mod:`screener.site`):
+    """A site going live with a bundle, or back to a silent start (:mod:`screener.site.mode`):
     who, when, and the bundle and operating point it concerns."""
 
     __tablename__ = "site_events"
@@ -308,7 +308,7 @@ class StudyScoreRow(Base):
     )
 
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), primary_key=True)
-    #: the top latest result's (see screener.worklist): its probability, threshold and model
+    #: the top latest result's (see screener.views.worklist): its probability, threshold and model
     probability: Mapped[float] = mapped_column(Float)
     flagged: Mapped[bool] = mapped_column(Boolean)
     threshold: Mapped[float] = mapped_column(Float)
@@ -330,7 +330,7 @@ class StudyScoreRow(Base):
     verdict: Mapped[str | None] = mapped_column(String(16))  # the latest review's
     reader: Mapped[str | None] = mapped_column(String(64))  # the latest review's
     read_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # ... and when
-    #: not flagged, and drawn for an audit read (screener.audit): listed after the flagged
+    #: not flagged, and drawn for an audit read (screener.site.audit): listed after the flagged
     audit: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
@@ -365,7 +365,7 @@ class WebCredential(Base):
 
 class AuditDraw(Base):
     """The random draw of a study for an audit read, made once when it is first scored
-    (:mod:`screener.audit`): selected when the model does not flag it and ``u < share``. The
+    (:mod:`screener.site.audit`): selected when the model does not flag it and ``u < share``. The
     share in force then is kept with it, so a read's weight (1 / share) never changes later."""
 
     __tablename__ = "audit_draws"

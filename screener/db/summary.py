@@ -1,7 +1,7 @@
 """The worklist's summary (``study_scores``): one row per scored study, kept in the same
 transaction that adds a result, a review or an image.
 
-Its semantics are those of :func:`screener.worklist._score`, written once more as one SQL
+Its semantics are those of :func:`screener.views.worklist._score`, written once more as one SQL
 statement that both databases run: a study's score is the highest probability among the
 latest result of each (instance, frame), outside_domain results left out unless every one
 is; flagged when any assessed latest result reaches its threshold; a read holds while the

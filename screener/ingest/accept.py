@@ -26,7 +26,6 @@ from pydicom.filewriter import dcmwrite
 from pydicom.uid import UID, ExplicitVRLittleEndian
 from sqlalchemy import select
 
-from screener import metrics
 from screener.config import Settings
 from screener.db import AuditEvent, Database, Instance, Job, JobState, utcnow
 from screener.errors import IngestError
@@ -38,6 +37,7 @@ from screener.ingest.skip import SkipRule
 from screener.ingest.sopclasses import IMAGE_STORAGE_SOP_CLASSES
 from screener.ingest.spool import OutOfResources, Spool
 from screener.ingest.uids import uid_problem
+from screener.runtime import metrics
 
 log = structlog.get_logger(__name__)
 

@@ -39,6 +39,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from screener.config import ListenerSettings
 from screener.db import utcnow
+from screener.dicomnet.netopts import tune_socket
 from screener.errors import ConfigError, IngestError
 from screener.ingest.accept import (
     Acceptor,
@@ -53,7 +54,6 @@ from screener.ingest.oversize import ReceiveLimit
 from screener.ingest.sopclasses import IMAGE_STORAGE_SOP_CLASSES, VERIFICATION, transfer_syntaxes
 from screener.ingest.stall import StalledStoreWatch
 from screener.ingest.uids import uid_problem
-from screener.netopts import tune_socket
 
 log = structlog.get_logger(__name__)
 
@@ -83,7 +83,7 @@ class Listener:
         acceptor: Acceptor,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        """``ssl_context``: DICOM TLS only on this port (:func:`screener.tls.server_context`)."""
+        """``ssl_context``: DICOM TLS only on this port (:func:`screener.dicomnet.tls.server_context`)."""
         self.settings = settings
         self.acceptor = acceptor
         self.ssl_context = ssl_context

@@ -1,7 +1,7 @@
 """Commissioning: the figures a hospital chooses its operating point from.
 
 A site runs screener silent (shadow mode), its radiologists read the flagged studies and the
-audit draw of unflagged ones (:mod:`screener.audit`), and ``screener commission`` (or the web's
+audit draw of unflagged ones (:mod:`screener.site.audit`), and ``screener commission`` (or the web's
 commissioning page) puts in front of them, from those weighted reads:
 
 * the site's ROC curve and AUC with a bootstrap interval, and the calibration before and

@@ -184,7 +184,7 @@ def threshold_for_sensitivity(
     Using the lower bound instead of the observed sensitivity builds in a margin that grows
     as the validation set shrinks. Specificity plays no part in the choice: on this data the
     validation specificity is known to flatter (acquisition shift on unseen normals).
-    ``weights`` (one per read, e.g. 1 / the chance it was read: screener.audit) weight the
+    ``weights`` (one per read, e.g. 1 / the chance it was read: screener.site.audit) weight the
     sensitivity, and the bound is taken over Kish's effective sample size.
     """
     y, s = _check(labels, scores)

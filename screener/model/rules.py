@@ -212,7 +212,7 @@ def recommend(results: dict[str, list[Summary]], kept_floor: float) -> str | Non
     return max(eligible, key=lambda name: eligible[name]) if eligible else None
 
 
-# Weighted reads (screener.audit): a site's reads of flagged studies weigh 1 and its audit
+# Weighted reads (screener.site.audit): a site's reads of flagged studies weigh 1 and its audit
 # reads of unflagged ones 1 / the audit share (Horvitz & Thompson 1952), so each rule below
 # judges sensitivity as the weighted share of read positives caught.
 

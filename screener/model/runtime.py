@@ -29,7 +29,7 @@ def start_tensorflow() -> None:
     global _started
     if _started:
         return
-    from screener.logs import native_output_as_event
+    from screener.runtime.logs import native_output_as_event
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # no INFO lines; warnings still come
     with native_output_as_event("tensorflow_startup_output"):

@@ -31,7 +31,7 @@ from screener.model.metrics import at_threshold, threshold_for_sensitivity, wils
 MIN_POSITIVES_FLOOR = 30
 #: Fewest reads as normal accepted when the calibration is refitted.
 MIN_NEGATIVES_FOR_CALIBRATION = 30
-#: Fewest audit reads (unflagged studies drawn at random, screener.audit) read as normal: the
+#: Fewest audit reads (unflagged studies drawn at random, screener.site.audit) read as normal: the
 #: weighted figures rest on them for what the model does with the studies it does not flag.
 MIN_AUDITED_NORMALS = 20
 
@@ -46,7 +46,7 @@ class Reads:
 
     probabilities: npt.NDArray[np.float64]
     positives: npt.NDArray[np.int64]
-    #: 1 / the chance each study was read (screener.audit): 1 flagged, 1 / share audited
+    #: 1 / the chance each study was read (screener.site.audit): 1 flagged, 1 / share audited
     weights: npt.NDArray[np.float64] | None = None
     #: of the reads, those of unflagged studies drawn for an audit
     audited: npt.NDArray[np.bool_] | None = None
@@ -155,7 +155,7 @@ def write_site_bundle(
     shutil.copytree(source, out)
     now = dt.datetime.now(dt.UTC)
     # the parent's calibration too: its results' P are put on this bundle's scale when the
-    # site bundle is commissioned again (screener.commissioning.parent_to_own)
+    # site bundle is commissioned again (screener.views.commissioning.parent_to_own)
     parent = {k: meta[k] for k in ("name", "version", "uid")}
     parent["calibration"] = meta.get("calibration") or Platt().to_json()
     calibration: Platt = point["calibration"]

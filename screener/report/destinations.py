@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from screener.dicomnet.peers import Peer, parse_peer
 from screener.errors import ConfigError
-from screener.peers import Peer, parse_peer
 
 #: A C-STORE SCP that receives our SRs.
 Destination = Peer
 
 
 def parse_destination(text: str, key: str = "export.destinations") -> Peer:
-    """Parse one ``export.destinations`` entry (see :func:`screener.peers.parse_peer`)."""
+    """Parse one ``export.destinations`` entry (see :func:`screener.dicomnet.peers.parse_peer`)."""
     return parse_peer(text, key)
 
 

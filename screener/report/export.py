@@ -5,7 +5,7 @@ Each delivery of one result to one destination is a row in ``exports``:
 * :func:`plan_exports` (called by the worker in the transaction that stores the result)
   adds one ``pending`` row per destination and fixes the SR's SOP Instance UID there, so
   every retry sends the *same* instance and a PACS never holds two SRs for one delivery.
-  While the site is silent (:mod:`screener.site`) the rows are ``shadow`` instead: recorded,
+  While the site is silent (:mod:`screener.site.mode`) the rows are ``shadow`` instead: recorded,
   never picked by the exporter, not sent by going live.
 * :class:`Exporter` sends due rows, one association per destination and pass, destinations
   in parallel with a short connect timeout: a destination that is down or refuses costs only
@@ -61,15 +61,15 @@ from sqlalchemy import select
 from screener.config import ExportSettings, Settings
 from screener.db import OUTSIDE_DOMAIN, Database, Export, Instance, Result, utcnow
 from screener.db.engine import as_utc
+from screener.dicomnet.netopts import tune_socket
+from screener.dicomnet.tls import client_context
 from screener.errors import ScreenerError
-from screener.netopts import tune_socket
 from screener.report.destinations import Destination, parse_destination, parse_destinations
 from screener.report.header import ReportError, derived_uid
 from screener.report.ledger import DEAD, DELIVERED, PENDING, export_counts, retry_dead
 from screener.report.sr import SR_SOP_CLASSES, ScreeningFinding, build_heatmap_capture, build_sr
-from screener.site import loaded_bundle_uid, mode_in
-from screener.tls import client_context
-from screener.wakeup import Wakeable
+from screener.runtime.wakeup import Wakeable
+from screener.site.mode import loaded_bundle_uid, mode_in
 
 __all__ = [
     "Exporter",
@@ -234,7 +234,7 @@ class Exporter:
         # DICOM TLS to every destination; a certificate that cannot be read stops start-up
         self.tls_context = client_context(settings.tls) if self.export.tls else None
         self.overlay_loader = overlay_loader
-        # the site's mode is decided for this bundle (screener.site), read once here
+        # the site's mode is decided for this bundle (screener.site.mode), read once here
         self.bundle_uid = loaded_bundle_uid(settings)
         self._live: bool | None = None  # the mode the last pass found, to log its changes
         # set by the workers when results are committed: deliver now, not at the next poll

@@ -16,7 +16,7 @@ Three questions, each answered from the ``studies``, ``instances``, ``jobs`` and
 * **Which images were scored by another model?** An instance with results of which none
   carries the current bundle's ``uid``; the job of its latest result is re-queued.
 
-Re-queueing follows :func:`screener.queue.requeue` (``failed`` or ``done`` back to
+Re-queueing follows :func:`screener.work.queue.requeue` (``failed`` or ``done`` back to
 ``queued`` with a fresh attempt count) and records a ``job_requeued`` audit event per job.
 """
 
@@ -173,7 +173,7 @@ def stale_scored_jobs(db: Database, current_model_uid: str) -> list[Candidate]:
 def requeue_jobs(db: Database, job_ids: Sequence[int], reason: str) -> list[int]:
     """Put ``failed`` or ``done`` jobs back in the queue with a fresh attempt count.
 
-    The semantics of :func:`screener.queue.requeue`, plus a ``job_requeued`` audit event
+    The semantics of :func:`screener.work.queue.requeue`, plus a ``job_requeued`` audit event
     per job naming ``reason`` and the job's previous state. Returns the ids re-queued (a job
     taken or changed meanwhile is left alone).
     """

@@ -25,8 +25,8 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE
 from pynetdicom.association import Association
 
+from screener.dicomnet.peers import Peer, parse_peer
 from screener.errors import ScreenerError
-from screener.peers import Peer, parse_peer
 
 log = structlog.get_logger(__name__)
 
@@ -48,7 +48,7 @@ class RescanError(ScreenerError):
 
 
 def parse_pacs(text: str, key: str = "rescan.pacs") -> Peer:
-    """The PACS to query, ``rescan.pacs`` (see :func:`screener.peers.parse_peer`)."""
+    """The PACS to query, ``rescan.pacs`` (see :func:`screener.dicomnet.peers.parse_peer`)."""
     return parse_peer(text, key)
 
 

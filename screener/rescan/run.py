@@ -31,11 +31,11 @@ import structlog
 
 from screener.config import Settings
 from screener.db import Database
+from screener.dicomnet.tls import client_context
 from screener.errors import ScreenerError
 from screener.rescan import backlog
 from screener.rescan.folder import list_folder, take_folder
 from screener.rescan.query import PacsClient, StudyMatch, parse_pacs
-from screener.tls import client_context
 
 if TYPE_CHECKING:
     from screener.ingest.accept import Acceptor

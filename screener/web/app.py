@@ -38,7 +38,7 @@ from starlette.templating import Jinja2Templates
 from screener.config import Settings
 from screener.db import Database
 from screener.ingest.accept import Acceptor
-from screener.site import ModeCache
+from screener.site.mode import ModeCache
 from screener.web.auth import LoginThrottle, parse_users
 from screener.web.context import HERE, WebState, login_required
 from screener.web.guard import BodyLimit, Proxies, SecurityHeaders

@@ -25,12 +25,12 @@ from starlette.templating import Jinja2Templates
 from screener.config import Settings
 from screener.db import AuditEvent, Database, utcnow
 from screener.ingest.accept import Acceptor
-from screener.site import ModeCache
+from screener.site.mode import ModeCache
+from screener.views.worklist import FINDINGS, MAX_NOTE
 from screener.web.auth import LoginThrottle, new_token, same_token
 from screener.web.guard import CSRF_COOKIE, SESSION_COOKIE, Proxies, Visitor
 from screener.web.modelwork import ModelWork
 from screener.web.sessions import SessionStore
-from screener.worklist import FINDINGS, MAX_NOTE
 
 log = structlog.get_logger(__name__)
 

@@ -250,9 +250,9 @@ def child_main(conn: Connection, parent_pid: int, settings: Settings, memory_cap
     under ``worker.decode_memory_mb`` as the decode processes are; TensorFlow is then never
     configured (configuring it may import it)."""
     from screener.errors import ScreenerError
-    from screener.lifecycle import die_with_parent
-    from screener.logs import configure_logging
-    from screener.scoring import configure_inference, decode_limits
+    from screener.runtime.lifecycle import die_with_parent
+    from screener.runtime.logs import configure_logging
+    from screener.work.scoring import configure_inference, decode_limits
 
     die_with_parent(parent_pid, watch_only=True)
     configure_logging(settings.logging)

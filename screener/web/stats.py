@@ -14,14 +14,14 @@ from starlette.responses import PlainTextResponse, Response
 
 from screener.config import Settings
 from screener.db import Database
-from screener.site import go_live_record
+from screener.site.mode import go_live_record
+from screener.views.wording import weighted_line
 from screener.web.context import page, state_of
-from screener.wording import weighted_line
 
 
 async def stats_page(request: Request, user: str) -> Response:
     from screener.model.metrics import brier, expected_calibration_error, roc_auc
-    from screener.worklist import review_curves, review_stats
+    from screener.views.worklist import review_curves, review_stats
 
     web = state_of(request)
     stats = await run_in_threadpool(review_stats, web.db)
@@ -49,7 +49,7 @@ async def stats_page(request: Request, user: str) -> Response:
 
 
 async def stats_picture(request: Request, user: str) -> Response:
-    from screener.worklist import review_curves, review_stats
+    from screener.views.worklist import review_curves, review_stats
 
     web = state_of(request)
     uid, what = request.path_params["uid"], request.path_params["what"]
@@ -85,9 +85,9 @@ async def commission_picture(request: Request, user: str) -> Response:
 def _commission_view(db: Database, settings: Settings) -> dict[str, Any]:
     """What the commissioning page shows: ``screener commission``'s figures for the bundle
     in use (its own target; calibration refitted, as the command does by default)."""
-    from screener.commissioning import figures, shortfalls, site_reads
     from screener.model.bundle import read_metadata
     from screener.model.commission import RECOMMENDED, RULES, WHY
+    from screener.views.commissioning import figures, shortfalls, site_reads
 
     meta = read_metadata(settings.model.bundle)
     target = float(meta.get("target_sensitivity", 0.95))

@@ -20,7 +20,7 @@ FLASH_COOKIE = "screener_flash"
 
 async def status_page(request: Request, user: str) -> Response:
     from screener.report.ledger import list_exports
-    from screener.status import build_report, counter_label, render_processes
+    from screener.views.status import build_report, counter_label, render_processes
 
     web = state_of(request)
     if "retried" in request.query_params:  # the message's old carrier: a refresh kept it

@@ -16,16 +16,16 @@ from starlette.responses import PlainTextResponse, RedirectResponse, Response
 
 from screener.db import Instance
 from screener.errors import ScreenerError
+from screener.views.worklist import MAX_NOTE
 from screener.web.context import WebState, form_checked, page, state_of, when
 from screener.web.modelwork import ModelWorkFailed
-from screener.worklist import MAX_NOTE
 
 log = structlog.get_logger(__name__)
 
 
 async def study_page(request: Request, user: str) -> Response:
     from screener.imaging.window import WINDOW_PRESETS
-    from screener.worklist import FINDINGS, next_unread, study_detail
+    from screener.views.worklist import FINDINGS, next_unread, study_detail
 
     web = state_of(request)
     key = request.path_params["key"]
@@ -64,7 +64,7 @@ async def review(request: Request, user: str) -> Response:
 
 async def record(request: Request, user: str, key: str, finding: Any, note: Any) -> Response:
     """A read recorded (database work in a thread), then the study page that says so."""
-    from screener.worklist import FINDINGS, NotReadable, record_read
+    from screener.views.worklist import FINDINGS, NotReadable, record_read
 
     web = state_of(request)
     finding = str(finding or "")
@@ -126,7 +126,7 @@ def _spooled(web: WebState, key: str, sop: str) -> Any:
     """The image's spool path and purge time (None: not an image of that study)."""
     from sqlalchemy import select
 
-    from screener.worklist import find_study
+    from screener.views.worklist import find_study
 
     with web.db.transaction() as session:
         study = find_study(session, key)

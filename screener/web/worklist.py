@@ -13,8 +13,8 @@ from starlette.responses import RedirectResponse, Response
 
 from screener.db import utcnow
 from screener.errors import ScreenerError
+from screener.views.wording import STATUSES
 from screener.web.context import page, state_of, when
-from screener.wording import STATUSES
 
 SINCE = {"": None, "1h": 1, "24h": 24, "7d": 24 * 7, "30d": 24 * 30}
 #: the web worklist's status filters: the CLI's, and the studies that get no score
@@ -28,8 +28,8 @@ SORT_LABELS = {
 
 
 async def worklist_page(request: Request, user: str) -> Response:
-    from screener.wording import flag_text, short_uid, status_text
-    from screener.worklist import SORTS, unscored_studies, worklist
+    from screener.views.wording import flag_text, short_uid, status_text
+    from screener.views.worklist import SORTS, unscored_studies, worklist
 
     web = state_of(request)
     params = request.query_params
@@ -109,7 +109,7 @@ def _min_prob(typed: str, problems: list[str]) -> float | None:
 async def find(request: Request, user: str) -> Response:
     """The search box: a study by accession number, Study Instance UID (or its start or
     end), or short id; several matches list them on the worklist."""
-    from screener.worklist import find_study
+    from screener.views.worklist import find_study
 
     db = state_of(request).db
     term = request.query_params.get("q", "").strip()[:64]

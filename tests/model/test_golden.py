@@ -1,7 +1,7 @@
 """Golden values: the shipped bundle's probabilities and the canonical images of fixed real films.
 
 The numbers were recorded from the serving pipeline (``screener.imaging.load_image``, then
-``Bundle.predict``, as ``screener.scoring`` and ``screener predict`` do) with the shipped
+``Bundle.predict``, as ``screener.work.scoring`` and ``screener predict`` do) with the shipped
 ``models/screener-default``. A change to decoding, VOI / MONOCHROME1 handling, the resize,
 the bundle's preprocessing or the model makes them fail. If such a change is intended,
 re-record the numbers in the same commit and say why.

@@ -17,8 +17,8 @@ from support import free_port, wait_for
 
 from screener.commands import rescan as rescan_command
 from screener.db import Instance, Job, Study
+from screener.dicomnet.peers import Peer
 from screener.errors import ConfigError
-from screener.peers import Peer
 from screener.rescan import run_rescan
 from screener.rescan.query import parse_pacs
 

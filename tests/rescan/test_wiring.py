@@ -13,14 +13,14 @@ from sqlalchemy import select, update
 from support import build_dicom, wait_for
 
 from screener.config import Settings
-from screener.daemon import Daemon, compose
 from screener.db import Database, Job, JobState
 from screener.db.migrate import upgrade
 from screener.ingest.accept import Acceptor
 from screener.ingest.ownership import MARKER, claim_spool, database_identity
 from screener.ingest.spool import Spool
 from screener.rescan import RescanSummary, run_rescan
-from screener.worker import SpoolCheckProcessor
+from screener.serve.daemon import Daemon, compose
+from screener.work.worker import SpoolCheckProcessor
 
 #: the worker's polling fallback: a job that waits for it is not picked up during a test
 NEVER = 3600.0

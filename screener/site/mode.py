@@ -233,7 +233,7 @@ def mode_in(session: Session, settings: Settings, bundle_uid: str | None) -> Sit
     """The effective mode for ``bundle_uid``, read in ``session`` (e.g. the result's
     transaction) once per session: a worker's batch is decided as one, at its transaction's
     snapshot."""
-    key = ("screener.site", bundle_uid)
+    key = ("screener.site.mode", bundle_uid)
     mode = session.info.get(key)
     if not isinstance(mode, SiteMode):
         mode = session.info[key] = decide(settings.site.mode, latest_event(session), bundle_uid)

@@ -1,7 +1,7 @@
 """Scoring: decode spooled images in a process pool, score them with the model bundle, and
 record one result per frame.
 
-``ModelProcessor`` is the worker's :class:`~screener.worker.Processor`: ``prepare`` submits
+``ModelProcessor`` is the worker's :class:`~screener.work.worker.Processor`: ``prepare`` submits
 each job's decode to the pool (so the next batch decodes while this one is scored),
 ``finish`` waits for the pixels, runs one ``Bundle.predict`` over every frame of the batch
 and returns, per job, either a failure with its reason or the results to record.
@@ -26,19 +26,19 @@ import numpy.typing as npt
 import structlog
 from sqlalchemy.orm import Session
 
-from screener import metrics
 from screener.config import LoggingSettings, Settings, WorkerSettings
 from screener.db import OUTSIDE_DOMAIN, Result, utcnow
 from screener.errors import ImageError
 from screener.imaging import limits
-from screener.lifecycle import die_with_parent
-from screener.logs import configure_logging
 
 # until every caller opens its model with screener.model.runtime.open_model
 from screener.model.runtime import configure_inference as configure_inference
 from screener.model.runtime import limit_threads as limit_threads
-from screener.queue import LeasedJob
-from screener.worker import JobDone, JobFailure, Outcome
+from screener.runtime import metrics
+from screener.runtime.lifecycle import die_with_parent
+from screener.runtime.logs import configure_logging
+from screener.work.queue import LeasedJob
+from screener.work.worker import JobDone, JobFailure, Outcome
 
 if TYPE_CHECKING:
     from screener.model import Bundle
@@ -299,8 +299,10 @@ class ModelProcessor:
         scored_at: datetime,
     ) -> None:
         b = self.bundle
-        if scores:  # a study is drawn for an audit read once, when first scored (screener.audit)
-            from screener.audit import draw_for, seed_of
+        if (
+            scores
+        ):  # a study is drawn for an audit read once, when first scored (screener.site.audit)
+            from screener.site.audit import draw_for, seed_of
 
             if self._audit_seed is None:
                 self._audit_seed = seed_of(session, self.settings.site.audit_seed)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from screener.worklist import StudyScore
+    from screener.views.worklist import StudyScore
 
 #: The worklist's read-status filters (``--status``; the web worklist offers the same).
 STATUSES = ("unread", "reviewed", "all")
@@ -27,7 +27,7 @@ def status_text(row: StudyScore) -> str:
         return "REOPENED"
     if row.finding is None:
         return row.verdict or "unread"
-    from screener.worklist import FINDINGS
+    from screener.views.worklist import FINDINGS
 
     words = FINDINGS.get(row.finding, row.finding)
     return words if row.finding == "cannot_tell" else f"{words} ({row.verdict}s)"
@@ -54,7 +54,7 @@ def with_interval(value: float | None, interval: tuple[float, float] | None) -> 
 
 
 def weighted_line(s: Any) -> str:
-    """The figures free of verification bias (screener.audit), and what they rest on."""
+    """The figures free of verification bias (screener.site.audit), and what they rest on."""
     sens, sens_ci, sens_n = s.weighted.get("sensitivity", (None, None, 0.0))
     spec, spec_ci, spec_n = s.weighted.get("specificity", (None, None, 0.0))
     basis = f"{s.audit_reads} audit read(s) of unflagged studies weighted by 1/share" + (

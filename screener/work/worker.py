@@ -25,12 +25,13 @@ from typing import Any, Protocol
 import structlog
 from sqlalchemy.orm import Session
 
-from screener import metrics, queue
 from screener.config import Settings
 from screener.db import Database, utcnow
 from screener.db.engine import as_utc
-from screener.queue import LeasedJob
-from screener.wakeup import Wakeable
+from screener.runtime import metrics
+from screener.runtime.wakeup import Wakeable
+from screener.work import queue
+from screener.work.queue import LeasedJob
 
 log = structlog.get_logger(__name__)
 

@@ -1,9 +1,14 @@
 """The daemon, wired in one place.
 
-    database -> spool -> accept path -> listener, folder watcher      (ingest)
-    queue -> worker processes: decode pool -> model bundle -> results (scoring)
-    results -> exporter: DICOM SR (and heatmap capture) C-STOREd to PACS, with retries
+    database -> spool -> accept path -> DICOM listener, folder watcher, web upload  (ingest)
+    queue -> worker processes (screener.serve.workers): decode pool -> model bundle
+          -> results, audit draw, SR deliveries planned                          (scoring)
+    results -> exporter: DICOM SR (and heatmap capture) C-STOREd to PACS, with retries;
+               nothing leaves while the site is silent (screener.site.mode)
     rescan scheduler: C-FIND / C-MOVE missed studies back to the listener (nightly)
+    retention timer: purge settled images from the spool, prune the audit trail
+    web worklist (screener.web), health and metrics (screener.serve.health)
+    heartbeats of every process (screener.runtime.heartbeat), the drift monitor
 
 ``compose(settings)`` builds every stage and connects them; ``Daemon.run()`` starts them,
 waits for SIGINT / SIGTERM and shuts down in order: stop accepting (listener, watcher), let
@@ -14,277 +19,42 @@ interrupted mid-batch returns to the queue when its lease expires.
 
 from __future__ import annotations
 
-import multiprocessing
-import os
 import shutil
 import signal
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from multiprocessing.process import BaseProcess
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from sqlalchemy.orm import Session
 
-from screener import metrics
 from screener.config import Settings
-from screener.db import AuditEvent, Database, Result, utcnow
+from screener.db import AuditEvent, Database, utcnow
 from screener.db.migrate import upgrade
-from screener.errors import ScreenerError
-from screener.heartbeat import Heart, HeartbeatThread
+from screener.dicomnet.tls import server_context
 from screener.ingest.accept import Acceptor
 from screener.ingest.exposure import listener_exposure, warn_if_open
 from screener.ingest.listener import Listener
 from screener.ingest.ownership import claim_spool
 from screener.ingest.spool import Spool
 from screener.ingest.watcher import FolderWatcher
-from screener.lifecycle import die_with_parent
-from screener.metrics import HealthServer
 from screener.report.export import Exporter
 from screener.rescan import RescanScheduler
-from screener.retention import RetentionTimer
-from screener.scoring import ResultHook, load_heatmap
-from screener.tls import server_context
-from screener.wakeup import PipeEvent, Wakeable
-from screener.worker import Processor, Worker
+from screener.runtime import metrics
+from screener.runtime.heartbeat import Heart
+from screener.serve.health import HealthServer, registry_for
+from screener.serve.workers import CrashLoop, WorkerProcesses, compose_worker
+from screener.work.retention import RetentionTimer
+from screener.work.scoring import load_heatmap
+from screener.work.worker import Processor, Worker
 
 if TYPE_CHECKING:
     from screener.monitor.drift import DriftMonitor
     from screener.web.server import WebThread
 
 log = structlog.get_logger(__name__)
-
-
-def compose_worker(
-    settings: Settings,
-    *,
-    processor: Processor | None = None,
-    db: Database | None = None,
-    index: int = 0,
-    wake: Wakeable | None = None,
-    on_completed: Callable[[], None] | None = None,
-) -> Worker:
-    """The one place a worker is built: serve's worker processes, ``screener worker`` and
-    ``screener worker --once``, and the in-process worker of tests.
-
-    Without ``processor`` the model bundle scores (``worker.device`` and
-    ``worker.inference_threads`` applied first), and each result plans its SR deliveries
-    when ``export.destinations`` is set.
-    """
-    if processor is None:
-        from screener.logs import native_output_as_event
-        from screener.model.opening import open_model
-        from screener.scoring import ModelProcessor
-
-        # TensorFlow's start-up notices become one event; on a GPU set-up they may matter
-        level = "warning" if settings.worker.device.startswith("gpu") else "debug"
-        with native_output_as_event("tensorflow_startup_output", level=level):
-            bundle = open_model(settings, index=index, processes=settings.worker.processes)
-            processor = ModelProcessor(settings, bundle, on_result=_export_planner(settings))
-    return Worker(
-        db or Database(settings.database.url),
-        settings,
-        processor,
-        wake=wake,
-        on_completed=on_completed,
-    )
-
-
-def _export_planner(settings: Settings) -> ResultHook | None:
-    if not settings.export.destinations:
-        return None
-    from screener.report.export import plan_exports
-    from screener.site import mode_in
-
-    def on_result(session: Session, result: Result) -> None:
-        # silent start: the mode for the bundle that scored it, read in the result's transaction
-        shadow = not mode_in(session, settings, result.model_uid).live
-        plan_exports(session, result, settings.export, shadow=shadow)
-
-    return on_result
-
-
-def worker_process_main(
-    settings: Settings,
-    index: int,
-    standalone: bool = False,
-    wake: PipeEvent | None = None,
-    exports_planned: PipeEvent | None = None,
-    parent_pid: int | None = None,
-    loaded: Any = None,
-) -> None:
-    """Entry point of one worker process: model loaded once, then drain the queue.
-
-    SIGTERM asks it to finish the batch in hand and stop. Under ``screener serve`` the
-    parent decides when a worker stops (Ctrl-C reaches the whole process group, so it is
-    ignored here) and the worker dies with it (``parent_pid``); ``standalone``
-    (``screener worker``) also stops on Ctrl-C.
-    """
-    from screener.logs import configure_logging
-
-    if parent_pid is not None:
-        die_with_parent(parent_pid)
-    stop = threading.Event()
-    signal.signal(signal.SIGINT, (lambda *_: stop.set()) if standalone else signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    configure_logging(settings.logging)
-    worker = compose_worker(
-        settings,
-        index=index,
-        wake=wake,
-        on_completed=exports_planned.set if exports_planned is not None else None,
-    )
-    if loaded is not None:  # the model is in memory: this worker counts as ready
-        loaded[index] = 1
-    model = getattr(getattr(worker.processor, "bundle", None), "metadata", {})
-    heartbeat = HeartbeatThread(
-        Heart(
-            worker.db,
-            "worker",
-            details=lambda: {
-                "index": index,
-                "device": settings.worker.device,
-                "model": f"{model.get('name')} {model.get('version')}" if model else None,
-            },
-            every_seconds=settings.metrics.heartbeat_seconds,
-        )
-    )
-    heartbeat.start()
-
-    def _stop_when_told() -> None:
-        stop.wait()
-        worker.stop(timeout=0)
-
-    threading.Thread(target=_stop_when_told, daemon=True).start()
-    worker.run()
-    heartbeat.stop()
-    worker.db.dispose()
-
-
-class CrashLoop(ScreenerError):
-    """A child process keeps dying: ``serve`` ends non-zero so that systemd restarts it."""
-
-
-@dataclass
-class _Child:
-    """One supervised worker process and its restart history."""
-
-    index: int
-    process: BaseProcess | None = None
-    restarts: list[float] = field(default_factory=list)  # monotonic times
-    restart_at: float | None = None  # when a dead one is due to start again
-
-
-@dataclass
-class WorkerProcesses:
-    """``worker.processes`` worker processes sharing the queue (one per GPU where there are
-    GPUs), supervised: one that dies unasked is restarted with backoff and recorded."""
-
-    settings: Settings
-    on_restart: Callable[[str, str], None] | None = None  # (what, why): recorded by the daemon
-    children: list[_Child] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self._ctx = multiprocessing.get_context("spawn")
-        self.stopping = False
-        self.wake = PipeEvent(self._ctx)  # set when a job is queued here
-        self.exports_planned = PipeEvent(self._ctx)  # set by a worker: results to send
-        # per worker index: 1 once that process has loaded the model (readiness)
-        self.loaded = self._ctx.Array("b", max(1, self.settings.worker.processes), lock=False)
-
-    @property
-    def processes(self) -> list[BaseProcess]:
-        return [c.process for c in self.children if c.process is not None]
-
-    def _spawn(self, child: _Child) -> None:
-        proc = self._ctx.Process(
-            target=worker_process_main,
-            args=(
-                self.settings,
-                child.index,
-                False,
-                self.wake,
-                self.exports_planned,
-                os.getpid(),
-                self.loaded,
-            ),
-            name=f"screener-worker-{child.index}",
-        )
-        self.loaded[child.index] = 0
-        proc.start()
-        child.process, child.restart_at = proc, None
-
-    def all_loaded(self) -> bool:
-        """Every worker process is alive and has its model in memory."""
-        return bool(self.children) and all(
-            c.process is not None and c.process.is_alive() and self.loaded[c.index]
-            for c in self.children
-        )
-
-    def start(self) -> None:
-        self.children = [_Child(i) for i in range(self.settings.worker.processes)]
-        for child in self.children:
-            self._spawn(child)
-        log.info("worker_processes_started", processes=len(self.children))
-
-    def supervise(self, now: float | None = None) -> None:
-        """Restart worker processes that died; raise :class:`CrashLoop` when they keep dying.
-
-        Called every second by the daemon's main thread (children die with the thread that
-        started them, see :mod:`screener.lifecycle`).
-        """
-        if self.stopping:
-            return
-        now = time.monotonic() if now is None else now
-        w = self.settings.worker
-        for child in self.children:
-            proc = child.process
-            if proc is not None and proc.is_alive():
-                continue
-            if proc is not None:  # died unasked: record it and schedule a restart
-                code = proc.exitcode
-                why = (
-                    f"killed by {signal.Signals(-code).name}"
-                    if code is not None and code < 0
-                    else f"exited with code {code}"
-                )
-                child.process = None
-                child.restarts = [t for t in child.restarts if now - t < w.restart_window_seconds]
-                if len(child.restarts) >= w.max_restarts:
-                    log.error("worker_crash_loop", index=child.index, restarts=len(child.restarts))
-                    raise CrashLoop(
-                        f"worker process {child.index} {why} after {len(child.restarts)} "
-                        f"restarts within {w.restart_window_seconds:.0f} s "
-                        "(worker.max_restarts); stopping so that the service manager restarts "
-                        "screener"
-                    )
-                delay = min(w.restart_backoff_seconds * 2 ** len(child.restarts), 60.0)
-                child.restart_at = now + delay
-                log.error("worker_process_died", index=child.index, why=why, restart_in_s=delay)
-                if self.on_restart is not None:
-                    self.on_restart(f"worker-{child.index}", f"worker process {why}")
-            if child.restart_at is not None and now >= child.restart_at:
-                child.restarts.append(now)
-                self._spawn(child)
-                log.warning("worker_process_restarted", index=child.index)
-
-    def stop(self, timeout: float = 120.0) -> None:
-        """SIGTERM each worker: it finishes the batch in hand; kill it after ``timeout``."""
-        self.stopping = True
-        for proc in self.processes:
-            if proc.is_alive():
-                proc.terminate()
-        self.wake.set()
-        for proc in self.processes:
-            proc.join(timeout)
-            if proc.is_alive():  # its leases expire and the jobs return to the queue
-                log.warning("worker_process_killed", pid=proc.pid)
-                proc.kill()
-                proc.join(10)
 
 
 @dataclass
@@ -353,7 +123,7 @@ class Daemon:
 
     def log_site_mode(self) -> None:
         """The ``site_mode`` start-up event: shadow or live, for which bundle, since when."""
-        from screener.site import site_mode
+        from screener.site.mode import site_mode
 
         mode = site_mode(self.db, self.settings, self.model.get("uid"))
         since = mode.since.isoformat() if mode.since else None
@@ -574,6 +344,6 @@ def _health_server(settings: Settings, daemon: Daemon) -> HealthServer:
     return HealthServer(
         settings.metrics.host,
         settings.metrics.port,
-        metrics.registry_for(daemon.db, daemon.model, partial(_latest_drift, daemon)),
+        registry_for(daemon.db, daemon.model, partial(_latest_drift, daemon)),
         checks,
     )

@@ -140,7 +140,7 @@ def purge(
     db: Database, settings: Settings, *, dry_run: bool = False, now: datetime | None = None
 ) -> PurgeSummary:
     """Apply ``storage.retention_days`` and ``storage.max_spool_mb`` once."""
-    from screener.scoring import heatmap_path
+    from screener.work.scoring import heatmap_path
 
     now = now or utcnow()
     storage = settings.storage

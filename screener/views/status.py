@@ -10,7 +10,6 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from screener import queue
 from screener.config import Settings
 from screener.db import (
     OUTSIDE_DOMAIN,
@@ -24,7 +23,8 @@ from screener.db import (
 )
 from screener.db.engine import as_utc
 from screener.report.ledger import export_counts
-from screener.retention import audit_totals
+from screener.work import queue
+from screener.work.retention import audit_totals
 
 #: Audit events that account for what was received but made no new job.
 RECEIVED_EVENTS = {
@@ -95,7 +95,7 @@ class StatusReport:
     processes: list[dict[str, Any]] = field(default_factory=list)
     # running listeners open to any caller without TLS (screener.ingest.exposure), by process
     exposed_listeners: list[dict[str, Any]] = field(default_factory=list)
-    # silent start or live, and why (screener.site.SiteMode.as_dict); given settings only
+    # silent start or live, and why (screener.site.mode.SiteMode.as_dict); given settings only
     site: dict[str, Any] = field(default_factory=dict)
     # the drift monitor's latest window, from a running serve's heartbeat (screener.monitor)
     drift: dict[str, Any] = field(default_factory=dict)
@@ -107,8 +107,8 @@ class StatusReport:
 
 
 def build_report(db: Database, limit: int = 10, settings: Settings | None = None) -> StatusReport:
-    from screener.heartbeat import processes
-    from screener.site import site_mode
+    from screener.runtime.heartbeat import processes
+    from screener.site.mode import site_mode
 
     seen = [p.as_dict() for p in processes(db)]
     counts = queue.counts_by_state(db)

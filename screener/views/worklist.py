@@ -104,7 +104,7 @@ class StudyScore:
     read_at: datetime | None = None
     study_time: str | None = None
     study_description: str | None = None
-    #: not flagged, but drawn at random for an audit read (screener.audit)
+    #: not flagged, but drawn at random for an audit read (screener.site.audit)
     audit: bool = False
 
     def as_dict(self) -> dict[str, Any]:
@@ -255,7 +255,7 @@ def worklist(
     orders: dict[str, tuple[Any, ...]] = {
         "priority": (
             s.flagged.desc(),
-            s.audit.desc(),  # audit reads next: the unbiased sample (screener.audit)
+            s.audit.desc(),  # audit reads next: the unbiased sample (screener.site.audit)
             (rank + waited / (3600.0 * aging_hours)).desc(),
             s.received_at,
         ),
@@ -431,7 +431,7 @@ class StudyDetail:
 
 
 def study_detail(db: Database, key: str, aging_hours: float) -> StudyDetail:
-    from screener.audit import read_weight
+    from screener.site.audit import read_weight
 
     with db.transaction() as session:
         study = find_study(session, key)
@@ -691,7 +691,7 @@ class ModelStats:
     caution: str | None = None
     #: reads that could not tell (in ``reviewed``, in no other figure)
     cannot_tell: int = 0
-    #: reads of studies drawn for an audit read (screener.audit), and of unflagged studies
+    #: reads of studies drawn for an audit read (screener.site.audit), and of unflagged studies
     #: not drawn (left out of the weighted figures)
     audit_reads: int = 0
     undrawn_reads: int = 0
@@ -717,7 +717,7 @@ def review_stats(db: Database) -> list[ModelStats]:
 
     Each study counts once, with its latest review.
     """
-    from screener.audit import read_weight, weighted_proportion
+    from screener.site.audit import read_weight, weighted_proportion
 
     with db.transaction() as session:
         latest: dict[int, Review] = {}
@@ -821,8 +821,8 @@ def reviewed_reads(db: Database, model_uids: set[str], aging_hours: float) -> li
 
 
 def read_weights(db: Database, reads: list[Review]) -> list[float]:
-    """Each read's weight against verification bias (:func:`screener.audit.read_weight`)."""
-    from screener.audit import read_weight
+    """Each read's weight against verification bias (:func:`screener.site.audit.read_weight`)."""
+    from screener.site.audit import read_weight
 
     with db.transaction() as session:
         return [read_weight(r.model_positive, session.get(AuditDraw, r.study_id)) for r in reads]

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from screener.db import OUTSIDE_DOMAIN, Database, StudyScoreRow
 from screener.model.calibration import Platt
 from screener.model.commission import Commissioning
-from screener.worklist import read_weights, reviewed_reads
+from screener.views.worklist import read_weights, reviewed_reads
 
 
 def lineage(meta: dict[str, Any]) -> set[str]:
