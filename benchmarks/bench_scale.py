@@ -904,8 +904,8 @@ def _ms(t: Timing | None) -> str:
 
 def _line(t: Timing) -> str:
     if t.status != "ok":
-        return f"{t.path:<32} {t.status}: {t.detail}"
-    return f"{t.path:<32} {_ms(t):>22} ms  n={t.calls:<3} {t.detail}"
+        return f"{t.path:<36} {t.status}: {t.detail}"
+    return f"{t.path:<36} {_ms(t):>22} ms  n={t.calls:<3} {t.detail}"
 
 
 def table(runs: dict[str, list[Timing]]) -> str:
@@ -913,10 +913,10 @@ def table(runs: dict[str, list[Timing]]) -> str:
     kinds = [k for k in ("sqlite", "postgresql") if k in runs]
     names = list(dict.fromkeys(t.path for k in kinds for t in runs[k]))
     by = {k: {t.path: t for t in runs[k]} for k in kinds}
-    head = f"{'path':<32}" + "".join(f" {k + ' p50 / p95 ms':>28}" for k in kinds)
+    head = f"{'path':<36}" + "".join(f" {k + ' p50 / p95 ms':>28}" for k in kinds)
     lines = [head]
     for name in names:
-        lines.append(f"{name:<32}" + "".join(f" {_ms(by[k].get(name)):>28}" for k in kinds))
+        lines.append(f"{name:<36}" + "".join(f" {_ms(by[k].get(name)):>28}" for k in kinds))
     notes = []
     for k in kinds:
         for t in runs[k]:
