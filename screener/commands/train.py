@@ -19,6 +19,8 @@ BACKBONE_CHOICES = (
 
 
 def register(subparsers: Any) -> None:
+    from screener.training.recipe import default
+
     p: argparse.ArgumentParser = subparsers.add_parser(
         "train",
         help="train a model bundle",
@@ -29,31 +31,40 @@ def register(subparsers: Any) -> None:
     p.add_argument("--out", required=True, type=Path, help="bundle folder to write")
     p.add_argument(
         "--backbone",
-        default="small_cnn",
+        default=default("backbone"),
         choices=BACKBONE_CHOICES,
         help="network: small_cnn (default, from scratch) or a Keras application for transfer learning",
     )
     p.add_argument(
         "--weights",
-        default="none",
+        default=default("weights"),
         help="imagenet (Keras downloads them), PATH to a local weights file, or none (default)",
     )
     p.add_argument(
         "--task",
-        default="binary",
+        default=default("task"),
         choices=("binary", "type"),
         help="binary: normal vs pneumonia (default); type: normal, bacterial, viral",
     )
-    p.add_argument("--epochs", type=int, default=36, help="most epochs per member (default 36)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per step (default 32)")
     p.add_argument(
-        "--learning-rate", type=float, default=1e-3, help="peak AdamW learning rate (default 1e-3)"
+        "--epochs", type=int, default=default("epochs"), help="most epochs per member (default 36)"
     )
-    p.add_argument("--patience", type=int, default=8, help="early-stopping patience (epochs)")
+    p.add_argument(
+        "--batch-size", type=int, default=default("batch_size"), help="images per step (default 32)"
+    )
+    p.add_argument(
+        "--learning-rate",
+        type=float,
+        default=default("learning_rate"),
+        help="peak AdamW learning rate (default 1e-3)",
+    )
+    p.add_argument(
+        "--patience", type=int, default=default("patience"), help="early-stopping patience (epochs)"
+    )
     p.add_argument(
         "--ema",
         type=float,
-        default=0.0,
+        default=default("ema"),
         metavar="MOMENTUM",
         help="keep an exponential moving average of the weights with this momentum "
         "(e.g. 0.998) and validate, checkpoint and ship the averaged weights (default 0: off)",
@@ -61,32 +72,36 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--label-smoothing",
         type=float,
-        default=0.0,
+        default=default("label_smoothing"),
         metavar="EPS",
         help="smooth the binary targets towards 0.5 by EPS (e.g. 0.1; default 0: off)",
     )
     p.add_argument(
         "--mixup",
         type=float,
-        default=0.0,
+        default=default("mixup"),
         metavar="ALPHA",
         help="mixup: blend each training image and its target with another's, "
         "lambda ~ Beta(ALPHA, ALPHA) (e.g. 0.2; default 0: off)",
     )
     p.add_argument(
-        "--input-size", type=int, default=224, metavar="PX", help="network input side (default 224)"
+        "--input-size",
+        type=int,
+        default=default("input_size"),
+        metavar="PX",
+        help="network input side (default 224)",
     )
     p.add_argument(
         "--width",
         type=int,
-        default=32,
+        default=default("width"),
         metavar="N",
         help="small_cnn's base width: filters of its first stage, later stages 2x, 4x, 8x "
         "(default 32, about 0.3 M parameters; 48 about 0.6 M)",
     )
     p.add_argument(
         "--normalisation",
-        default="equalize",
+        default=default("normalisation"),
         choices=("equalize", "minmax", "none"),
         help="per-image intensity normalisation: histogram equalisation (default), "
         "1st-99th percentile stretch, or none",
@@ -94,7 +109,7 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--crop",
         type=float,
-        default=1.0,
+        default=default("crop"),
         metavar="FRACTION",
         help="keep the centred square of this fraction of each side before normalisation "
         "(0.5-1.0; 1.0 keeps the whole film)",
@@ -102,16 +117,19 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--target-sensitivity",
         type=float,
-        default=0.95,
+        default=default("target_sensitivity"),
         help="the operating point: threshold for this sensitivity on validation (default 0.95)",
     )
     p.add_argument(
-        "--seed", type=int, default=42, help="seed of the first member (the next get seed+1, ...)"
+        "--seed",
+        type=int,
+        default=default("seed"),
+        help="seed of the first member (the next get seed+1, ...)",
     )
     p.add_argument(
         "--val-fraction",
         type=float,
-        default=0.2,
+        default=default("val_fraction"),
         help="share of patients held out for validation (default 0.2)",
     )
     p.add_argument("--limit", type=int, default=None, help="use a stratified sample of N images")
@@ -127,7 +145,7 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--members",
         type=int,
-        default=1,
+        default=default("members"),
         help="train N networks (seeds SEED..SEED+N-1) on one split and average their logits; "
         "a rerun resumes after the last finished member",
     )
@@ -166,28 +184,12 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from screener.errors import ModelError
-    from screener.training.fit import FitParams
-    from screener.training.train import TrainConfig, remove_stale, train
+    from screener.training.recipe import FitParams, TrainConfig
+    from screener.training.train import remove_stale, train
 
-    if args.epochs < 1:
-        raise ModelError(f"--epochs {args.epochs} must be at least 1")
-    if not 8 <= args.width <= 256 or args.width % 2:
-        raise ModelError(f"--width {args.width} must be an even number from 8 to 256")
-    if args.width != 32 and args.backbone != "small_cnn":
-        raise ModelError("--width applies to small_cnn only")
-    if not (args.ema == 0 or 0.9 <= args.ema < 1.0):
-        raise ModelError(f"--ema {args.ema} must be 0 (off) or a momentum in [0.9, 1)")
-    if not 0 <= args.label_smoothing <= 0.3:
-        raise ModelError(f"--label-smoothing {args.label_smoothing} must lie in [0, 0.3]")
-    if args.label_smoothing and args.task != "binary":
-        raise ModelError("--label-smoothing applies to the binary task only")
-    if not 0 <= args.mixup <= 1:
-        raise ModelError(f"--mixup {args.mixup} must lie in [0, 1]")
-    if args.mixup and args.task != "binary":
-        raise ModelError("--mixup applies to the binary task only")
-    if not 0.5 <= args.target_sensitivity < 1.0:
-        raise ModelError(f"--target-sensitivity {args.target_sensitivity} must lie in [0.5, 1)")
+    # the recipe checks its own ranges (screener.training.recipe): a bad option is refused
+    # here, naming it, before anything is trained
+
     cfg = TrainConfig(
         data_dir=args.data,
         out_dir=args.out,

@@ -204,8 +204,8 @@ def fold_images(
     checked against the kept scores (the same labels, the same unseen files)."""
     from screener.model.bundle import MODEL_FILE, load_bundle
     from screener.training.guard import bundle_split
+    from screener.training.recipe import TrainConfig
     from screener.training.shift import unseen_family
-    from screener.training.train import TrainConfig
 
     if not (fold.path / MODEL_FILE).exists():
         raise ModelError(f"{fold.path} keeps scores but no network ({MODEL_FILE}): no TTA")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,40 +16,12 @@ from screener.model.bundle import raw_pneumonia
 from screener.model.metrics import roc_auc
 from screener.model.preprocess import PreprocessParams
 from screener.training.augment import AugmentParams, augment_batch
+from screener.training.recipe import FitParams
 
 if TYPE_CHECKING:
     import keras
 
 log = structlog.get_logger()
-
-
-@dataclass(frozen=True)
-class FitParams:
-    """Optimisation settings recorded in model.json."""
-
-    epochs: int = 36
-    batch_size: int = 32
-    learning_rate: float = 1e-3
-    weight_decay: float = 1e-4
-    patience: int = 8
-    head_epochs: int = 2
-    fine_tune_fraction: float = 0.3
-    #: Momentum of an exponential moving average of the weights (Polyak averaging); the
-    #: averaged weights are the ones validated, checkpointed and kept. 0 turns it off.
-    ema: float = 0.0
-    #: Label smoothing of the cross-entropy targets (0 turns it off).
-    label_smoothing: float = 0.0
-    #: Mixup's Beta(alpha, alpha) (Zhang et al., ICLR 2018); 0 turns it off.
-    mixup: float = 0.0
-
-    def recorded(self) -> dict[str, Any]:
-        """The settings as a member's recipe records them: ``ema``, ``label_smoothing`` and
-        ``mixup`` only when used, so members trained before they existed still match."""
-        out = asdict(self)
-        for key in ("ema", "label_smoothing", "mixup"):
-            if not out[key]:
-                del out[key]
-        return out
 
 
 def class_weights(targets: npt.NDArray[np.int64], n_classes: int) -> dict[int, float]:

@@ -79,11 +79,10 @@ def bundle_split(bundle: Bundle, data_dir: Path | None) -> tuple[list[Any], list
     """The bundle's (train, validation) samples, recomputed from model.json, and the root."""
     from screener.errors import ModelError
     from screener.training import data
-    from screener.training.train import TrainConfig, select_samples
+    from screener.training.recipe import TrainConfig, select_samples
 
     t = bundle.metadata.get("training") or {}
-    split = t.get("split") or {}
-    if not split:
+    if not t.get("split"):
         raise ModelError(f"bundle {bundle.name!r} records no validation split in model.json")
     root = data_dir or Path(t["data_dir"])
     if data_dir is None and not root.is_dir():
@@ -91,15 +90,7 @@ def bundle_split(bundle: Bundle, data_dir: Path | None) -> tuple[list[Any], list
             f"the bundle's training folder {str(root)!r} (recorded in model.json; a relative "
             "one is read from the current folder) is not here: give it with --data"
         )
-    cfg = TrainConfig(
-        data_dir=root,
-        out_dir=bundle.path,
-        task=bundle.task,
-        seed=int(split["seed"]),
-        val_fraction=float(split["val_fraction"]),
-        limit=t.get("limit"),
-        exclude_family=t.get("exclude_family"),
-    )
+    cfg = TrainConfig.from_metadata({**bundle.metadata, "task": bundle.task}, root, bundle.path)
     samples = select_samples(cfg)
     if data.fingerprint(samples) != t.get("data_fingerprint"):
         raise ModelError(

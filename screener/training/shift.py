@@ -30,7 +30,7 @@ from screener.training import data
 from screener.training.card import write_card
 
 if TYPE_CHECKING:
-    from screener.training.train import TrainConfig
+    from screener.training.recipe import TrainConfig
 
 log = structlog.get_logger()
 

@@ -8,7 +8,6 @@ import platform
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,77 +27,14 @@ from screener.model.runtime import start_tensorflow
 from screener.training import data
 from screener.training.augment import AugmentParams
 from screener.training.card import write_card
-from screener.training.fit import Batches, FitParams, class_weights, fit_model
+from screener.training.fit import Batches, class_weights, fit_model
+from screener.training.recipe import TrainConfig, select_samples, weights_argument
 
 log = structlog.get_logger()
 
 CHECKPOINT = "checkpoint.keras"
 #: Finished ensemble members (and their training records), kept so a run can resume.
 MEMBERS_DIR = "members"
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything that defines a training run (recorded in model.json)."""
-
-    data_dir: Path
-    out_dir: Path
-    backbone: str = "small_cnn"
-    weights: str = "none"
-    task: str = "binary"
-    input_size: int = 224
-    #: small_cnn's base width (filters of its first full stage; later stages 2x, 4x, 8x)
-    width: int = 32
-    normalisation: str = "equalize"
-    #: Fraction of each side kept by the centred crop before normalisation (1.0: none).
-    crop: float = 1.0
-    target_sensitivity: float = 0.95
-    seed: int = 42
-    val_fraction: float = 0.2
-    limit: int | None = None
-    exclude_family: str | None = None
-    name: str | None = None
-    fit: FitParams = field(default_factory=FitParams)
-    #: Networks trained with seeds ``seed, seed + 1, ...`` on one split; the bundle averages
-    #: their logits (a deep ensemble, Lakshminarayanan et al. 2017).
-    members: int = 1
-    #: Seed of the patient split (default: ``seed``); members of an ensemble share it.
-    split_seed: int | None = None
-    #: A probe bundle (the same recipe trained with ``exclude_family``): its shift figures go
-    #: into the card, and its scores on the unseen family fit the calibration.
-    probe_dir: Path | None = None
-    #: The training films' age range in completed years, declared in the bundle for the
-    #: population guard (the Kermany films: children one to five years old).
-    population_age: tuple[int, int] = (1, 5)
-    #: Other runs' folders whose finished members join this run's in the ensemble (a
-    #: diverse ensemble: members of another recipe on the same data, split and input).
-    with_members: tuple[Path, ...] = ()
-
-    @property
-    def data_split_seed(self) -> int:
-        return self.seed if self.split_seed is None else self.split_seed
-
-
-def weights_argument(weights: str) -> str | None:
-    """``--weights`` as the Keras application constructor wants it (``None`` = random)."""
-    if weights == "none":
-        return None
-    if weights == "imagenet":
-        return "imagenet"
-    path = Path(weights)
-    if not path.is_file():
-        raise ModelError(f"weights file {weights!r} does not exist (use imagenet, none or a path)")
-    return str(path)
-
-
-def select_samples(cfg: TrainConfig) -> list[data.Sample]:
-    """The labelled images a run uses: listing, optional family exclusion, optional limit."""
-    samples = data.list_samples(cfg.data_dir, cfg.task)
-    if cfg.exclude_family:
-        samples = [s for s in samples if not data.in_family(s, cfg.exclude_family)]
-    if cfg.limit:
-        samples = data.limit_samples(samples, cfg.limit, cfg.seed)
-    return samples
 
 
 def train(cfg: TrainConfig) -> Bundle:

@@ -41,7 +41,7 @@ def test_imagenet_weights_are_requested_from_keras(monkeypatch: pytest.MonkeyPat
     import keras
 
     from screener.model.architectures import build_model
-    from screener.training.train import weights_argument
+    from screener.training.recipe import weights_argument
 
     real = keras.applications.MobileNetV2
     seen: list[Any] = []
