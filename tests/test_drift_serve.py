@@ -74,6 +74,7 @@ def _events(log: str, name: str) -> list[dict[str, Any]]:
     return [json.loads(x) for x in log.splitlines() if f'"event": "{name}"' in x]
 
 
+@pytest.mark.timeout(300)  # 48 s on a loaded 2-core host
 def test_drift_alarm_fires_for_the_shift_proxy_and_not_for_validation_films(
     tmp_path: Path,
     sqlite_url: str,

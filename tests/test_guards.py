@@ -124,6 +124,7 @@ def pacs(tmp_path: Path) -> Iterator[Path]:
     proc.wait(timeout=30)
 
 
+@pytest.mark.timeout(300)  # 46 s on a loaded 2-core host
 def test_serve_applies_both_guards(
     tmp_path: Path,
     sqlite_url: str,

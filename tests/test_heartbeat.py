@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from support import ServeProcess, build_dicom, c_store, free_port, run_screener, serve_env, wait_for
 
 
@@ -17,6 +18,7 @@ def _status(env: dict[str, str], cwd: Path) -> tuple[str, dict[str, Any]]:
     return text.stdout, json.loads(data.stdout)
 
 
+@pytest.mark.timeout(300)  # 46 s on a loaded 2-core host
 def test_status_tells_running_from_stopped_from_killed(tmp_path: Path) -> None:
     """screener status says RUNNING for a live serve and its worker, stopped cleanly after SIGTERM,
     and SILENT with no clean stop after SIGKILL."""

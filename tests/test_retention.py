@@ -14,6 +14,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import pytest
 from support import ServeProcess, build_dicom, c_store, free_port, run_screener, serve_env, wait_for
 
 
@@ -27,6 +28,7 @@ def _spooled(db: Path) -> dict[str, tuple[str, object]]:
     return {str(uid): (str(path), purged) for uid, path, purged in rows}
 
 
+@pytest.mark.timeout(300)  # 54 s on a loaded 2-core host
 def test_retention_deletes_only_settled_images_and_keeps_their_rows(tmp_path: Path) -> None:
     """Retention (command and daemon) deletes only spooled images whose SR is delivered and keeps
     every database row."""

@@ -45,6 +45,7 @@ def pg_url(postgres_admin: str) -> Iterator[str]:
         drop()
 
 
+@pytest.mark.timeout(300)  # 60 s on a loaded 2-core host
 def test_three_worker_hosts_drain_a_backlog_through_a_sigkill(tmp_path: Path, pg_url: str) -> None:
     """Three worker hosts sharing PostgreSQL and a spool drain a backlog through a SIGKILL with no
     film lost, scored twice or reported twice."""

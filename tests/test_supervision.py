@@ -175,6 +175,7 @@ def _upload_a_film(web_port: int) -> None:
         conn.close()
 
 
+@pytest.mark.timeout(300)  # 44 s on a loaded 2-core host
 def test_dead_worker_is_restarted_recorded_and_scores_again(
     tmp_path: Path, serve_process: Callable[..., ServeProcess], db_url: str
 ) -> None:

@@ -183,6 +183,7 @@ def _loaded(browser: Any, element: Any) -> bool:
     return bool(browser.execute_script("return arguments[0].naturalWidth", element) > 0)
 
 
+@pytest.mark.timeout(300)  # 86 s on a loaded 2-core host
 def test_stats_and_upload_in_the_browser(
     web: tuple[str, ServeProcess, dict[str, Any]], browser: Any, tmp_path: Path
 ) -> None:

@@ -13,6 +13,9 @@ import pytest
 from screener.cli import main
 from screener.model import load_bundle
 
+#: trains a network per test: up to 62 s each (loaded 2-core host)
+pytestmark = pytest.mark.timeout(300)
+
 
 def test_weights_path_loads_a_local_file(chest_train: Path, tmp_path: Path) -> None:
     """--weights PATH initialises the backbone from the file; frozen early layers keep it."""

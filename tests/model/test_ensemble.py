@@ -12,6 +12,9 @@ import pytest
 
 from screener.cli import main
 
+#: trains ensembles: the probe test took 147 s, a fixture 76 s (loaded 2-core host)
+pytestmark = pytest.mark.timeout(600)
+
 ARGS = ["--limit", "80", "--epochs", "1", "--input-size", "48", "--val-fraction", "0.3"]
 
 

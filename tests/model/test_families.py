@@ -16,6 +16,9 @@ from screener.cli import main
 from screener.errors import ModelError
 from screener.training import data, families
 
+#: its fixtures train: 34 s before the first test (loaded 2-core host)
+pytestmark = pytest.mark.timeout(300)
+
 PER_FAMILY = 10
 NAMES = {
     "IM": ("NORMAL", "IM-{:04d}-0001.jpeg"),

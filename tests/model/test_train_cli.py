@@ -12,6 +12,9 @@ from screener.cli import main
 from screener.errors import ModelError
 from screener.model import load_bundle
 
+#: trains: 37 s before the first test, 28 s for one (loaded 2-core host)
+pytestmark = pytest.mark.timeout(300)
+
 
 def test_train_writes_a_loadable_bundle(tiny_bundle: Path) -> None:
     """A 60-image, one-epoch run writes a bundle whose predict returns probabilities."""
