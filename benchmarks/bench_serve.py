@@ -278,7 +278,7 @@ def main() -> int:
     model = args.model.resolve()
     shown = model.relative_to(REPO) if model.is_relative_to(REPO) else model.name  # no host paths
     print(f"machine: {cores} cores; model {shown}; {threads}")
-    from screener.work.scoring import limit_threads
+    from screener.model.runtime import limit_threads
 
     limit_threads(args.threads)
 

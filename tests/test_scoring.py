@@ -106,7 +106,7 @@ def test_inference_threads_caps_tensorflow(tmp_path: Path) -> None:
     import sys
 
     code = (
-        "from screener.work.scoring import limit_threads\n"
+        "from screener.model.runtime import limit_threads\n"
         "limit_threads(1)\n"
         "import tensorflow as tf\n"
         "print(tf.config.threading.get_intra_op_parallelism_threads(),"

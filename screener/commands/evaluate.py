@@ -45,16 +45,14 @@ def _validation_items(bundle: Any, data_dir: Path | None) -> tuple[Any, Any, str
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from screener.work.scoring import configure_inference
+    from screener.model.opening import open_model
 
-    configure_inference(settings.worker)  # before TensorFlow is imported
+    bundle = open_model(settings, args.model)  # before anything imports TensorFlow
 
     import numpy as np
     import structlog
 
     from screener.errors import ModelError
-    from screener.model import load_bundle
-    from screener.model.engine import named
     from screener.model.evaluation import (
         Item,
         describe,
@@ -67,7 +65,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from screener.training.train import write_figures
 
     log = structlog.get_logger()
-    bundle = load_bundle(args.model or settings.model.bundle, engine=named(settings.model.engine))
     skipped: list[dict[str, str]] = []
     if args.split == "validation":
         labels, images, what = _validation_items(bundle, args.data)

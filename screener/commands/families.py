@@ -50,7 +50,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from screener.work.scoring import configure_inference
+    from screener.model.runtime import configure_inference
 
     configure_inference(settings.worker)  # before TensorFlow is imported
 

@@ -45,10 +45,19 @@ def start_tensorflow() -> None:
     )
 
 
+_configured: tuple[str, int, int, int] | None = None
+
+
 def configure_inference(settings: WorkerSettings, index: int = 0, processes: int = 1) -> None:
-    """``worker.device`` and ``worker.inference_threads``, before TensorFlow is imported."""
+    """``worker.device`` and ``worker.inference_threads``, before TensorFlow is imported;
+    once per process (a second call with the same settings does nothing)."""
+    global _configured
+    key = (settings.device, settings.inference_threads, index, processes)
+    if _configured == key:
+        return
     select_device(settings.device, index, processes)
     limit_threads(settings.inference_threads)
+    _configured = key
 
 
 def limit_threads(threads: int) -> None:

@@ -92,11 +92,9 @@ _state: dict[str, Any] = {}
 
 def _bundle() -> Any:
     if "bundle" not in _state:
-        from screener.model import load_bundle
-        from screener.model.engine import named
+        from screener.model.opening import open_model
 
-        settings: Settings = _state["settings"]
-        _state["bundle"] = load_bundle(settings.model.bundle, engine=named(settings.model.engine))
+        _state["bundle"] = open_model(_state["settings"])
     return _state["bundle"]
 
 
@@ -179,14 +177,11 @@ def kind_of(data: bytes) -> str:
 def _skip_of(data: bytes) -> Any:
     """Why the daemon would skip this DICOM object (selection, population), or None."""
     from screener.imaging.dicom import read_dataset
-    from screener.ingest.population import apply_population, screened_ages
-    from screener.ingest.selection import apply_selection
+    from screener.ingest.skip import SkipRule
 
-    settings: Settings = _state["settings"]
-    ds = read_dataset(data)
-    return apply_selection(ds, settings.selection) or apply_population(
-        ds, screened_ages(settings), settings.population.allow_unknown_age
-    )
+    if "skip_rule" not in _state:
+        _state["skip_rule"] = SkipRule.of(_state["settings"])  # the daemon's own rule
+    return _state["skip_rule"](read_dataset(data))
 
 
 def assess_upload(data: bytes) -> UploadResult:
@@ -247,17 +242,16 @@ _CALLS: dict[str, Callable[..., Any]] = {
 def child_main(conn: Connection, parent_pid: int, settings: Settings, memory_cap: bool) -> None:
     """The child's loop: answer ``(name, args)`` with ``("ok", value)`` or
     ``("error", reason, message)`` until the pipe closes. ``memory_cap``: the film process,
-    under ``worker.decode_memory_mb`` as the decode processes are; TensorFlow is then never
-    configured (configuring it may import it)."""
+    under ``worker.decode_memory_mb`` as the decode processes are, which never opens the model
+    (so never configures or imports TensorFlow)."""
     from screener.errors import ScreenerError
     from screener.runtime.lifecycle import die_with_parent
     from screener.runtime.logs import configure_logging
-    from screener.work.scoring import configure_inference, decode_limits
+    from screener.work.scoring import decode_limits
 
     die_with_parent(parent_pid, watch_only=True)
     configure_logging(settings.logging)
-    if not memory_cap:
-        configure_inference(settings.worker)
+    # the model process configures TensorFlow when it first opens the model (open_model)
     from screener.imaging import limits
 
     limits.apply(decode_limits(settings.worker, memory_cap=memory_cap))

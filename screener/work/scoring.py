@@ -30,10 +30,6 @@ from screener.config import LoggingSettings, Settings, WorkerSettings
 from screener.db import OUTSIDE_DOMAIN, Result, utcnow
 from screener.errors import ImageError
 from screener.imaging import limits
-
-# until every caller opens its model with screener.model.runtime.open_model
-from screener.model.runtime import configure_inference as configure_inference
-from screener.model.runtime import limit_threads as limit_threads
 from screener.runtime import metrics
 from screener.runtime.lifecycle import die_with_parent
 from screener.runtime.logs import configure_logging
