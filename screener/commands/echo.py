@@ -1,4 +1,4 @@
-"""``screener echo HOST PORT``: C-ECHO a peer (PS3.7 9.1.5) and print the status."""
+"""``screener echo HOST PORT``: C-ECHO a peer (PS3.7 9.1.5 <https://dicom.nema.org/medical/dicom/current/output/html/part07.html#sect_9.1.5>) and print the status."""
 
 from __future__ import annotations
 

@@ -24,10 +24,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-UID = String(64)  # PS3.5 9.1: a UID is at most 64 characters
-CS = String(16)  # PS3.5 6.2: Code String, at most 16 characters
-AE = String(16)  # PS3.5 6.2: Application Entity, at most 16 characters
-LO = String(64)  # PS3.5 6.2: Long String, at most 64 characters
+UID = String(64)  # PS3.5 9.1 <https://dicom.nema.org/medical/dicom/current/output/html/part05.html#sect_9.1>: a UID is at most 64 characters
+CS = String(16)  # PS3.5 6.2 <https://dicom.nema.org/medical/dicom/current/output/html/part05.html#sect_6.2>: Code String, at most 16 characters
+AE = String(16)  # PS3.5 6.2 <https://dicom.nema.org/medical/dicom/current/output/html/part05.html#sect_6.2>: Application Entity, at most 16 characters
+LO = String(64)  # PS3.5 6.2 <https://dicom.nema.org/medical/dicom/current/output/html/part05.html#sect_6.2>: Long String, at most 64 characters
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",

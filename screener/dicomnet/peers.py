@@ -31,7 +31,7 @@ def parse_peer(text: str, key: str) -> Peer:
     host, colon, port_text = address.rpartition(":")
     if not at or not colon or not host or not port_text:
         raise ConfigError(f"{key} entry {text!r} is invalid: {rule}")
-    # PS3.5 6.2: an AE title is 1-16 characters of the default repertoire, no backslash
+    # PS3.5 6.2 <https://dicom.nema.org/medical/dicom/current/output/html/part05.html#sect_6.2>: an AE title is 1-16 characters of the default repertoire, no backslash
     if not (0 < len(ae_title) <= 16) or "\\" in ae_title or not ae_title.isascii():
         raise ConfigError(
             f"{key} entry {text!r} is invalid: AE title {ae_title!r} must be 1-16 ASCII "

@@ -1,6 +1,6 @@
-"""DICOM TLS (PS3.15 Annex B): the SSL contexts of the listener and of the associations we open.
+"""DICOM TLS (PS3.15 Annex B <https://dicom.nema.org/medical/dicom/current/output/html/part15.html#chapter_B>): the SSL contexts of the listener and of the associations we open.
 
-The profile is the Non-downgrading BCP 195 TLS Profile (PS3.15 B.9; RFC 9325): TLS 1.2 or
+The profile is the Non-downgrading BCP 195 TLS Profile (PS3.15 B.9 <https://dicom.nema.org/medical/dicom/current/output/html/part15.html#sect_B.9>; RFC 9325): TLS 1.2 or
 1.3 only, TLS 1.2 limited to forward-secret AEAD suites (ECDHE/DHE with AES-GCM or
 ChaCha20-Poly1305), no compression or renegotiation from the client side. dcmtk's tools use
 the same profile by default (``+py``).

@@ -9,15 +9,15 @@ syntax is corrupt, not "another format"). Each check reads a few bytes; nothing 
 
 * JPEG (ISO/IEC 10918-1 B.2.2 frame header, SOF0-SOF15) and JPEG-LS (ISO/IEC 14495-1 C.2.2,
   SOF55): precision, lines, samples per line, components; the SOF kind must match the
-  transfer syntax (PS3.5 A.4.1, A.4.3); the stream must start with SOI and end with EOI,
+  transfer syntax (PS3.5 A.4.1 <https://dicom.nema.org/medical/dicom/current/output/html/part05.html#sect_A.4.1>, A.4.3); the stream must start with SOI and end with EOI,
   and the entropy-coded data may hold no marker that cannot occur there (B.1.1.5).
 * JPEG 2000 (ISO/IEC 15444-1 A.5.1 SIZ): image size, components, precision; ends with EOC.
-* RLE (PS3.5 G.5): the 64-byte header's segment count must be Samples per Pixel x Bits
+* RLE (PS3.5 G.5 <https://dicom.nema.org/medical/dicom/current/output/html/part05.html#sect_G.5>): the 64-byte header's segment count must be Samples per Pixel x Bits
   Allocated / 8, its offsets increasing and inside the frame.
-* Native, i.e. any transfer syntax pydicom does not call compressed (PS3.5 8.1.1): the value
+* Native, i.e. any transfer syntax pydicom does not call compressed (PS3.5 8.1.1 <https://dicom.nema.org/medical/dicom/current/output/html/part05.html#sect_8.1.1>): the value
   length must be exactly what the module needs (plus one byte of padding to an even
   length), and the data may not be encapsulated.
-* Encapsulated (PS3.5 A.4): every item of the Pixel Data sequence lies inside the value.
+* Encapsulated (PS3.5 A.4 <https://dicom.nema.org/medical/dicom/current/output/html/part05.html#sect_A.4>): every item of the Pixel Data sequence lies inside the value.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from pydicom.uid import (
 
 from screener.errors import ImageError
 
-#: The frame header markers each JPEG transfer syntax may carry (PS3.5 A.4.1, A.4.3).
+#: The frame header markers each JPEG transfer syntax may carry (PS3.5 A.4.1 <https://dicom.nema.org/medical/dicom/current/output/html/part05.html#sect_A.4.1>, A.4.3).
 #: Baseline (process 1) streams are also valid Extended (process 2 and 4) streams; some
 #: encoders mark 8-bit baseline streams SOF1, which every decoder reads.
 SOF0, SOF1, SOF3, SOF55 = 0xC0, 0xC1, 0xC3, 0xF7
@@ -94,7 +94,7 @@ def _u16(data: bytes, pos: int) -> int:
 
 def _ends_with_eoi(stream: bytes) -> bool:
     """EOI / EOC last, allowing the one byte that pads a fragment to an even length."""
-    # PS3.5 A.4: encoders pad with 0x00 (some with 0xFF)
+    # PS3.5 A.4 <https://dicom.nema.org/medical/dicom/current/output/html/part05.html#sect_A.4>: encoders pad with 0x00 (some with 0xFF)
     return stream.endswith(_EOI) or (stream[-1:] in (b"\x00", b"\xff") and stream[-3:-1] == _EOI)
 
 
@@ -163,7 +163,7 @@ def check_jpeg_scan(stream: bytes, scan_start: int, jpeg_ls: bool) -> None:
 
 def j2k_header(stream: bytes) -> tuple[StreamHeader, bytes]:
     """The SIZ marker of a JPEG 2000 codestream (or of the one inside a JP2 file)."""
-    if stream.startswith(_JP2_SIGNATURE):  # PS3.5 A.4.4 wants a bare codestream; tolerate JP2
+    if stream.startswith(_JP2_SIGNATURE):  # PS3.5 A.4.4 <https://dicom.nema.org/medical/dicom/current/output/html/part05.html#sect_A.4.4> wants a bare codestream; tolerate JP2
         at = stream.find(b"jp2c")
         if at < 0:
             raise corrupt("the JP2 file holds no codestream box (jp2c)")
@@ -257,14 +257,14 @@ def check_frame(
 
 
 def native_length(rows: int, columns: int, frames: int, samples: int, bits_allocated: int) -> int:
-    """Bytes of native Pixel Data the Image Pixel Module calls for, before padding (PS3.5 8.1.1)."""
+    """Bytes of native Pixel Data the Image Pixel Module calls for, before padding (PS3.5 8.1.1 <https://dicom.nema.org/medical/dicom/current/output/html/part05.html#sect_8.1.1>)."""
     return (rows * columns * frames * samples * bits_allocated + 7) // 8
 
 
 def check_native_length(
     length: int, *, rows: int, columns: int, frames: int, samples: int, bits_allocated: int
 ) -> None:
-    """PS3.5 8.1.1 and 8.4: native Pixel Data holds exactly the pixels, padded to even."""
+    """PS3.5 8.1.1 <https://dicom.nema.org/medical/dicom/current/output/html/part05.html#sect_8.1.1> and 8.4: native Pixel Data holds exactly the pixels, padded to even."""
     expected = native_length(rows, columns, frames, samples, bits_allocated)
     if not expected <= length <= expected + 1:
         raise corrupt(
@@ -274,7 +274,7 @@ def check_native_length(
 
 
 def check_encapsulated_items(pixel_data: bytes) -> None:
-    """PS3.5 A.4: a sequence of items (FFFE,E000) each of an even length inside the value."""
+    """PS3.5 A.4 <https://dicom.nema.org/medical/dicom/current/output/html/part05.html#sect_A.4>: a sequence of items (FFFE,E000) each of an even length inside the value."""
     pos, end = 0, len(pixel_data)
     while pos + 8 <= end:
         group, element = (

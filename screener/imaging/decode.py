@@ -80,7 +80,7 @@ class Frame:
 
 
 def stored_dtype(header: PixelHeader) -> np.dtype[Any]:
-    """The dtype pydicom gives stored values: PS3.5 8.1.1, Bits Allocated and signedness."""
+    """The dtype pydicom gives stored values: PS3.5 8.1.1 <https://dicom.nema.org/medical/dicom/current/output/html/part05.html#sect_8.1.1>, Bits Allocated and signedness."""
     kind = "i" if header.pixel_representation else "u"
     return np.dtype(f"{kind}{header.bits_allocated // 8}")
 
@@ -230,7 +230,7 @@ def _reducible(header: PixelHeader) -> bool:
 
 
 def _encoded_frames(ds: Dataset, header: PixelHeader) -> list[bytes]:
-    # PS3.5 A.4: a frame is one or more fragments; the offset tables say where each starts.
+    # PS3.5 A.4 <https://dicom.nema.org/medical/dicom/current/output/html/part05.html#sect_A.4>: a frame is one or more fragments; the offset tables say where each starts.
     check_encapsulated_items(ds.PixelData)
     extended: tuple[bytes, bytes] | None = None
     if "ExtendedOffsetTable" in ds and "ExtendedOffsetTableLengths" in ds:
@@ -262,7 +262,7 @@ def check_pixel_data(
     ``corrupt_pixel_data`` when the data disagree with the module or their transfer syntax.
     """
     element = ds["PixelData"]
-    if not header.transfer_syntax.is_compressed:  # PS3.5 8.1.1 native pixel data
+    if not header.transfer_syntax.is_compressed:  # PS3.5 8.1.1 <https://dicom.nema.org/medical/dicom/current/output/html/part05.html#sect_8.1.1> native pixel data
         if element.is_undefined_length:
             raise corrupt(
                 f"the Pixel Data are encapsulated (compressed) but the transfer syntax is "

@@ -29,20 +29,20 @@ from screener.imaging.raster import MIN_SIDE
 MAX_SIDE = 16384
 
 
-#: Offset and value of the DICOM prefix after the 128-byte preamble (PS3.10 7.1).
+#: Offset and value of the DICOM prefix after the 128-byte preamble (PS3.10 7.1 <https://dicom.nema.org/medical/dicom/current/output/html/part10.html#sect_7.1>).
 DICM_OFFSET = 128
 DICM_PREFIX = b"DICM"
 
 GREY = frozenset({"MONOCHROME1", "MONOCHROME2"})
 
-#: Colour interpretations we turn into grey. PS3.3 C.7.6.3.1.2: YBR_ICT / YBR_RCT are
+#: Colour interpretations we turn into grey. PS3.3 C.7.6.3.1.2 <https://dicom.nema.org/medical/dicom/current/output/html/part03.html#sect_C.7.6.3.1.2>: YBR_ICT / YBR_RCT are
 #: undone by the JPEG 2000 decoder and YBR_FULL(_422) by pydicom, so all arrive as RGB.
 COLOUR = frozenset({"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT"})
 
 
 @dataclass(frozen=True)
 class PixelHeader:
-    """The Image Pixel Module (PS3.3 C.7.6.3) values the pipeline needs, already checked."""
+    """The Image Pixel Module (PS3.3 C.7.6.3 <https://dicom.nema.org/medical/dicom/current/output/html/part03.html#sect_C.7.6.3>) values the pipeline needs, already checked."""
 
     rows: int
     columns: int
@@ -72,7 +72,7 @@ def describe_syntax(uid: UID) -> str:
 
 
 def has_dicom_prefix(head: bytes) -> bool:
-    """True when ``head`` (the first bytes of a file) carries the PS3.10 'DICM' prefix."""
+    """True when ``head`` (the first bytes of a file) carries the PS3.10 <https://dicom.nema.org/medical/dicom/current/output/html/part10.html> 'DICM' prefix."""
     return head[DICM_OFFSET : DICM_OFFSET + len(DICM_PREFIX)] == DICM_PREFIX
 
 
@@ -157,7 +157,7 @@ def _check_pixel_data(ds: Dataset) -> None:
 
 
 def _check_photometric(ds: Dataset, samples: int) -> str:
-    # PS3.3 C.7.6.3.1.2 Photometric Interpretation
+    # PS3.3 C.7.6.3.1.2 <https://dicom.nema.org/medical/dicom/current/output/html/part03.html#sect_C.7.6.3.1.2> Photometric Interpretation
     value = ds.get("PhotometricInterpretation")
     if not value:
         raise ImageError(

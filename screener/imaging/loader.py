@@ -95,7 +95,7 @@ def load_image(
 ) -> list[Grey8]:
     """Canonical images from DICOM (recognised by content), JPEG or PNG.
 
-    DICOM is recognised by the 'DICM' prefix after the preamble (PS3.10 7.1), or as a data
+    DICOM is recognised by the 'DICM' prefix after the preamble (PS3.10 7.1 <https://dicom.nema.org/medical/dicom/current/output/html/part10.html#sect_7.1>), or as a data
     set without preamble with Rows and Columns; a JPEG or PNG gives a list of one image.
     """
     head = _head(source, DICM_OFFSET + len(DICM_PREFIX))

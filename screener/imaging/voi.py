@@ -1,7 +1,7 @@
-"""Stored values to display grey: the grayscale pipeline of PS3.4 N.2.1, then 8 bits.
+"""Stored values to display grey: the grayscale pipeline of PS3.4 N.2.1 <https://dicom.nema.org/medical/dicom/current/output/html/part04.html#sect_N.2.1>, then 8 bits.
 
-Stored value -> Modality LUT (rescale slope / intercept or LUT, PS3.3 C.11.1) -> VOI LUT
-(window or LUT, PS3.3 C.11.2) -> MONOCHROME1 inversion (PS3.3 C.7.6.3.1.2) -> 0..255.
+Stored value -> Modality LUT (rescale slope / intercept or LUT, PS3.3 C.11.1 <https://dicom.nema.org/medical/dicom/current/output/html/part03.html#sect_C.11.1>) -> VOI LUT
+(window or LUT, PS3.3 C.11.2 <https://dicom.nema.org/medical/dicom/current/output/html/part03.html#sect_C.11.2>) -> MONOCHROME1 inversion (PS3.3 C.7.6.3.1.2 <https://dicom.nema.org/medical/dicom/current/output/html/part03.html#sect_C.7.6.3.1.2>) -> 0..255.
 
 Every step is a map of one value to one value, independent of resolution, so it is
 computed once for every possible stored value (256 or 65,536 of them) with pydicom's own
@@ -51,7 +51,7 @@ def _present(ds: Dataset, keyword: str) -> bool:
 
 
 def _functional_group_items(ds: Dataset, index: int, macro: str) -> list[Dataset]:
-    """Items of ``macro`` for frame ``index``: shared first, then per-frame (PS3.3 C.7.6.16)."""
+    """Items of ``macro`` for frame ``index``: shared first, then per-frame (PS3.3 C.7.6.16 <https://dicom.nema.org/medical/dicom/current/output/html/part03.html#sect_C.7.6.16>)."""
     items: list[Dataset] = []
     for keyword, position in (
         ("SharedFunctionalGroupsSequence", 0),
@@ -79,7 +79,7 @@ def _with_encoding(ds: Dataset, header: PixelHeader) -> Dataset:
 
 
 def modality_dataset(ds: Dataset, header: PixelHeader, index: int) -> Dataset:
-    """The Modality LUT Module (PS3.3 C.11.1) for frame ``index``, alone in a data set.
+    """The Modality LUT Module (PS3.3 C.11.1 <https://dicom.nema.org/medical/dicom/current/output/html/part03.html#sect_C.11.1>) for frame ``index``, alone in a data set.
 
     An enhanced image's Pixel Value Transformation (shared, then per-frame) overrides the
     top level. A separate data set keeps pydicom from touching the caller's.
@@ -94,7 +94,7 @@ def modality_dataset(ds: Dataset, header: PixelHeader, index: int) -> Dataset:
 
 
 def voi_dataset(ds: Dataset, header: PixelHeader, index: int) -> Dataset:
-    """The VOI LUT Module (PS3.3 C.11.2) for frame ``index``, alone in a data set.
+    """The VOI LUT Module (PS3.3 C.11.2 <https://dicom.nema.org/medical/dicom/current/output/html/part03.html#sect_C.11.2>) for frame ``index``, alone in a data set.
 
     Its Bits Stored 16, unsigned, without rescale, fixes the output range of
     apply_windowing to 0..65535 whatever the image: the window result is a fraction.
@@ -109,7 +109,7 @@ def voi_dataset(ds: Dataset, header: PixelHeader, index: int) -> Dataset:
 
 
 def _voi_lut_fraction(values: Floats, voi: Dataset) -> Floats:
-    """PS3.3 C.11.2.1.1 VOI LUT: first item of the VOI LUT Sequence, as a fraction."""
+    """PS3.3 C.11.2.1.1 <https://dicom.nema.org/medical/dicom/current/output/html/part03.html#sect_C.11.2.1.1> VOI LUT: first item of the VOI LUT Sequence, as a fraction."""
     item = voi.VOILUTSequence[0]
     entries, first, bits = (int(v) for v in item.LUTDescriptor)
     entries = entries or 1 << 16
@@ -163,7 +163,7 @@ def display_fraction(
 ) -> Floats:
     """Map Modality LUT output ``values`` to 0..1, 1 = white; ``histogram`` counts their pixels.
 
-    PS3.4 N.2.1.1: a VOI LUT Sequence, else the first window, else (our choice, nothing
+    PS3.4 N.2.1.1 <https://dicom.nema.org/medical/dicom/current/output/html/part04.html#sect_N.2.1.1>: a VOI LUT Sequence, else the first window, else (our choice, nothing
     being given) the full range of 8-bit data or a robust percentile window.
     """
     if _present(voi, "VOILUTSequence"):
@@ -175,7 +175,7 @@ def display_fraction(
             return _invert_if_monochrome1(fraction, header)
     if _present(voi, "WindowCenter") and _present(voi, "WindowWidth"):
         try:
-            # PS3.3 C.11.2.1.2 Window Center and Window Width: LINEAR, LINEAR_EXACT and
+            # PS3.3 C.11.2.1.2 <https://dicom.nema.org/medical/dicom/current/output/html/part03.html#sect_C.11.2.1.2> Window Center and Window Width: LINEAR, LINEAR_EXACT and
             # SIGMOID (C.11.2.1.3); the first pair when several are given.
             windowed = apply_windowing(values, voi, index=0)
         except (ValueError, TypeError, IndexError) as exc:
@@ -190,7 +190,7 @@ def display_fraction(
 
 
 def _invert_if_monochrome1(fraction: Floats, header: PixelHeader) -> Floats:
-    # PS3.3 C.7.6.3.1.2: MONOCHROME1 shows the minimum value as white. The Presentation LUT
+    # PS3.3 C.7.6.3.1.2 <https://dicom.nema.org/medical/dicom/current/output/html/part03.html#sect_C.7.6.3.1.2>: MONOCHROME1 shows the minimum value as white. The Presentation LUT
     # Shape INVERSE that DX requires with it (C.8.11.6.1.2) is this same inversion.
     clipped = np.clip(fraction, 0.0, 1.0)
     return 1.0 - clipped if header.photometric_interpretation == "MONOCHROME1" else clipped
@@ -238,7 +238,7 @@ def grey_to_uint8(
 
 
 def colour_to_uint8(frame: Frame, header: PixelHeader) -> Grey8:
-    """RGB (or Y of YBR_FULL) samples to 8-bit grey; colour images carry no VOI (PS3.3 C.11.2)."""
+    """RGB (or Y of YBR_FULL) samples to 8-bit grey; colour images carry no VOI (PS3.3 C.11.2 <https://dicom.nema.org/medical/dicom/current/output/html/part03.html#sect_C.11.2>)."""
     pixels = frame.pixels
     if frame.photometric_interpretation.startswith("YBR_FULL"):
         luma = pixels[..., 0].astype(np.float64)

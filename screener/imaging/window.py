@@ -1,9 +1,9 @@
 """Window presets for reading a grey film on the study page (MONOCHROME1 / MONOCHROME2).
 
-A preset replaces the VOI step of the grayscale pipeline (PS3.4 N.2.1) with one linear
-window (PS3.3 C.11.2.1.3.2, LINEAR_EXACT) made from the frame's own values after the
+A preset replaces the VOI step of the grayscale pipeline (PS3.4 N.2.1 <https://dicom.nema.org/medical/dicom/current/output/html/part04.html#sect_N.2.1>) with one linear
+window (PS3.3 C.11.2.1.3.2 <https://dicom.nema.org/medical/dicom/current/output/html/part03.html#sect_C.11.2.1.3.2>, LINEAR_EXACT) made from the frame's own values after the
 Modality LUT; the rest of the pipeline is unchanged, MONOCHROME1 inversion included
-(PS3.3 C.7.6.3.1.2). CR and DX values are detector exposure, not Hounsfield units, so
+(PS3.3 C.7.6.3.1.2 <https://dicom.nema.org/medical/dicom/current/output/html/part03.html#sect_C.7.6.3.1.2>). CR and DX values are detector exposure, not Hounsfield units, so
 fixed CT windows (lung, mediastinum, bone) mean nothing here: every preset is relative to
 the frame. ``default`` is what the model sees and what the page always showed.
 """
@@ -22,7 +22,7 @@ from screener.imaging.dicom import PixelHeader
 #: name -> label shown on the study page, in the order shown.
 #:
 #: - ``default``, *As sent*: the data set's own VOI (its VOI LUT, else its first window,
-#:   PS3.4 N.2.1.1), else screener's choice (8-bit data as they are, or the 0.5th-99.5th
+#:   PS3.4 N.2.1.1 <https://dicom.nema.org/medical/dicom/current/output/html/part04.html#sect_N.2.1.1>), else screener's choice (8-bit data as they are, or the 0.5th-99.5th
 #:   percentile window): the picture the model is given.
 #: - ``wide``, *Full range*: from the frame's lowest to its highest value, nothing clipped;
 #:   shows what a sender's narrow window or LUT cut off (collimation edges, skin line,
@@ -102,7 +102,7 @@ def _bounds(name: str, values: Floats, counts: Counts, header: PixelHeader) -> t
 def preset_voi(
     name: str, values: Floats, histogram: Histogram, header: PixelHeader
 ) -> Dataset | None:
-    """The VOI LUT Module (PS3.3 C.11.2) of preset ``name`` for a frame, alone in a data
+    """The VOI LUT Module (PS3.3 C.11.2 <https://dicom.nema.org/medical/dicom/current/output/html/part03.html#sect_C.11.2>) of preset ``name`` for a frame, alone in a data
     set; ``None`` for ``default`` (the data set's own VOI), or when the frame is one flat
     value and no window can be made from it."""
     name = window_named(name)
@@ -117,7 +117,7 @@ def preset_voi(
     voi.BitsStored = 16
     voi.PixelRepresentation = 0
     voi.PhotometricInterpretation = "MONOCHROME2"
-    # PS3.3 C.11.2.1.3.2 LINEAR_EXACT: lo maps to the darkest output, hi to the brightest
+    # PS3.3 C.11.2.1.3.2 <https://dicom.nema.org/medical/dicom/current/output/html/part03.html#sect_C.11.2.1.3.2> LINEAR_EXACT: lo maps to the darkest output, hi to the brightest
     voi.WindowCenter = DSfloat((lo + hi) / 2, auto_format=True)
     voi.WindowWidth = DSfloat(hi - lo, auto_format=True)
     voi.VOILUTFunction = "LINEAR_EXACT"

@@ -3,7 +3,7 @@
 ``Acceptor.accept(data)`` checks the data set, writes it atomically into the spool and
 records the instance and its job in one database transaction. It returns only when the
 instance is durable; any failure leaves nothing half-written and raises an
-:class:`IngestError` subclass that the caller turns into a DIMSE status (PS3.4 B.2.3) or a
+:class:`IngestError` subclass that the caller turns into a DIMSE status (PS3.4 B.2.3 <https://dicom.nema.org/medical/dicom/current/output/html/part04.html#sect_B.2.3>) or a
 rejected file. A data set over ``listener.max_dataset_mb`` (as received, or as it inflates)
 is refused before pydicom reads it (:mod:`screener.ingest.inflate`).
 """
@@ -66,7 +66,7 @@ class DoesNotMatchSOPClass(IngestError):
 
 
 class UnsupportedSOPClass(DoesNotMatchSOPClass):
-    """Not an image SOP class screener handles (C-STORE status 0122, PS3.7 C.4.2.1.1)."""
+    """Not an image SOP class screener handles (C-STORE status 0122, PS3.7 C.4.2.1.1 <https://dicom.nema.org/medical/dicom/current/output/html/part07.html#sect_C.4.2.1.1>)."""
 
 
 @dataclass(frozen=True)
@@ -125,7 +125,7 @@ def _expected_native_length(ds: Dataset) -> int | None:
     return native_length(rows, cols, frames, samples, bits)
 
 
-#: The UIDs an instance is filed under and that its SR copies (PS3.3 C.12.1, C.7.2.1, C.7.3.1).
+#: The UIDs an instance is filed under and that its SR copies (PS3.3 C.12.1 <https://dicom.nema.org/medical/dicom/current/output/html/part03.html#sect_C.12.1>, C.7.2.1, C.7.3.1).
 _UID_ATTRIBUTES = (
     ("SOPClassUID", "(0008,0016)"),
     ("SOPInstanceUID", "(0008,0018)"),
@@ -135,7 +135,7 @@ _UID_ATTRIBUTES = (
 
 
 def validate(ds: Dataset, data: bytes) -> None:
-    """The minimum an image must have for us to keep it (PS3.3 C.12.1, C.7.6.3)."""
+    """The minimum an image must have for us to keep it (PS3.3 C.12.1 <https://dicom.nema.org/medical/dicom/current/output/html/part03.html#sect_C.12.1>, C.7.6.3)."""
     missing = [
         k
         for k in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
@@ -171,7 +171,7 @@ def validate(ds: Dataset, data: bytes) -> None:
         )
     if not syntax.is_compressed:
         if ds["PixelData"].is_undefined_length:
-            # PS3.5 A.4: only a compressed transfer syntax encapsulates its pixel data
+            # PS3.5 A.4 <https://dicom.nema.org/medical/dicom/current/output/html/part05.html#sect_A.4>: only a compressed transfer syntax encapsulates its pixel data
             raise NotUnderstood(
                 "corrupt_pixel_data",
                 f"the Pixel Data are encapsulated (compressed) but transfer syntax {syntax.name} "
@@ -187,7 +187,7 @@ def validate(ds: Dataset, data: bytes) -> None:
 
 
 def _is_transfer_syntax(uid: UID) -> bool:
-    """True for a UID that PS3.6 lists as a transfer syntax (pydicom's dictionary)."""
+    """True for a UID that PS3.6 <https://dicom.nema.org/medical/dicom/current/output/html/part06.html> lists as a transfer syntax (pydicom's dictionary)."""
     try:
         return not uid.is_private and uid.is_transfer_syntax
     except ValueError:

@@ -6,8 +6,8 @@ screener send the PACS an SR with demographics of their choosing. Screener still
 bench may want exactly that), but says so: a start-up warning (:func:`warn_if_open`) and a line
 in ``screener status`` (from the serve heartbeat, which records :meth:`Exposure.as_dict`).
 
-An allow-list alone is weak (PS3.8 7.1.1.5: the calling AE title is whatever the caller writes);
-TLS with ``tls.ca_certificates`` set authenticates callers by certificate (PS3.15 B.9). Neither
+An allow-list alone is weak (PS3.8 7.1.1.5 <https://dicom.nema.org/medical/dicom/current/output/html/part08.html#sect_7.1.1.5>: the calling AE title is whatever the caller writes);
+TLS with ``tls.ca_certificates`` set authenticates callers by certificate (PS3.15 B.9 <https://dicom.nema.org/medical/dicom/current/output/html/part15.html#sect_B.9>). Neither
 is judged here beyond "some control is set"; the README's "Security" section says what to set.
 """
 

@@ -1,6 +1,6 @@
 """The size of a received data set, checked before pydicom reads it (``listener.max_dataset_mb``).
 
-pydicom reads a Deflated Explicit VR Little Endian data set (PS3.5 A.5) with one
+pydicom reads a Deflated Explicit VR Little Endian data set (PS3.5 A.5 <https://dicom.nema.org/medical/dicom/current/output/html/part05.html#sect_A.5>) with one
 ``zlib.decompress`` of the whole rest of the file: 3 MB of deflated zeros become 3 GB in
 memory before a single element is looked at. :func:`check_size` inflates such a stream
 first, a chunk at a time with nothing kept, and stops as soon as the output passes the
@@ -28,7 +28,7 @@ OUTPUT_CHUNK = 1 << 20
 
 class DatasetTooLarge(IngestError):
     """The data set is over ``listener.max_dataset_mb``, as received or as inflated
-    (C-STORE status A700, Refused: Out of Resources, PS3.4 B.2.3)."""
+    (C-STORE status A700, Refused: Out of Resources, PS3.4 B.2.3 <https://dicom.nema.org/medical/dicom/current/output/html/part04.html#sect_B.2.3>)."""
 
     reason = "dataset_too_large"
 

@@ -2,14 +2,14 @@
 
 The C-STORE handler only checks, spools and enqueues (:class:`Acceptor`), and returns
 Success only once the instance and its job are committed. Its failure statuses follow
-PS3.4 Annex B.2.3 (Table B.2-1):
+PS3.4 Annex B.2.3 <https://dicom.nema.org/medical/dicom/current/output/html/part04.html#sect_B.2.3> (Table B.2-1):
 
 * ``0xA700`` Refused: Out of Resources — the spool disk is below ``storage.min_free_mb``,
   or the data set, complete, is over ``listener.max_dataset_mb`` as it inflates (Deflated
-  Explicit VR Little Endian, PS3.5 A.5) or as received (``dataset_too_large``)
+  Explicit VR Little Endian, PS3.5 A.5 <https://dicom.nema.org/medical/dicom/current/output/html/part05.html#sect_A.5>) or as received (``dataset_too_large``)
 * ``0xA900`` Error: Data Set does not match SOP Class — e.g. an image without Pixel Data
 * ``0xC000`` Error: Cannot understand — an unparseable or truncated data set
-* ``0x0122`` Refused: SOP Class not supported (PS3.7 C.4.2.1.1) — a storage SOP class
+* ``0x0122`` Refused: SOP Class not supported (PS3.7 C.4.2.1.1 <https://dicom.nema.org/medical/dicom/current/output/html/part07.html#sect_C.4.2.1.1>) — a storage SOP class
   that is not an image we screen (an SR, a CT, ...). Every storage SOP class is accepted at
   association time, so that such an instance gets this clear, recorded answer rather than a
   silently rejected presentation context.
@@ -58,10 +58,10 @@ from screener.ingest.uids import uid_problem
 log = structlog.get_logger(__name__)
 
 STATUS_SUCCESS = 0x0000
-STATUS_OUT_OF_RESOURCES = 0xA700  # PS3.4 B.2.3: Refused: Out of Resources
-STATUS_DATASET_MISMATCH = 0xA900  # PS3.4 B.2.3: Error: Data Set does not match SOP Class
-STATUS_CANNOT_UNDERSTAND = 0xC000  # PS3.4 B.2.3: Error: Cannot understand
-STATUS_SOP_CLASS_NOT_SUPPORTED = 0x0122  # PS3.7 C.4.2.1.1: Refused: SOP Class not supported
+STATUS_OUT_OF_RESOURCES = 0xA700  # PS3.4 B.2.3 <https://dicom.nema.org/medical/dicom/current/output/html/part04.html#sect_B.2.3>: Refused: Out of Resources
+STATUS_DATASET_MISMATCH = 0xA900  # PS3.4 B.2.3 <https://dicom.nema.org/medical/dicom/current/output/html/part04.html#sect_B.2.3>: Error: Data Set does not match SOP Class
+STATUS_CANNOT_UNDERSTAND = 0xC000  # PS3.4 B.2.3 <https://dicom.nema.org/medical/dicom/current/output/html/part04.html#sect_B.2.3>: Error: Cannot understand
+STATUS_SOP_CLASS_NOT_SUPPORTED = 0x0122  # PS3.7 C.4.2.1.1 <https://dicom.nema.org/medical/dicom/current/output/html/part07.html#sect_C.4.2.1.1>: Refused: SOP Class not supported
 
 
 def _calling_ae(event: Any) -> str:

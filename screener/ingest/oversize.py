@@ -9,8 +9,8 @@ under pynetdicom's reads of the association's socket: before a PDU's body is rea
 the length the PDU's header announces to what the message being received holds already
 (``assoc.dimse.message``, as :mod:`screener.ingest.stall` reads it: the command set and the
 data set). A PDU that would take it past the limit is never read: an A-ABORT PDU goes to the
-peer (PS3.8 9.3.8, source: DICOM UL service-user), the buffered bytes are dropped, and the
-read returns nothing, which pynetdicom takes for the transport closing (PS3.8 9.2 Evt17): it
+peer (PS3.8 9.3.8 <https://dicom.nema.org/medical/dicom/current/output/html/part08.html#sect_9.3.8>, source: DICOM UL service-user), the buffered bytes are dropped, and the
+read returns nothing, which pynetdicom takes for the transport closing (PS3.8 9.2 <https://dicom.nema.org/medical/dicom/current/output/html/part08.html#sect_9.2> Evt17): it
 closes the connection and ends the association. All of it runs in the association's reader
 thread and waits on nothing (``assoc.abort()``, called outside an event handler, would wait
 for that very thread to stop: a deadlock). ``on_too_large`` records the refusal.
@@ -63,7 +63,7 @@ def _sop_instance_uid(message: Any) -> str | None:
 
 def _abort_pdu() -> bytes:
     pdu = A_ABORT_RQ()
-    pdu.source = 0x00  # PS3.8 Table 9-26: DICOM UL service-user (initiated abort)
+    pdu.source = 0x00  # PS3.8 Table 9-26 <https://dicom.nema.org/medical/dicom/current/output/html/part08.html#table_9-26>: DICOM UL service-user (initiated abort)
     pdu.reason_diagnostic = 0x00  # not significant for a service-user abort
     return bytes(pdu.encode())
 
@@ -90,7 +90,7 @@ class ReceiveLimit:
                 return bytearray()  # pynetdicom: the transport closed (Evt17)
             data: bytearray = read(nr_bytes)
             if nr_bytes == PDU_HEADER and len(data) == PDU_HEADER:
-                # PS3.8 9.3.1: type, reserved, length; a PDU that would pass the limit is
+                # PS3.8 9.3.1 <https://dicom.nema.org/medical/dicom/current/output/html/part08.html#sect_9.3.1>: type, reserved, length; a PDU that would pass the limit is
                 # refused here, before its body is asked for (pynetdicom then closes quietly)
                 held = _buffered(message) + PDU_HEADER + int.from_bytes(data[2:6], "big")
                 if held > self.limit:

@@ -20,7 +20,7 @@ from pydicom import Dataset
 from screener.config import PopulationSettings, Settings
 from screener.ingest.selection import Skip
 
-#: PS3.5 6.2 Age String: nnnD, nnnW, nnnM or nnnY. Real headers also carry bare numbers
+#: PS3.5 6.2 <https://dicom.nema.org/medical/dicom/current/output/html/part05.html#sect_6.2> Age String: nnnD, nnnW, nnnM or nnnY. Real headers also carry bare numbers
 #: (``38``, read as years), lower case and spaces (``5 y``), which we accept when reading.
 _AGE = re.compile(r"^\s*(\d{1,3})\s*([DWMY]?)\s*$", re.IGNORECASE)
 _DAYS_PER_UNIT = {"D": 1.0, "W": 7.0, "M": 365.25 / 12.0, "Y": 365.25}

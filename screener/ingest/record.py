@@ -82,7 +82,7 @@ class Header:
     study_date: str | None
     study_time: str | None
     study_description: str | None = None
-    # input facts for drift monitoring (screener.monitor): PS3.3 C.7.6.3, C.7.5.1
+    # input facts for drift monitoring (screener.monitor): PS3.3 C.7.6.3 <https://dicom.nema.org/medical/dicom/current/output/html/part03.html#sect_C.7.6.3>, C.7.5.1
     bits_stored: int | None = None
     photometric_interpretation: str | None = None
     manufacturer: str | None = None
@@ -249,7 +249,7 @@ def _enqueue(conn: Connection, a: Arrival, instance_id: int, now: datetime) -> i
 
 
 def _study_id(conn: Connection, h: Header, now: datetime) -> int:
-    """The study's row for a new instance, made or brought up to date (PS3.3 C.7.2.1
+    """The study's row for a new instance, made or brought up to date (PS3.3 C.7.2.1 <https://dicom.nema.org/medical/dicom/current/output/html/part03.html#sect_C.7.2.1>
     attributes we list by)."""
     found = conn.execute(_FIND_STUDY, {"uid": h.study_instance_uid}).scalar_one_or_none()
     if found is None:

@@ -1,4 +1,4 @@
-"""The storage SOP classes and transfer syntaxes screener accepts (PS3.4 B.5, PS3.5 A)."""
+"""The storage SOP classes and transfer syntaxes screener accepts (PS3.4 B.5 <https://dicom.nema.org/medical/dicom/current/output/html/part04.html#sect_B.5>, PS3.5 A <https://dicom.nema.org/medical/dicom/current/output/html/part05.html#chapter_A>)."""
 
 from __future__ import annotations
 
@@ -32,13 +32,13 @@ IMAGE_STORAGE_SOP_CLASSES: frozenset[UID] = frozenset(
     )
 )
 
-#: PS3.4 A.4: the Verification SOP Class (C-ECHO).
+#: PS3.4 A.4 <https://dicom.nema.org/medical/dicom/current/output/html/part04.html#sect_A.4>: the Verification SOP Class (C-ECHO).
 VERIFICATION = UID("1.2.840.10008.1.1")
 
 #: Transfer syntaxes accepted for every image SOP class. pynetdicom accepts the first of
-#: ours that the requestor proposes in a context (PS3.8 9.3.3.2), so the order is a choice:
+#: ours that the requestor proposes in a context (PS3.8 9.3.3.2 <https://dicom.nema.org/medical/dicom/current/output/html/part08.html#sect_9.3.3.2>), so the order is a choice:
 #: - uncompressed first (the default): every DICOM AE supports Implicit VR Little Endian
-#:   (PS3.5 10.1), so a sender that proposes it can send it; a compressed image may then be
+#:   (PS3.5 10.1 <https://dicom.nema.org/medical/dicom/current/output/html/part05.html#sect_10.1>), so a sender that proposes it can send it; a compressed image may then be
 #:   decompressed by the sender;
 #: - compressed first (``listener.prefer_compressed``): images travel as stored, for a
 #:   sender that proposes its stored syntax beside uncompressed but cannot decompress. A

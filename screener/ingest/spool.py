@@ -28,7 +28,7 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _safe(uid: str) -> str:
-    """UIDs are digits and dots (PS3.5 9.1); anything else is replaced so a path stays a path."""
+    """UIDs are digits and dots (PS3.5 9.1 <https://dicom.nema.org/medical/dicom/current/output/html/part05.html#sect_9.1>); anything else is replaced so a path stays a path."""
     return "".join(c if c.isdigit() or c == "." else "_" for c in uid)[:64] or "_"
 
 

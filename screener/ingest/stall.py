@@ -1,13 +1,13 @@
 """C-STORE requests whose data set never comes: answered C000 at once, the slot freed.
 
-PS3.7 9.3.1.1 / 6.3.1: a C-STORE-RQ whose Command Data Set Type (0000,0800) is not 0x0101
+PS3.7 9.3.1.1 <https://dicom.nema.org/medical/dicom/current/output/html/part07.html#sect_9.3.1.1> / 6.3.1: a C-STORE-RQ whose Command Data Set Type (0000,0800) is not 0x0101
 is followed by its data set. A sender that announces one and sends nothing (an empty data
 set from a broken or hostile SCU) leaves pynetdicom waiting for fragments that never come,
 and the sender waiting for our response: both sit until ``network_timeout`` holding one of
 ``max_associations``. No real sender leaves a gap between the command and the first
 data-set fragment (they travel back to back), so a request still without a single data-set
 byte after :data:`GRACE_SECONDS`, with nothing more in the socket or in pynetdicom's queues
-(a busy host is not a stalled sender), is answered 0xC000 (Error: Cannot understand, PS3.4 B.2.3),
+(a busy host is not a stalled sender), is answered 0xC000 (Error: Cannot understand, PS3.4 B.2.3 <https://dicom.nema.org/medical/dicom/current/output/html/part04.html#sect_B.2.3>),
 and the association goes on (the sender may release it or send the next instance).
 
 This looks at pynetdicom's DIMSE provider (``assoc.dimse.message``, the message being
@@ -36,7 +36,7 @@ GRACE_SECONDS = 2.0
 POLL_SECONDS = 0.25
 
 STATUS_CANNOT_UNDERSTAND = 0xC000
-NO_DATA_SET = 0x0101  # PS3.7 E.1-1: Command Data Set Type "no data set"
+NO_DATA_SET = 0x0101  # PS3.7 E.1 <https://dicom.nema.org/medical/dicom/current/output/html/part07.html#sect_E.1>-1: Command Data Set Type "no data set"
 
 OnStalled = Callable[[str, str | None], None]  # (calling AE title, SOP Instance UID)
 

@@ -1,4 +1,4 @@
-"""UIDs as PS3.5 §9.1 defines them, checked before anything is stored or copied into an SR.
+"""UIDs as PS3.5 <https://dicom.nema.org/medical/dicom/current/output/html/part05.html> §9.1 defines them, checked before anything is stored or copied into an SR.
 
 A UID is at most 64 characters of digits and dots; each dot-separated component is a
 number without leading zeros ("0" itself is allowed), none empty. A UID that breaks this is
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-#: PS3.5 §9.1: at most 64 characters.
+#: PS3.5 <https://dicom.nema.org/medical/dicom/current/output/html/part05.html> §9.1: at most 64 characters.
 MAX_UID_LENGTH = 64
 
 _UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")

@@ -48,7 +48,7 @@ def input_facts(
     photometric_interpretation: str | None,
     manufacturer: str | None,
 ) -> dict[str, str]:
-    """One film's input facts as the categories compared (PS3.3 C.7.6.3 Image Pixel,
+    """One film's input facts as the categories compared (PS3.3 C.7.6.3 <https://dicom.nema.org/medical/dicom/current/output/html/part03.html#sect_C.7.6.3> Image Pixel,
     C.7.5.1 General Equipment); missing values are ``unknown``."""
     return {
         "size": size_class(rows, columns),

@@ -1,8 +1,8 @@
 """The heatmap overlay as a Secondary Capture image in the source image's study.
 
-PS3.3 A.8.1 Secondary Capture Image IOD, built by ``highdicom.sc.SCImage``: an RGB 8-bit
+PS3.3 A.8.1 <https://dicom.nema.org/medical/dicom/current/output/html/part03.html#sect_A.8.1> Secondary Capture Image IOD, built by ``highdicom.sc.SCImage``: an RGB 8-bit
 picture (the Grad-CAM overlay from :func:`screener.model.gradcam.overlay`), patient and
-study copied from the source, a Source Image Sequence (PS3.3 C.7.6.1.1.2) pointing at the
+study copied from the source, a Source Image Sequence (PS3.3 C.7.6.1.1.2 <https://dicom.nema.org/medical/dicom/current/output/html/part03.html#sect_C.7.6.1.1.2>) pointing at the
 screened image, and Contributing Equipment naming screener.
 """
 
@@ -68,18 +68,18 @@ def build_heatmap_capture(
         # highdicom refuses valid terms such as ['', 'ISO 2022 IR 149']: set below instead
         specific_character_set=None,
     )
-    # PS3.3 C.12.1.1.2: the patient's and study's text is the source's, in its character set
+    # PS3.3 C.12.1.1.2 <https://dicom.nema.org/medical/dicom/current/output/html/part03.html#sect_C.12.1.1.2>: the patient's and study's text is the source's, in its character set
     apply_character_set(capture, character_set(header))
     if orientation is None:
-        # PS3.3 C.7.6.1: Patient Orientation is Type 2C; when the source does not state it we
+        # PS3.3 C.7.6.1 <https://dicom.nema.org/medical/dicom/current/output/html/part03.html#sect_C.7.6.1>: Patient Orientation is Type 2C; when the source does not state it we
         # do not guess, and leave it empty as the source did (highdicom asks for a value).
         capture.PatientOrientation = []
     if "Laterality" not in capture:
-        # PS3.3 C.7.3.1 General Series: Laterality is Type 2C (paired body parts); a chest is
+        # PS3.3 C.7.3.1 <https://dicom.nema.org/medical/dicom/current/output/html/part03.html#sect_C.7.3.1> General Series: Laterality is Type 2C (paired body parts); a chest is
         # not paired, so it is present and empty unless the source states one.
         laterality = str(header.get("Laterality", ""))
         capture.Laterality = laterality if laterality in ("R", "L") else ""
-    # PS3.3 C.7.6.1.1.2 Source Image Sequence: the screened image this picture derives from
+    # PS3.3 C.7.6.1.1.2 <https://dicom.nema.org/medical/dicom/current/output/html/part03.html#sect_C.7.6.1.1.2> Source Image Sequence: the screened image this picture derives from
     ref = Dataset()
     ref.ReferencedSOPClassUID = header.SOPClassUID
     ref.ReferencedSOPInstanceUID = header.SOPInstanceUID

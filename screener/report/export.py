@@ -24,7 +24,7 @@ Each delivery of one result to one destination is a row in ``exports``:
   row waits for :func:`retry_dead` (``screener exports retry``), e.g. after the
   configuration or the source was fixed.
 
-C-STORE statuses follow PS3.4 B.2.3 / PS3.7 C.4.2.1: Success and the Warning statuses
+C-STORE statuses follow PS3.4 B.2.3 <https://dicom.nema.org/medical/dicom/current/output/html/part04.html#sect_B.2.3> / PS3.7 C.4.2.1 <https://dicom.nema.org/medical/dicom/current/output/html/part07.html#sect_C.4.2.1>: Success and the Warning statuses
 (0xB000 coercion, 0xB006 elements discarded, 0xB007 data set does not match SOP class)
 deliver; 0x0111 Duplicate SOP Instance on a resend also counts as delivered (the PACS has
 this very instance); every other status is a failure, permanent or transient as
@@ -92,10 +92,10 @@ BATCH = 50
 MAX_PARALLEL = 8
 
 STATUS_SUCCESS = 0x0000
-STATUS_DUPLICATE_SOP_INSTANCE = 0x0111  # PS3.7 C.4.2.1: the peer already holds this instance
+STATUS_DUPLICATE_SOP_INSTANCE = 0x0111  # PS3.7 C.4.2.1 <https://dicom.nema.org/medical/dicom/current/output/html/part07.html#sect_C.4.2.1>: the peer already holds this instance
 
-#: C-STORE failure statuses that a resend of the same data set cannot cure (PS3.4 B.2.3,
-#: PS3.7 C.4.2.1 and Annex C): the destination judged the request itself, not its own state.
+#: C-STORE failure statuses that a resend of the same data set cannot cure (PS3.4 B.2.3 <https://dicom.nema.org/medical/dicom/current/output/html/part04.html#sect_B.2.3>,
+#: PS3.7 C.4.2.1 <https://dicom.nema.org/medical/dicom/current/output/html/part07.html#sect_C.4.2.1> and Annex C): the destination judged the request itself, not its own state.
 _PERMANENT_STATUSES = frozenset(
     {
         0x0105,  # No such attribute
@@ -109,9 +109,9 @@ _PERMANENT_STATUSES = frozenset(
         0x0119,  # Class-instance conflict
         0x0120,  # Missing attribute
         0x0121,  # Missing attribute value
-        0x0122,  # Refused: SOP Class not supported (PS3.4 B.2.3)
+        0x0122,  # Refused: SOP Class not supported (PS3.4 B.2.3 <https://dicom.nema.org/medical/dicom/current/output/html/part04.html#sect_B.2.3>)
         0x0123,  # No such action
-        0x0124,  # Refused: Not authorized (PS3.7 Annex C, general statuses)
+        0x0124,  # Refused: Not authorized (PS3.7 Annex C <https://dicom.nema.org/medical/dicom/current/output/html/part07.html#chapter_C>, general statuses)
         0x0211,  # Unrecognized operation
         0x0212,  # Mistyped argument
     }
@@ -121,7 +121,7 @@ _PERMANENT_STATUSES = frozenset(
 def status_is_permanent(status: int) -> bool:
     """Whether a failed C-STORE status means that sending the same SR again will fail again.
 
-    PS3.4 B.2.3 (Storage Service Class statuses) and PS3.7 C.4.2.1 / Annex C:
+    PS3.4 B.2.3 <https://dicom.nema.org/medical/dicom/current/output/html/part04.html#sect_B.2.3> (Storage Service Class statuses) and PS3.7 C.4.2.1 <https://dicom.nema.org/medical/dicom/current/output/html/part07.html#sect_C.4.2.1> / Annex C:
 
     * permanent: 0xA9xx Error: Data Set does not match SOP Class, 0xCxxx Error: Cannot
       understand, 0x0122 Refused: SOP Class not supported, 0x0124 Refused: Not authorized,
@@ -144,7 +144,7 @@ class Failure:
 SR_3D = SR_SOP_CLASSES["3d"]
 
 #: Proposed for every object we send (docs/conformance.md 4.2.2): Explicit VR Little Endian
-#: first, Implicit VR Little Endian, which every DICOM AE supports (PS3.5 10.1).
+#: first, Implicit VR Little Endian, which every DICOM AE supports (PS3.5 10.1 <https://dicom.nema.org/medical/dicom/current/output/html/part05.html#sect_10.1>).
 EXPORT_TRANSFER_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 SOP_CLASS_NAMES = {
     SR_SOP_CLASSES["3d"]: "Comprehensive 3D SR",
@@ -411,7 +411,7 @@ class Exporter:
         )
         if not assoc.is_established:
             refused = [str(cx.abstract_syntax) for cx in assoc.rejected_contexts]
-            if refused and not assoc.accepted_contexts:  # PS3.8 9.3.3.2: every context rejected
+            if refused and not assoc.accepted_contexts:  # PS3.8 9.3.3.2 <https://dicom.nema.org/medical/dicom/current/output/html/part08.html#sect_9.3.3.2>: every context rejected
                 # the destination does not take this SOP class: resending will not change that
                 failure = Failure(_not_accepted(refused[0]), permanent=True)
             else:
@@ -450,18 +450,18 @@ class Exporter:
         accepted = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}
         for ds in datasets:
             name = SOP_CLASS_NAMES.get(str(ds.SOPClassUID), str(ds.SOPClassUID))
-            if str(ds.SOPClassUID) not in accepted:  # PS3.8 9.3.3.2: context rejected
+            if str(ds.SOPClassUID) not in accepted:  # PS3.8 9.3.3.2 <https://dicom.nema.org/medical/dicom/current/output/html/part08.html#sect_9.3.3.2>: context rejected
                 return Failure(_not_accepted(str(ds.SOPClassUID)), permanent=True)
             rsp = assoc.send_c_store(ds)
             if "Status" not in rsp:  # A-ABORT, or no answer within the DIMSE timeout
                 return Failure("no C-STORE response (association aborted or DIMSE timeout)")
             status = int(rsp.Status)
             category = code_to_category(status)
-            # PS3.4 B.2.3: Warning statuses mean the instance was stored
+            # PS3.4 B.2.3 <https://dicom.nema.org/medical/dicom/current/output/html/part04.html#sect_B.2.3>: Warning statuses mean the instance was stored
             if status == STATUS_SUCCESS or category == "Warning":
                 continue
             if status == STATUS_DUPLICATE_SOP_INSTANCE:
-                continue  # PS3.7 C.4.2.1: the peer already has this very SOP Instance
+                continue  # PS3.7 C.4.2.1 <https://dicom.nema.org/medical/dicom/current/output/html/part07.html#sect_C.4.2.1>: the peer already has this very SOP Instance
             meaning = STORAGE_SERVICE_CLASS_STATUS.get(status, (category, "unknown status"))[1]
             return Failure(
                 f"C-STORE of {name} answered 0x{status:04X} ({meaning})",

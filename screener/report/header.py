@@ -4,14 +4,14 @@ Strict on what we write, tolerant on what we read: a source image may lack Type 
 attributes (Patient's Sex, Study ID, Accession Number, ...) or carry them empty. highdicom
 reads them as attributes of its ``evidence``, so :func:`evidence_header` hands it a copy of
 the header in which every attribute highdicom reads is present (empty when the source has
-none, which is what Type 2 allows, PS3.5 7.4). The copy never carries Pixel Data.
+none, which is what Type 2 allows, PS3.5 7.4 <https://dicom.nema.org/medical/dicom/current/output/html/part05.html#sect_7.4>). The copy never carries Pixel Data.
 
 The patient's and the study's identifying text is copied as the source has it, so our
-objects carry the source's Specific Character Set (PS3.3 C.12.1.1.2), e.g. ``['', 'ISO 2022
+objects carry the source's Specific Character Set (PS3.3 C.12.1.1.2 <https://dicom.nema.org/medical/dicom/current/output/html/part03.html#sect_C.12.1.1.2>), e.g. ``['', 'ISO 2022
 IR 87']`` for Japanese or ``['', 'ISO 2022 IR 149']`` for Korean: highdicom only knows some
-of the defined terms, so :func:`character_set` checks the source's value against PS3.3
+of the defined terms, so :func:`character_set` checks the source's value against PS3.3 <https://dicom.nema.org/medical/dicom/current/output/html/part03.html>
 Tables C.12-2 to C.12-5 and :func:`apply_character_set` sets it on the finished object
-(pydicom encodes every value with it on write, PS3.5 6.1.2.5). What cannot be carried
+(pydicom encodes every value with it on write, PS3.5 6.1.2.5 <https://dicom.nema.org/medical/dicom/current/output/html/part05.html#sect_6.1.2.5>). What cannot be carried
 faithfully -- an unknown character set, an identifying value too large for an element or
 of unknown VR -- raises :class:`ReportError`: retrying would build the same failure.
 """
@@ -36,12 +36,12 @@ from screener.errors import ScreenerError
 MANUFACTURER = "screener"
 
 # highdicom warns about single-component person names with the name in the message; a
-# warning goes to stderr, and a patient's name must never reach a log (PS3.15 E.1).
+# warning goes to stderr, and a patient's name must never reach a log (PS3.15 E.1 <https://dicom.nema.org/medical/dicom/current/output/html/part15.html#sect_E.1>).
 warnings.filterwarnings(
     "ignore", message=".*unlikely to represent the intended person name", module=r"highdicom\."
 )
 
-#: Attributes highdicom's SR/SC constructors read from the evidence (PS3.3 C.7.1.1, C.7.2.1).
+#: Attributes highdicom's SR/SC constructors read from the evidence (PS3.3 C.7.1.1 <https://dicom.nema.org/medical/dicom/current/output/html/part03.html#sect_C.7.1.1>, C.7.2.1).
 _TYPE2_COPIED = (
     "PatientName",
     "PatientID",
@@ -55,10 +55,10 @@ _TYPE2_COPIED = (
 )
 _REQUIRED = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
 
-#: PS3.5 7.1.2: in Explicit VR (how our objects are sent) these VRs have a 16-bit length.
+#: PS3.5 7.1.2 <https://dicom.nema.org/medical/dicom/current/output/html/part05.html#sect_7.1.2>: in Explicit VR (how our objects are sent) these VRs have a 16-bit length.
 _MAX_SHORT_VALUE = 0xFFFE
 
-#: PS3.3 C.12.1.1.2 Specific Character Set, single-valued: Table C.12-2 (single-byte, no
+#: PS3.3 C.12.1.1.2 <https://dicom.nema.org/medical/dicom/current/output/html/part03.html#sect_C.12.1.1.2> Specific Character Set, single-valued: Table C.12-2 (single-byte, no
 #: code extensions) and Table C.12-5 (multi-byte, no code extensions).
 _STAND_ALONE = frozenset(
     {
@@ -141,7 +141,7 @@ def evidence_header(source: Dataset) -> Dataset:
         if keyword not in header or header[keyword].value is None:
             setattr(header, keyword, "")
     if str(header.get("PatientSex", "")) not in ("M", "F", "O", ""):
-        header.PatientSex = ""  # PS3.3 C.7.1.1: enumerated values M, F, O
+        header.PatientSex = ""  # PS3.3 C.7.1.1 <https://dicom.nema.org/medical/dicom/current/output/html/part03.html#sect_C.7.1.1>: enumerated values M, F, O
     apply_character_set(header, charset)
     return header
 
@@ -149,8 +149,8 @@ def evidence_header(source: Dataset) -> Dataset:
 def character_set(source: Dataset) -> CharacterSet | None:
     """The source's Specific Character Set as our objects must declare it; None: the default.
 
-    PS3.3 C.12.1.1.2: one defined term of Tables C.12-2 / C.12-5, or several of Tables
-    C.12-3 / C.12-4 (code extensions, PS3.5 6.1.2.5), value 1 possibly empty. Anything else
+    PS3.3 C.12.1.1.2 <https://dicom.nema.org/medical/dicom/current/output/html/part03.html#sect_C.12.1.1.2>: one defined term of Tables C.12-2 / C.12-5, or several of Tables
+    C.12-3 / C.12-4 (code extensions, PS3.5 6.1.2.5 <https://dicom.nema.org/medical/dicom/current/output/html/part05.html#sect_6.1.2.5>), value 1 possibly empty. Anything else
     is a :class:`ReportError`: the source's text cannot be decoded with certainty, so it
     cannot be carried into an SR.
     """
@@ -214,9 +214,9 @@ def _check_carried(element: DataElement, charset: CharacterSet | None) -> None:
     """An identifying attribute that our objects copy must fit them as the source has it.
 
     A value read as bytes (VR UN: a PN over 64 KiB cannot be sent in Explicit VR any other
-    way) or longer than an Explicit VR element holds (PS3.5 7.1.2) would be written as UN
+    way) or longer than an Explicit VR element holds (PS3.5 7.1.2 <https://dicom.nema.org/medical/dicom/current/output/html/part05.html#sect_7.1.2>) would be written as UN
     or not at all; the SR would not name the patient as the images do. The message names
-    the attribute and sizes, never the value (PS3.15 E.1).
+    the attribute and sizes, never the value (PS3.15 E.1 <https://dicom.nema.org/medical/dicom/current/output/html/part15.html#sect_E.1>).
     """
     value = element.value
     if value is None or value == "":
@@ -245,7 +245,7 @@ def _check_carried(element: DataElement, charset: CharacterSet | None) -> None:
 
 
 def _conformant(element: DataElement) -> bool:
-    """Whether every value of ``element`` is valid for its VR (PS3.5 6.2)."""
+    """Whether every value of ``element`` is valid for its VR (PS3.5 6.2 <https://dicom.nema.org/medical/dicom/current/output/html/part05.html#sect_6.2>)."""
     values = element.value if isinstance(element.value, MultiValue) else [element.value]
     try:
         for value in values:
@@ -257,7 +257,7 @@ def _conformant(element: DataElement) -> bool:
 
 
 def processing_equipment(model_name: str, content_time: dt.datetime) -> hd.ContributingEquipment:
-    """Contributing Equipment naming screener (PS3.3 C.12.1.1.5, CID 7005 Processing Equipment)."""
+    """Contributing Equipment naming screener (PS3.3 C.12.1.1.5 <https://dicom.nema.org/medical/dicom/current/output/html/part03.html#sect_C.12.1.1.5>, CID 7005 Processing Equipment)."""
     return hd.ContributingEquipment(
         manufacturer=MANUFACTURER,
         purpose_of_reference=codes.DCM.ProcessingEquipment,

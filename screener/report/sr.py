@@ -1,10 +1,10 @@
 """The second-read flag sent back to PACS: a TID 1500 Measurement Report, built by highdicom.
 
-One SR per screened image (PS3.3 A.35.13 Comprehensive 3D SR IOD, or A.35.3 Comprehensive
-SR IOD for a PACS that refuses 3D SR; content per PS3.3 C.17.3 SR Document Content), in the
+One SR per screened image (PS3.3 A.35.13 <https://dicom.nema.org/medical/dicom/current/output/html/part03.html#sect_A.35.13> Comprehensive 3D SR IOD, or A.35.3 Comprehensive
+SR IOD for a PACS that refuses 3D SR; content per PS3.3 C.17.3 <https://dicom.nema.org/medical/dicom/current/output/html/part03.html#sect_C.17.3> SR Document Content), in the
 source image's study, in a series of its own:
 
-* PS3.16 TID 1500 Measurement Report, procedure "Plain chest X-ray", with
+* PS3.16 TID 1500 <https://dicom.nema.org/medical/dicom/current/output/html/part16.html#sect_TID_1500> Measurement Report, procedure "Plain chest X-ray", with
   TID 1001 Observation Context: the device observer is the model (Device Observer UID =
   the model's UID), and TID 1600 Image Library when the header has its descriptors;
 * one TID 1501 Measurement Group referencing the source image, with the finding
@@ -45,7 +45,7 @@ from screener.report.header import (
 
 __all__ = ["SR_SOP_CLASSES", "ReportError", "ScreeningFinding", "build_heatmap_capture", "build_sr"]
 
-#: sr_kind -> SOP Class UID (PS3.4 B.5: Comprehensive 3D SR .88.34, Comprehensive SR .88.33)
+#: sr_kind -> SOP Class UID (PS3.4 B.5 <https://dicom.nema.org/medical/dicom/current/output/html/part04.html#sect_B.5>: Comprehensive 3D SR .88.34, Comprehensive SR .88.33)
 SR_SOP_CLASSES = {
     "3d": "1.2.840.10008.5.1.4.1.1.88.34",
     "comprehensive": "1.2.840.10008.5.1.4.1.1.88.33",
@@ -59,8 +59,8 @@ CERTAINTY_OF_FINDING = codes.DCM.CertaintyOfFinding  # DCM 111012
 PERCENT = codes.UCUM.Percent
 RECOMMENDATION = codes.DCM.Recommendation  # DCM 121075
 
-#: PS3.3 8.2: a coding scheme designator starting with "99" is private; it is declared in
-#: the Coding Scheme Identification Sequence (PS3.3 C.12.1.1.4) of every SR that uses it.
+#: PS3.3 8.2 <https://dicom.nema.org/medical/dicom/current/output/html/part03.html#sect_8.2>: a coding scheme designator starting with "99" is private; it is declared in
+#: the Coding Scheme Identification Sequence (PS3.3 C.12.1.1.4 <https://dicom.nema.org/medical/dicom/current/output/html/part03.html#sect_C.12.1.1.4>) of every SR that uses it.
 PRIVATE_SCHEME = "99SCREENER"
 SECOND_READ = hd.sr.CodedConcept("SECONDREAD", PRIVATE_SCHEME, "Second read recommended")
 #: A film the domain guard found unlike the model's training films: not assessed.
@@ -136,7 +136,7 @@ def build_sr(
         "sr-series", str(header.StudyInstanceUID), finding.model_uid, kind
     )
     report = _measurement_report(header, finding, sop_uid)
-    # PS3.3 A.35.13 Comprehensive 3D SR (.88.34) / A.35.3 Comprehensive SR (.88.33)
+    # PS3.3 A.35.13 <https://dicom.nema.org/medical/dicom/current/output/html/part03.html#sect_A.35.13> Comprehensive 3D SR (.88.34) / A.35.3 Comprehensive SR (.88.33)
     sr_class = hd.sr.Comprehensive3DSR if kind == "3d" else hd.sr.ComprehensiveSR
     sr = sr_class(
         evidence=[header],
@@ -159,7 +159,7 @@ def build_sr(
         # highdicom refuses valid terms such as ['', 'ISO 2022 IR 149']: set below instead
         specific_character_set=None,
     )
-    # PS3.3 C.12.1.1.2: the patient's and study's text is the source's, in its character set
+    # PS3.3 C.12.1.1.2 <https://dicom.nema.org/medical/dicom/current/output/html/part03.html#sect_C.12.1.1.2>: the patient's and study's text is the source's, in its character set
     apply_character_set(sr, character_set(header))
     # A rebuild is the same instance: its creation and contribution times are the content
     # time, not the moment of the retry (highdicom stamps "now").
@@ -175,7 +175,7 @@ def build_sr(
 def _measurement_report(
     header: Dataset, finding: ScreeningFinding, sop_uid: str
 ) -> hd.sr.MeasurementReport:
-    """PS3.16 TID 1500 Measurement Report with one TID 1501 group for the finding."""
+    """PS3.16 TID 1500 <https://dicom.nema.org/medical/dicom/current/output/html/part16.html#sect_TID_1500> Measurement Report with one TID 1501 group for the finding."""
     # TID 1001 Observation Context; TID 1004 Device Observer: the model is the observer
     observer = hd.sr.ObserverContext(
         observer_type=codes.cid270.Device,

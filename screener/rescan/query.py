@@ -1,11 +1,11 @@
 """Query/Retrieve SCU: find studies on the PACS (C-FIND) and have them sent to us (C-MOVE).
 
-Both use the Study Root Query/Retrieve Information Model (PS3.4 C.6.2). The C-FIND asks at
+Both use the Study Root Query/Retrieve Information Model (PS3.4 C.6.2 <https://dicom.nema.org/medical/dicom/current/output/html/part04.html#sect_C.6.2>). The C-FIND asks at
 STUDY level for the date window, once per modality (``ModalitiesInStudy`` with one value:
-single value matching, PS3.4 C.2.2.2.1; a list of values is not portable for a non-UID
+single value matching, PS3.4 C.2.2.2.1 <https://dicom.nema.org/medical/dicom/current/output/html/part04.html#sect_C.2.2.2.1>; a list of values is not portable for a non-UID
 key). ``ModalitiesInStudy`` is an optional key that some PACS (dcmtk's ``dcmqrscp``) neither
 match nor return; for a study that comes back without it, a SERIES level C-FIND on the same
-association asks for the ``Modality`` of each series (a required key there, PS3.4 C.6.2.1.2).
+association asks for the ``Modality`` of each series (a required key there, PS3.4 C.6.2.1.2 <https://dicom.nema.org/medical/dicom/current/output/html/part04.html#sect_C.6.2.1.2>).
 
 The C-MOVE names the study and a Move Destination; the PACS opens its own association to
 that AE title and stores the images there, so the destination must be known to the PACS
@@ -36,7 +36,7 @@ STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 # Study Root Query/Retrieve Information Model - MOVE
 STUDY_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
 
-# PS3.4 Table C.4-1 (C-FIND) and Table C.4-2 (C-MOVE) statuses.
+# PS3.4 Table C.4-1 <https://dicom.nema.org/medical/dicom/current/output/html/part04.html#table_C.4-1> (C-FIND) and Table C.4-2 (C-MOVE) statuses.
 STATUS_SUCCESS = 0x0000
 STATUS_PENDING = (0xFF00, 0xFF01)
 # C-MOVE Warning: sub-operations complete, one or more failures or warnings.
@@ -82,7 +82,7 @@ class StudyMatch:
 
 @dataclass
 class MoveOutcome:
-    """What the last C-MOVE response said: status (PS3.4 C.4.2.1.5) and sub-operation counts."""
+    """What the last C-MOVE response said: status (PS3.4 C.4.2.1.5 <https://dicom.nema.org/medical/dicom/current/output/html/part04.html#sect_C.4.2.1.5>) and sub-operation counts."""
 
     status: int
     completed: int = 0
@@ -95,7 +95,7 @@ class MoveOutcome:
 
 
 def _date_range(since: datetime, until: datetime) -> str:
-    """PS3.4 C.2.2.2.5.1 range matching on a DA value: ``YYYYMMDD-YYYYMMDD``."""
+    """PS3.4 C.2.2.2.5.1 <https://dicom.nema.org/medical/dicom/current/output/html/part04.html#sect_C.2.2.2.5.1> range matching on a DA value: ``YYYYMMDD-YYYYMMDD``."""
     start: date = since.date()
     end: date = until.date()
     return f"{start:%Y%m%d}-{end:%Y%m%d}"
@@ -191,7 +191,7 @@ class PacsClient:
     def _find_study_level(
         self, assoc: Association, since: datetime, until: datetime, modality: str
     ) -> Iterator[StudyMatch]:
-        # PS3.4 C.4.1 C-FIND, Study Root, STUDY level (C.6.2.1.1): empty keys are return keys.
+        # PS3.4 C.4.1 <https://dicom.nema.org/medical/dicom/current/output/html/part04.html#sect_C.4.1> C-FIND, Study Root, STUDY level (C.6.2.1.1): empty keys are return keys.
         query = Dataset()
         query.QueryRetrieveLevel = "STUDY"
         query.StudyInstanceUID = ""
@@ -219,7 +219,7 @@ class PacsClient:
             )
 
     def _with_series_modalities(self, assoc: Association, match: StudyMatch) -> StudyMatch:
-        # PS3.4 C.6.2.1.2: SERIES level, Modality is a required key.
+        # PS3.4 C.6.2.1.2 <https://dicom.nema.org/medical/dicom/current/output/html/part04.html#sect_C.6.2.1.2>: SERIES level, Modality is a required key.
         query = Dataset()
         query.QueryRetrieveLevel = "SERIES"
         query.StudyInstanceUID = match.study_instance_uid
@@ -262,7 +262,7 @@ class PacsClient:
         move_destination: str,
     ) -> MoveOutcome:
         """Ask the PACS to send one study to ``move_destination``; the final counts."""
-        # PS3.4 C.4.2 C-MOVE, Study Root, STUDY level: the unique key names the study.
+        # PS3.4 C.4.2 <https://dicom.nema.org/medical/dicom/current/output/html/part04.html#sect_C.4.2> C-MOVE, Study Root, STUDY level: the unique key names the study.
         query = Dataset()
         query.QueryRetrieveLevel = "STUDY"
         query.StudyInstanceUID = study_instance_uid
@@ -273,7 +273,7 @@ class PacsClient:
                 outcome.status = -1
                 break
             outcome.status = status
-            # PS3.4 C.4.2.1.6-9: sub-operation counts, on pending and final responses.
+            # PS3.4 C.4.2.1.6 <https://dicom.nema.org/medical/dicom/current/output/html/part04.html#sect_C.4.2.1.6>-9: sub-operation counts, on pending and final responses.
             outcome.completed = int(
                 rsp.get("NumberOfCompletedSuboperations", outcome.completed) or 0
             )

@@ -29,7 +29,7 @@ import structlog
 
 from screener.config import LoggingSettings
 
-#: Keys that must never appear in a log line (PS3.15 E.1: basic de-identification profile).
+#: Keys that must never appear in a log line (PS3.15 E.1 <https://dicom.nema.org/medical/dicom/current/output/html/part15.html#sect_E.1>: basic de-identification profile).
 PHI_KEYS = frozenset(
     {
         "patient_name",

@@ -210,7 +210,7 @@ def pending_of(form: Any, key: Any = None) -> dict[str, str] | None:
 
 
 def when(date: str | None, time: str | None = None) -> str:
-    """A DICOM DA (and TM) as a person reads it: 2026-12-04 08:15 (PS3.5 6.2)."""
+    """A DICOM DA (and TM) as a person reads it: 2026-12-04 08:15 (PS3.5 6.2 <https://dicom.nema.org/medical/dicom/current/output/html/part05.html#sect_6.2>)."""
     if not date or len(date) != 8 or not date.isdigit():
         return date or ""
     text = f"{date[:4]}-{date[4:6]}-{date[6:]}"
