@@ -21,13 +21,22 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-UID = String(64)  # PS3.5 9.1 <https://dicom.nema.org/medical/dicom/current/output/html/part05.html#sect_9.1>: a UID is at most 64 characters
-CS = String(16)  # PS3.5 6.2 <https://dicom.nema.org/medical/dicom/current/output/html/part05.html#sect_6.2>: Code String, at most 16 characters
-AE = String(16)  # PS3.5 6.2 <https://dicom.nema.org/medical/dicom/current/output/html/part05.html#sect_6.2>: Application Entity, at most 16 characters
-LO = String(64)  # PS3.5 6.2 <https://dicom.nema.org/medical/dicom/current/output/html/part05.html#sect_6.2>: Long String, at most 64 characters
+UID = String(
+    64
+)  # PS3.5 9.1 <https://dicom.nema.org/medical/dicom/current/output/html/part05.html#sect_9.1>: a UID is at most 64 characters
+CS = String(
+    16
+)  # PS3.5 6.2 <https://dicom.nema.org/medical/dicom/current/output/html/part05.html#sect_6.2>: Code String, at most 16 characters
+AE = String(
+    16
+)  # PS3.5 6.2 <https://dicom.nema.org/medical/dicom/current/output/html/part05.html#sect_6.2>: Application Entity, at most 16 characters
+LO = String(
+    64
+)  # PS3.5 6.2 <https://dicom.nema.org/medical/dicom/current/output/html/part05.html#sect_6.2>: Long String, at most 64 characters
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -117,6 +126,8 @@ class Job(Base):
         CheckConstraint(f"state IN ({_STATES})", name="state"),
         Index("ix_jobs_state_priority_id", "state", "priority", "id"),
         Index("ix_jobs_state_lease_expires_at", "state", "lease_expires_at"),
+        # status: finished jobs counted by state and reason from the index alone
+        Index("ix_jobs_state_reason", "state", "reason"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -152,7 +163,7 @@ class Result(Base):
     frame_number: Mapped[int] = mapped_column(Integer, default=1)
     probability: Mapped[float] = mapped_column(Float)
     #: "pneumonia" (flagged), "normal", or "outside_domain" (not assessed, never flagged)
-    label: Mapped[str] = mapped_column(String(32))
+    label: Mapped[str] = mapped_column(String(32), index=True)
     threshold: Mapped[float] = mapped_column(Float)
     #: the domain guard's distance score (None: the bundle has no guard)
     domain_score: Mapped[float | None] = mapped_column(Float, nullable=True)
@@ -273,6 +284,8 @@ class Review(Base):
     __tablename__ = "reviews"
     __table_args__ = (
         CheckConstraint("verdict IN ('agree', 'disagree', 'indeterminate')", name="verdict"),
+        # the latest read of each study
+        Index("ix_reviews_study_id_created_at_id", "study_id", "created_at", "id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -305,6 +318,22 @@ class StudyScoreRow(Base):
         Index("ix_study_scores_flagged_reviewed", "flagged", "reviewed"),
         Index("ix_study_scores_received_at", "received_at"),
         Index("ix_study_scores_probability", "probability"),
+        # the worklist of read studies, in flag and audit groups: partial (the read are a few
+        # in a hundred), so that no other filter is drawn to an index led by ``reviewed``
+        Index(
+            "ix_study_scores_read_flagged_audit",
+            "flagged",
+            "audit",
+            sqlite_where=text("reviewed = 1"),
+            postgresql_where=text("reviewed"),
+        ),
+        # commissioning's histogram of the assessed P of a model lineage, from the index alone
+        Index(
+            "ix_study_scores_model_uid_assessment_probability",
+            "model_uid",
+            "assessment",
+            "probability",
+        ),
     )
 
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), primary_key=True)

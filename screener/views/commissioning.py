@@ -8,12 +8,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
+import numpy.typing as npt
+from sqlalchemy import Integer, cast, func, select
 
 from screener.db import OUTSIDE_DOMAIN, Database, StudyScoreRow
 from screener.model.calibration import Platt
 from screener.model.commission import Commissioning
-from screener.views.worklist import read_weights, reviewed_reads
+from screener.views.worklist import latest_reads
 
 
 def lineage(meta: dict[str, Any]) -> set[str]:
@@ -23,6 +24,13 @@ def lineage(meta: dict[str, Any]) -> set[str]:
     if meta.get("derived_from"):
         uids.add(str(meta["derived_from"]["uid"]))
     return uids
+
+
+#: Bins of P (width 1 / BINS) in which commissioning's flags per 100 count the assessed
+#: studies: each bin's studies stand at the bin's mean P, so a flag count is exact unless a
+#: candidate threshold falls inside a bin holding several studies (at most that bin's share
+#: of the studies, one in 10,000 of the P range, is then on the wrong side).
+BINS = 10_000
 
 
 @dataclass(frozen=True)
@@ -35,8 +43,9 @@ class SiteReads:
     audited: list[bool]
     #: reads of unflagged studies that were not drawn for an audit: weight 0, left out
     undrawn: int
-    #: every study the lineage assessed (inside the domain): its P, for flags per 100
-    assessed: list[float]
+    #: every study the lineage assessed (inside the domain): its P, for flags per 100, as
+    #: the mean P of its bin (:data:`BINS`, counted in the database), one entry per study
+    assessed: npt.NDArray[np.float64]
 
 
 def parent_to_own(meta: dict[str, Any]) -> Platt | None:
@@ -53,35 +62,51 @@ def parent_to_own(meta: dict[str, Any]) -> Platt | None:
 
 def site_reads(db: Database, meta: dict[str, Any], aging_hours: float) -> SiteReads:
     """The latest read of every study the bundle's lineage assessed, weighted by 1 / the
-    chance the study was read (:func:`read_weights`; weight-0 reads left out), and the
-    P of every study the lineage assessed (from the summary table, one SELECT). P scored
-    by the parent bundle is put on this bundle's scale (:func:`parent_to_own`)."""
+    chance the study was read (:func:`latest_reads`; weight-0 reads left out), and the
+    P of every study the lineage assessed, from a histogram of the summary table counted in
+    the database (:data:`BINS`; one grouped SELECT, not a row per study). P scored by the
+    parent bundle is put on this bundle's scale (:func:`parent_to_own`)."""
     uids = lineage(meta)
-    reads = reviewed_reads(db, uids, aging_hours)
-    weights = read_weights(db, reads)
-    kept = [(r, w) for r, w in zip(reads, weights, strict=True) if w > 0]
+    reads = latest_reads(db, uids)
+    kept = [r for r in reads if r.weight > 0]
     remap = parent_to_own(meta)
 
-    def own(p: float, uid: str) -> float:
+    def own(p: npt.NDArray[np.float64], uid: str) -> npt.NDArray[np.float64]:
         if remap is None or uid == str(meta["uid"]):
-            return float(p)
-        return float(remap.apply(np.array([p]))[0])
+            return p
+        return np.asarray(remap.apply(p), dtype=np.float64)
 
+    s = StudyScoreRow
+    # CAST truncates in SQLite and rounds in PostgreSQL: either way a bin of width 1 / BINS
+    binned = cast(s.probability * BINS, Integer)
+    values: list[npt.NDArray[np.float64]] = []
+    counts: list[npt.NDArray[np.int64]] = []
     with db.transaction() as session:
-        assessed = [
-            own(p, uid)
-            for p, uid in session.execute(
-                select(StudyScoreRow.probability, StudyScoreRow.model_uid).where(
-                    StudyScoreRow.model_uid.in_(uids),
-                    StudyScoreRow.assessment != OUTSIDE_DOMAIN,
-                )
-            )
-        ]
+        rows = session.execute(
+            select(s.model_uid, func.avg(s.probability), func.count())
+            .where(s.model_uid.in_(sorted(uids)), s.assessment != OUTSIDE_DOMAIN)
+            .group_by(s.model_uid, binned)
+            .order_by(s.model_uid, binned)
+        ).all()
+    for uid in sorted({str(uid) for uid, _, _ in rows}):
+        mine = [(float(p), int(n)) for u, p, n in rows if u == uid]
+        values.append(own(np.array([p for p, _ in mine], dtype=np.float64), uid))
+        counts.append(np.array([n for _, n in mine], dtype=np.int64))
+    assessed = (
+        np.repeat(np.concatenate(values), np.concatenate(counts))
+        if values
+        else np.zeros(0, dtype=np.float64)
+    )
+    probabilities = np.array([r.probability for r in kept], dtype=np.float64)
+    read_uids = np.array([r.model_uid for r in kept], dtype=object)
+    for uid in {r.model_uid for r in kept}:
+        mask = read_uids == uid
+        probabilities[mask] = own(probabilities[mask], uid)
     return SiteReads(
-        probabilities=[own(r.probability, r.model_uid) for r, _ in kept],
-        positives=[int(bool(r.radiologist_positive)) for r, _ in kept],
-        weights=[w for _, w in kept],
-        audited=[not r.model_positive for r, _ in kept],
+        probabilities=[float(p) for p in probabilities],
+        positives=[int(r.radiologist_positive) for r in kept],
+        weights=[r.weight for r in kept],
+        audited=[not r.model_positive for r in kept],
         undrawn=len(reads) - len(kept),
         assessed=assessed,
     )

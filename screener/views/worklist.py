@@ -22,8 +22,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import case, false, select, true
-from sqlalchemy.orm import Session
+from sqlalchemy import case, false, func, select, true
+from sqlalchemy.orm import Session, aliased
 
 from screener.db import (
     OUTSIDE_DOMAIN,
@@ -712,50 +712,117 @@ def _ratio(a: int, b: int) -> float | None:
 MEANINGFUL_READS = 20
 
 
+def _latest_reads() -> Any:
+    """A condition on :class:`Review`: the row is its study's latest read (by created_at,
+    then id), looked up per read on ``ix_reviews_study_id_created_at_id``."""
+    newest = aliased(Review)
+    return (
+        Review.id
+        == select(newest.id)
+        .where(newest.study_id == Review.study_id)
+        .order_by(newest.created_at.desc(), newest.id.desc())
+        .limit(1)
+        .correlate(Review)
+        .scalar_subquery()
+    )
+
+
+def _first_read() -> tuple[Any, Any]:
+    """When (created_at, id) a read's study was first read: the order the reads are kept in."""
+    first = aliased(Review)
+    at = (
+        select(func.min(first.created_at))
+        .where(first.study_id == Review.study_id)
+        .correlate(Review)
+        .scalar_subquery()
+    )
+    ident = (
+        select(first.id)
+        .where(first.study_id == Review.study_id)
+        .order_by(first.created_at, first.id)
+        .limit(1)
+        .correlate(Review)
+        .scalar_subquery()
+    )
+    return at, ident
+
+
+def _weight(model_positive: bool, u: float | None, share: float | None) -> float:
+    """:func:`screener.site.audit.read_weight` of a read whose draw's columns (None: no
+    draw) are given: the same rule, without making an :class:`AuditDraw` per read."""
+    if model_positive:
+        return 1.0
+    if u is not None and share is not None and share > 0 and u < share:
+        return 1.0 / share
+    return 0.0
+
+
 def review_stats(db: Database) -> list[ModelStats]:
     """Agreement and the model's sensitivity/specificity against reviewed reads, per model version.
 
-    Each study counts once, with its latest review.
-    """
-    from screener.site.audit import read_weight, weighted_proportion
-
-    with db.transaction() as session:
-        latest: dict[int, Review] = {}
-        for review in session.scalars(select(Review).order_by(Review.created_at, Review.id)):
-            latest[review.study_id] = review
-        weight = {
-            sid: read_weight(r.model_positive, draw)
-            for sid, r, draw in ((sid, r, session.get(AuditDraw, sid)) for sid, r in latest.items())
-        }
-    groups: dict[tuple[str, str, str], list[Review]] = {}
-    for review in latest.values():
-        groups.setdefault((review.model_name, review.model_version, review.model_uid), []).append(
-            review
-        )
+    Each study counts once, with its latest review. Counted in the database: the latest
+    read of each study (:func:`_latest_reads`) joined to its audit draw, grouped by model,
+    flag, finding and draw; the weights come from those few groups."""
     from screener.model.metrics import wilson_interval
+    from screener.site.audit import weighted_proportion
+
+    latest = _latest_reads()
+    drawn = case((AuditDraw.u < AuditDraw.share, 1), else_=0)
+    q = (
+        select(
+            Review.model_name,
+            Review.model_version,
+            Review.model_uid,
+            Review.model_positive,
+            Review.radiologist_positive,
+            func.min(AuditDraw.u),
+            AuditDraw.share,
+            drawn,
+            func.count(),
+        )
+        .outerjoin(AuditDraw, AuditDraw.study_id == Review.study_id)
+        .where(latest)
+        .group_by(
+            Review.model_name,
+            Review.model_version,
+            Review.model_uid,
+            Review.model_positive,
+            Review.radiologist_positive,
+            AuditDraw.share,
+            drawn,
+        )
+    )
+    # (model) -> [(model_positive, radiologist_positive, weight, reads)]
+    groups: dict[tuple[str, str, str], list[tuple[bool, bool | None, float, int]]] = {}
+    with db.transaction() as session:
+        for name, version, uid, model, read, u, share, _drawn, n in session.execute(q):
+            groups.setdefault((name, version, uid), []).append(
+                (bool(model), None if read is None else bool(read), _weight(model, u, share), n)
+            )
 
     stats = []
     for (name, version, uid), every in sorted(groups.items()):
-        reviews = [r for r in every if r.radiologist_positive is not None]
-        pairs = [(r.model_positive, bool(r.radiologist_positive)) for r in reviews]
-        positive = [
-            (r.model_positive, weight[r.study_id]) for r in reviews if r.radiologist_positive
-        ]
-        negative = [
-            (not r.model_positive, weight[r.study_id])
-            for r in reviews
-            if not r.radiologist_positive
-        ]
+        told = [(m, bool(r), w, n) for m, r, w, n in every if r is not None]
+        reviewed = sum(n for _, _, _, n in every)
+        told_n = sum(n for _, _, _, n in told)
+        positive = [(m, w, n) for m, r, w, n in told if r]
+        negative = [(not m, w, n) for m, r, w, n in told if not r]
         weighted = {
-            "sensitivity": weighted_proportion([h for h, _ in positive], [w for _, w in positive]),
-            "specificity": weighted_proportion([h for h, _ in negative], [w for _, w in negative]),
+            "sensitivity": weighted_proportion(
+                [h for h, _, n in positive for _ in range(n)],
+                [w for _, w, n in positive for _ in range(n)],
+            ),
+            "specificity": weighted_proportion(
+                [h for h, _, n in negative for _ in range(n)],
+                [w for _, w, n in negative for _ in range(n)],
+            ),
         }
-        tp = sum(model and read for model, read in pairs)
-        fp = sum(model and not read for model, read in pairs)
-        tn = sum(not model and not read for model, read in pairs)
-        fn = sum(not model and read for model, read in pairs)
+        tp = sum(n for m, r, _, n in told if m and r)
+        fp = sum(n for m, r, _, n in told if m and not r)
+        tn = sum(n for m, r, _, n in told if not m and not r)
+        fn = sum(n for m, r, _, n in told if not m and r)
         intervals = {
-            "agreement": wilson_interval(tp + tn, len(reviews)),
+            "agreement": wilson_interval(tp + tn, told_n),
             "sensitivity": wilson_interval(tp, tp + fn),
             "specificity": wilson_interval(tn, tn + fp),
             "ppv": wilson_interval(tp, tp + fp),
@@ -777,8 +844,8 @@ def review_stats(db: Database) -> list[ModelStats]:
                 name,
                 version,
                 uid,
-                len(every),
-                (tp + tn) / len(reviews) if reviews else 0.0,
+                reviewed,
+                (tp + tn) / told_n if told_n else 0.0,
                 tp,
                 fp,
                 tn,
@@ -789,43 +856,95 @@ def review_stats(db: Database) -> list[ModelStats]:
                 _ratio(tn, tn + fn),
                 intervals,
                 caution,
-                len(every) - len(reviews),
-                sum(1 for r in reviews if not r.model_positive and weight[r.study_id] > 0),
-                sum(1 for r in reviews if not r.model_positive and weight[r.study_id] == 0),
+                reviewed - told_n,
+                sum(n for m, _, w, n in told if not m and w > 0),
+                sum(n for m, _, w, n in told if not m and w == 0),
                 weighted,
             )
         )
     return stats
 
 
+@dataclass(frozen=True)
+class Read:
+    """One study's latest read as the pictures and commissioning use it."""
+
+    study_id: int
+    model_uid: str
+    probability: float
+    model_positive: bool
+    radiologist_positive: bool
+    #: 1 / the chance the study was read (:func:`screener.site.audit.read_weight`)
+    weight: float
+
+
+def _reads_query(columns: tuple[Any, ...], model_uids: set[str] | None) -> Any:
+    """The SELECT of :func:`latest_reads` (and :func:`reviewed_reads`) of ``columns``."""
+    q = (
+        select(*columns)
+        .outerjoin(StudyScoreRow, StudyScoreRow.study_id == Review.study_id)
+        .where(_latest_reads(), Review.radiologist_positive.is_not(None))
+        .where(StudyScoreRow.assessment.is_(None) | (StudyScoreRow.assessment != OUTSIDE_DOMAIN))
+        .order_by(*_first_read())
+    )
+    if model_uids is not None:
+        q = q.where(Review.model_uid.in_(sorted(model_uids)))
+    return q
+
+
+def latest_reads(db: Database, model_uids: set[str] | None = None) -> list[Read]:
+    """The latest read of each study reviewed under one of ``model_uids`` (every model when
+    None) whose images the model assessed (studies outside its domain had no score to
+    calibrate, ``study_scores.assessment``) and whose reader could tell (a read of "cannot
+    tell" is no label), with its weight from the study's audit draw: one SELECT, in the
+    order the studies were first read."""
+    if model_uids is not None and not model_uids:
+        return []
+    q = _reads_query(
+        (
+            Review.study_id,
+            Review.model_uid,
+            Review.probability,
+            Review.model_positive,
+            Review.radiologist_positive,
+            AuditDraw.u,
+            AuditDraw.share,
+        ),
+        model_uids,
+    ).outerjoin(AuditDraw, AuditDraw.study_id == Review.study_id)
+    with db.transaction() as session:
+        return [
+            Read(sid, uid, float(p), bool(m), bool(r), _weight(bool(m), u, share))
+            for sid, uid, p, m, r, u, share in session.execute(q)
+        ]
+
+
 def reviewed_reads(db: Database, model_uids: set[str], aging_hours: float) -> list[Review]:
     """The latest review of each study reviewed under one of ``model_uids`` whose images
-    the model assessed (studies outside its domain had no score to calibrate) and whose
-    reader could tell (a read of "cannot tell" is no label)."""
+    the model assessed and whose reader could tell (:func:`latest_reads`), as rows
+    (``aging_hours`` is kept for the callers)."""
+    if not model_uids:
+        return []
     with db.transaction() as session:
-        latest: dict[int, Review] = {}
-        for review in session.scalars(select(Review).order_by(Review.created_at, Review.id)):
-            latest[review.study_id] = review
-        chosen = {
-            sid: r
-            for sid, r in latest.items()
-            if r.model_uid in model_uids and r.radiologist_positive is not None
-        }
-        if not chosen:
-            return []
-        scores = _scores(session, aging_hours, list(chosen))
-        outside = {s.study_id for s in scores if s.assessment == OUTSIDE_DOMAIN}
-        reads = [r for sid, r in chosen.items() if sid not in outside]
+        reads = list(session.scalars(_reads_query((Review,), model_uids)))
         session.expunge_all()
-        return reads
+    return reads
 
 
 def read_weights(db: Database, reads: list[Review]) -> list[float]:
-    """Each read's weight against verification bias (:func:`screener.site.audit.read_weight`)."""
-    from screener.site.audit import read_weight
-
+    """Each read's weight against verification bias (:func:`screener.site.audit.read_weight`),
+    from one SELECT of the reads' audit draws."""
+    ids = sorted({r.study_id for r in reads})
     with db.transaction() as session:
-        return [read_weight(r.model_positive, session.get(AuditDraw, r.study_id)) for r in reads]
+        draws = {
+            sid: (u, share)
+            for sid, u, share in session.execute(
+                select(AuditDraw.study_id, AuditDraw.u, AuditDraw.share).where(
+                    AuditDraw.study_id.in_(ids)
+                )
+            )
+        }
+    return [_weight(r.model_positive, *draws.get(r.study_id, (None, None))) for r in reads]
 
 
 Curve = tuple[list[int], list[float], list[bool]]
@@ -834,13 +953,12 @@ Curve = tuple[list[int], list[float], list[bool]]
 def review_curves(db: Database, aging_hours: float) -> dict[str, Curve]:
     """Per model UID, the reads as labels (1: read as pneumonia), the model's P and its flag
     for the same studies: what the stats page's ROC and calibration pictures are drawn from.
-    Studies outside the model's domain are left out (the model gave them no score)."""
-    with db.transaction() as session:
-        uids = set(session.scalars(select(Review.model_uid).distinct()))
+    Studies outside the model's domain are left out (the model gave them no score). One
+    SELECT (:func:`latest_reads`); ``aging_hours`` is kept for the callers."""
     curves: dict[str, Curve] = {}
-    for read in reviewed_reads(db, uids, aging_hours):
+    for read in latest_reads(db):
         labels, probs, flags = curves.setdefault(read.model_uid, ([], [], []))
-        labels.append(int(bool(read.radiologist_positive)))
-        probs.append(float(read.probability))
-        flags.append(bool(read.model_positive))
+        labels.append(int(read.radiologist_positive))
+        probs.append(read.probability)
+        flags.append(read.model_positive)
     return curves
