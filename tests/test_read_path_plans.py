@@ -92,7 +92,9 @@ def _seq_scans(db: Database, statements: list[tuple[str, Any]]) -> list[tuple[st
         cursor.execute("SET enable_seqscan = off")
         for statement, parameters in statements:
             cursor.execute("EXPLAIN (FORMAT JSON) " + statement, parameters)
-            (plan,) = cursor.fetchone()
+            row = cursor.fetchone()
+            assert row is not None
+            plan = row[0]
             plan = plan if isinstance(plan, list) else json.loads(plan)
             for kind, table in _scans(plan[0]["Plan"]):
                 if kind == "Seq Scan" and table in LARGE:
