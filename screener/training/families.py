@@ -324,24 +324,32 @@ KEY = "specificity_at_sensitivity_0_95"
 
 
 def summarise(rows: Sequence[Row]) -> list[dict[str, Any]]:
-    """Per candidate: its families, the mean criterion and AUC over its folds, and the same
-    means over the families every candidate has (the fair comparison)."""
+    """Per candidate: its families and the mean criterion and AUC over its folds; and, paired
+    with the reference (the first candidate, e.g. the shipped recipe) on the families both
+    have, the mean difference of each (candidates cover different folds, so only paired
+    differences compare them)."""
     candidates = list(dict.fromkeys(r.candidate for r in rows))
-    families = {c: {r.family for r in rows if r.candidate == c} for c in candidates}
-    common = set.intersection(*families.values()) if families else set()
+    by = {(r.candidate, r.family): r.figures for r in rows}
+    families = {c: sorted({r.family for r in rows if r.candidate == c}) for c in candidates}
+    reference = candidates[0] if candidates else ""
     out = []
     for c in candidates:
-        mine = [r for r in rows if r.candidate == c]
-        shared = [r for r in mine if r.family in common]
+        mine = [by[c, f] for f in families[c]]
+        paired = [f for f in families[c] if (reference, f) in by]
         out.append(
             {
                 "candidate": c,
-                "families": sorted(families[c]),
-                "mean_spec_at_sens_0_95": _mean(r.figures[KEY] for r in mine),
-                "mean_auc": _mean(r.figures["auc"] for r in mine),
-                "common_families": sorted(common),
-                "common_mean_spec_at_sens_0_95": _mean(r.figures[KEY] for r in shared),
-                "common_mean_auc": _mean(r.figures["auc"] for r in shared),
+                "families": families[c],
+                "mean_spec_at_sens_0_95": _mean(m[KEY] for m in mine),
+                "mean_auc": _mean(m["auc"] for m in mine),
+                "reference": reference,
+                "paired_families": paired,
+                "paired_delta_spec_at_sens_0_95": _mean(
+                    by[c, f][KEY] - by[reference, f][KEY] for f in paired
+                ),
+                "paired_delta_auc": _mean(
+                    by[c, f]["auc"] - by[reference, f]["auc"] for f in paired
+                ),
             }
         )
     return out
@@ -370,22 +378,27 @@ def fold_table(rows: Sequence[Row]) -> str:
 
 
 def summary_table(summary: Sequence[dict[str, Any]]) -> str:
-    """The candidate table (markdown), ranked by the criterion on the common families."""
-    common = ", ".join(summary[0]["common_families"]) if summary else ""
+    """The candidate table (markdown): the criterion over each candidate's folds, and the
+    paired difference from the reference on the folds both have."""
+    reference = summary[0]["reference"] if summary else ""
     lines = [
-        f"| candidate | folds | mean best spec. at sens. >= 0.95 | mean AUC | on the common "
-        f"folds ({common}): best spec. / AUC |",
+        "| candidate | folds | mean best spec. at sens. >= 0.95 | mean AUC | minus the "
+        f"reference ({reference}) on the same folds: best spec. / AUC |",
         "|---|---|---|---|---|",
     ]
-    ranked = sorted(summary, key=lambda s: -_nan_low(s["common_mean_spec_at_sens_0_95"]))
-    for s in ranked:
+    for s in summary:
+        paired = (
+            f"{_signed(s['paired_delta_spec_at_sens_0_95'], 3)} / "
+            f"{_signed(s['paired_delta_auc'], 4)} ({', '.join(s['paired_families'])})"
+            if s["paired_families"] and s["candidate"] != reference
+            else "-"
+        )
         lines.append(
             f"| {s['candidate']} | {', '.join(s['families'])} | "
-            f"{s['mean_spec_at_sens_0_95']:.3f} | {s['mean_auc']:.4f} | "
-            f"{s['common_mean_spec_at_sens_0_95']:.3f} / {s['common_mean_auc']:.4f} |"
+            f"{s['mean_spec_at_sens_0_95']:.3f} | {s['mean_auc']:.4f} | {paired} |"
         )
     return "\n".join(lines)
 
 
-def _nan_low(value: float) -> float:
-    return -math.inf if math.isnan(value) else value
+def _signed(value: float, digits: int) -> str:
+    return f"{value:+.{digits}f}"
