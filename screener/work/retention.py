@@ -7,7 +7,9 @@ jobs' ends and its SRs' deliveries), or earlier, oldest first, while the spool h
 ``storage.max_spool_mb``. The file goes first, then ``instances.purged_at`` is set: a crash
 in between leaves a row the next run completes, never a file no run would see. Results,
 reviews, exports and the audit trail stay; the heatmap overlay kept for a Secondary Capture
-goes with the image.
+goes with the image. The spool is read, and purged, :data:`PURGE_BATCH` images per short
+transaction: on SQLite every transaction holds the write lock, which the listener's C-STORE
+waits for.
 
 Audit retention (:func:`prune_audit`, run with the spool's): ``audit_events`` rows older than
 ``storage.audit_retention_days`` are deleted in batches of :data:`AUDIT_BATCH`, each batch
@@ -20,6 +22,7 @@ only grows.
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -40,7 +43,20 @@ log = structlog.get_logger(__name__)
 
 BUSY = (JobState.QUEUED, JobState.PROCESSING)
 #: Audit rows deleted (and counted) per transaction.
-AUDIT_BATCH = 2000
+AUDIT_BATCH = 500
+#: Spool images read, or marked purged, per transaction.
+PURGE_BATCH = 500
+#: Between two retention batches retention rests as long as the batch took, and at least
+#: this many seconds: a writer waiting on SQLite's lock (the listener's C-STORE) gets it
+#: before the next batch, and retention takes at most about half a core from ingest.
+BATCH_PAUSE = 0.01
+
+
+def _rest(since: float) -> None:
+    """Rest after a batch begun at ``since`` (``time.monotonic()``): see :data:`BATCH_PAUSE`."""
+    time.sleep(max(BATCH_PAUSE, time.monotonic() - since))
+
+
 #: Audit events never pruned: rows the code reads one by one as state. ``job_requeued``: the
 #: nightly rescan caps its retries of a failed job by counting them (screener.rescan.backlog);
 #: at most a few per failed job, and no caller can add them.
@@ -83,68 +99,101 @@ class PurgeSummary:
         }
 
 
-def settled_images(db: Database) -> tuple[list[Candidate], int, int]:
-    """Settled, unpurged images oldest first; the spool's total bytes; the unsettled count."""
-    with db.transaction() as session:
-        total = int(
-            session.scalar(
-                select(func.coalesce(func.sum(Instance.size_bytes), 0)).where(
-                    Instance.purged_at.is_(None)
+def settled_images(db: Database, *, page: int | None = None) -> tuple[list[Candidate], int, int]:
+    """Settled, unpurged images oldest first; the spool's total bytes; the unsettled count.
+
+    Read in pages of ``page`` unpurged images by id (default :data:`PURGE_BATCH`), each page and
+    the facts about its images (busy jobs, undelivered SRs, last job, last delivery, results)
+    one short transaction: on SQLite every transaction takes the write lock (``BEGIN
+    IMMEDIATE``), so one read of the whole spool would stall ingest for as long as it lasts.
+    """
+    size = page or PURGE_BATCH
+    candidates: list[Candidate] = []
+    total = unsettled = 0
+    after = 0
+    while True:
+        began = time.monotonic()
+        with db.transaction() as session:
+            rows = session.execute(
+                select(Instance.id, Instance.spool_path, Instance.size_bytes, Instance.updated_at)
+                .where(Instance.purged_at.is_(None), Instance.id > after)
+                .order_by(Instance.id)
+                .limit(size)
+            ).all()
+            if not rows:
+                break
+            ids = [r[0] for r in rows]
+            busy = set(
+                session.scalars(
+                    select(Job.instance_id).where(Job.instance_id.in_(ids), Job.state.in_(BUSY))
+                )
+            ) | set(
+                session.scalars(
+                    select(Result.instance_id)
+                    .join(Export, Export.result_id == Result.id)
+                    .where(Result.instance_id.in_(ids), Export.state != DELIVERED)
                 )
             )
-            or 0
-        )
-        busy_jobs = select(Job.instance_id).where(Job.state.in_(BUSY))
-        undelivered = (
-            select(Result.instance_id)
-            .join(Export, Export.result_id == Result.id)
-            .where(Export.state != DELIVERED)
-        )
-        busy = set(session.scalars(busy_jobs)) | set(session.scalars(undelivered))
-        last_job = dict(
-            session.execute(
-                select(Job.instance_id, func.max(Job.finished_at)).group_by(Job.instance_id)
-            ).all()
-        )
-        last_export = dict(
-            session.execute(
-                select(Result.instance_id, func.max(Export.delivered_at))
-                .join(Export, Export.result_id == Result.id)
-                .group_by(Result.instance_id)
-            ).all()
-        )
-        results: dict[int, list[int]] = {}
-        for instance_id, result_id in session.execute(select(Result.instance_id, Result.id)):
-            results.setdefault(instance_id, []).append(result_id)
-        rows = session.execute(
-            select(
-                Instance.id, Instance.spool_path, Instance.size_bytes, Instance.updated_at
-            ).where(Instance.purged_at.is_(None))
-        ).all()
-    candidates = []
-    for instance_id, path, size, updated in rows:
-        if instance_id in busy:
-            continue
-        times = [as_utc(updated)] + [
-            as_utc(t) for t in (last_job.get(instance_id), last_export.get(instance_id)) if t
-        ]
-        candidates.append(
-            Candidate(instance_id, path, int(size), max(times), tuple(results.get(instance_id, ())))
-        )
+            last_job = dict(
+                session.execute(
+                    select(Job.instance_id, func.max(Job.finished_at))
+                    .where(Job.instance_id.in_(ids))
+                    .group_by(Job.instance_id)
+                ).all()
+            )
+            last_export = dict(
+                session.execute(
+                    select(Result.instance_id, func.max(Export.delivered_at))
+                    .join(Export, Export.result_id == Result.id)
+                    .where(Result.instance_id.in_(ids))
+                    .group_by(Result.instance_id)
+                ).all()
+            )
+            results: dict[int, list[int]] = {}
+            for instance_id, result_id in session.execute(
+                select(Result.instance_id, Result.id).where(Result.instance_id.in_(ids))
+            ):
+                results.setdefault(instance_id, []).append(result_id)
+        after = ids[-1]
+        for instance_id, path, nbytes, updated in rows:
+            total += int(nbytes)
+            if instance_id in busy:
+                unsettled += 1
+                continue
+            times = [as_utc(updated)] + [
+                as_utc(t) for t in (last_job.get(instance_id), last_export.get(instance_id)) if t
+            ]
+            candidates.append(
+                Candidate(
+                    instance_id, path, int(nbytes), max(times), tuple(results.get(instance_id, ()))
+                )
+            )
+        if len(rows) < size:
+            break
+        _rest(began)
     candidates.sort(key=lambda c: c.settled_at)
-    unsettled = sum(1 for r in rows if r[0] in busy)
     return candidates, total, unsettled
 
 
 def purge(
-    db: Database, settings: Settings, *, dry_run: bool = False, now: datetime | None = None
+    db: Database,
+    settings: Settings,
+    *,
+    dry_run: bool = False,
+    now: datetime | None = None,
+    batch: int = PURGE_BATCH,
 ) -> PurgeSummary:
-    """Apply ``storage.retention_days`` and ``storage.max_spool_mb`` once."""
+    """Apply ``storage.retention_days`` and ``storage.max_spool_mb`` once.
+
+    The chosen images go ``batch`` at a time: their files are deleted (no transaction open),
+    then their rows marked purged in one short transaction, with a rest between batches
+    (:data:`BATCH_PAUSE`) so that a C-STORE waiting for the write lock gets it.
+    """
     from screener.work.scoring import heatmap_path
 
     now = now or utcnow()
     storage = settings.storage
-    candidates, total, unsettled = settled_images(db)
+    candidates, total, unsettled = settled_images(db, page=batch)
     summary = PurgeSummary(dry_run=dry_run, spool_bytes_before=total, kept_busy=unsettled)
     cutoff = now - timedelta(days=storage.retention_days) if storage.retention_days > 0 else None
     cap = storage.max_spool_mb * 1024 * 1024
@@ -164,21 +213,31 @@ def purge(
     summary.oldest_settled = chosen[0].settled_at if chosen else None
     if dry_run or not chosen:
         return summary
-    for c in chosen:
-        try:
-            Path(c.spool_path).unlink(missing_ok=True)
-            for result_id in c.result_ids:
-                heatmap_path(settings, result_id).unlink(missing_ok=True)
-        except OSError as exc:  # e.g. permissions: leave it for the next run, say why
-            log.error("purge_failed", instance_id=c.instance_id, error=str(exc))
+    began = time.monotonic()
+    for start in range(0, len(chosen), batch):
+        if start:
+            _rest(began)
+            began = time.monotonic()
+        done: list[int] = []
+        for c in chosen[start : start + batch]:
+            try:
+                Path(c.spool_path).unlink(missing_ok=True)
+                for result_id in c.result_ids:
+                    heatmap_path(settings, result_id).unlink(missing_ok=True)
+            except OSError as exc:  # e.g. permissions: leave it for the next run, say why
+                log.error("purge_failed", instance_id=c.instance_id, error=str(exc))
+                continue
+            done.append(c.instance_id)
+        if not done:
             continue
-        summary.purged_ids.append(c.instance_id)
+        with db.transaction() as session:
+            session.execute(
+                update(Instance)
+                .where(Instance.id.in_(done), Instance.purged_at.is_(None))
+                .values(purged_at=now)
+            )
+        summary.purged_ids.extend(done)
     with db.transaction() as session:
-        session.execute(
-            update(Instance)
-            .where(Instance.id.in_(summary.purged_ids), Instance.purged_at.is_(None))
-            .values(purged_at=now)
-        )
         session.add(
             AuditEvent(
                 at=now,
@@ -237,6 +296,7 @@ def prune_audit(
             )
         return summary
     while True:
+        began = time.monotonic()
         with db.transaction() as session:
             oldest = (
                 select(AuditEvent.id, AuditEvent.at, AuditEvent.event, AuditEvent.reason)
@@ -256,6 +316,7 @@ def prune_audit(
         summary.batches += 1
         if len(rows) < batch:
             break
+        _rest(began)
     if summary.events:
         log.info("audit_pruned", **summary.as_dict())
     return summary
