@@ -46,6 +46,19 @@ def register(subparsers: Any) -> None:
         "--boot", type=int, default=1000, help="bootstrap resamples of the AUC (default 1000)"
     )
     p.add_argument("--json", type=Path, default=None, help="also write every figure to this file")
+    p.add_argument(
+        "--record",
+        type=Path,
+        default=None,
+        metavar="BUNDLE",
+        help="keep the tables in this bundle's model.json (model_selection.lofo) and render "
+        "its MODEL_CARD.md again; the network, calibration and threshold are not touched",
+    )
+    p.add_argument(
+        "--conclusion",
+        default="",
+        help="with --record: the paragraph under the tables (what was chosen, and why)",
+    )
     p.set_defaults(func=run)
 
 
@@ -65,6 +78,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     print(families.fold_table(rows))
     print()
     print(families.summary_table(summary))
+    if args.record is not None:
+        families.record(args.record, rows, args.conclusion)
+        print(f"\nrecorded in {args.record / 'model.json'} and its MODEL_CARD.md", file=sys.stderr)
     if args.json is not None:
         args.json.write_text(
             json.dumps(

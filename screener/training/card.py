@@ -188,6 +188,32 @@ half they are {_f(under.get("cross_fitted_brier"), 4)} and {_f(under.get("cross_
     return text
 
 
+def _lofo_section(meta: dict[str, Any]) -> str:
+    """Leave-one-family-out model selection (``screener families``), when recorded."""
+    lofo = (meta.get("model_selection") or {}).get("lofo")
+    if not lofo:
+        return ""
+    from screener.training.families import Row, fold_table, summary_table
+
+    rows = [Row(r["candidate"], r["fold"], r["family"], r["figures"]) for r in lofo["folds"]]
+    return f"""
+## Leave-one-family-out model selection
+
+{lofo["method"]}
+
+Candidates (the criterion: the mean over a candidate's folds of the best specificity with
+sensitivity >= 0.95, and of the AUC):
+
+{summary_table(lofo["candidates"])}
+
+Each fold:
+
+{fold_table(rows)}
+
+{lofo["conclusion"]}
+"""
+
+
 def _guards_section(meta: dict[str, Any]) -> str:
     pop, dg = meta.get("population"), meta.get("domain_guard")
     if not pop and not dg:
@@ -248,7 +274,8 @@ def render_card(meta: dict[str, Any]) -> str:
     if t.get("limit"):
         data_note += f" (a stratified sample, --limit {t['limit']})"
     if t.get("exclude_family"):
-        data_note += f"; normal films of the `{t['exclude_family']}` file-name family left out"
+        kind = "pneumonia" if t["exclude_family"] in ("bacteria", "virus") else "normal"
+        data_note += f"; {kind} films of the `{t['exclude_family']}` file-name family left out"
     return f"""# Model card: {meta["name"]} {meta["version"]}
 
 - **Bundle UID** (usable as a DICOM Device Observer UID): `{meta["uid"]}`
@@ -326,7 +353,7 @@ threshold were fitted on them. A compact CNN trained on this data set has been s
 validation AUC 0.997 yet 0.939 on the data set's own held-out split, with specificity
 falling to 0.64, because the held-out normal films look different. Expect lower specificity
 (more flags) at any other site, scanner or period, and measure it locally before use.
-{_shift_section(meta)}{_guards_section(meta)}{_probe_section(meta)}
+{_shift_section(meta)}{_lofo_section(meta)}{_guards_section(meta)}{_probe_section(meta)}
 **Specificity at a new site will be lower** than any figure above: more normal films will
 be flagged. Measure it on your own reviewed reads (`screener stats`) and refit the operating
 point with `screener calibrate --from-reviews` before relying on the flag.

@@ -402,3 +402,37 @@ def summary_table(summary: Sequence[dict[str, Any]]) -> str:
 
 def _signed(value: float, digits: int) -> str:
     return f"{value:+.{digits}f}"
+
+
+#: What the card says of the method (model_selection.lofo.method).
+METHOD = (
+    "The training folder has four file-name families, each a stand-in for an acquisition "
+    "batch: normals `IM` (597 films) and `NORMAL2-IM` (744), pneumonias `bacteria` (2,530) "
+    "and `virus` (1,345). A fold is a recipe trained (one network, seed 1, split seed 42) "
+    "without one family and judged on that family's films, all unseen, together with its own "
+    "validation films of the other class; its threshold is fitted on its validation split "
+    "as training does. `screener families` computes the tables from the folds' kept logits "
+    "(`models/screener-default/lofo/`). TTA: each network's logit averaged over views of "
+    "the film (TTA 3: plain, zoom 1.06, zoom 0.95; TTA 5: also shifts of 4% left and right)."
+)
+
+
+def record(bundle_dir: Path, rows: Sequence[Row], conclusion: str) -> None:
+    """Keep the LOFO tables in a bundle's model.json (``model_selection.lofo``) and render
+    its card again: figures only, the network, calibration and threshold stay as they are."""
+    from screener.model.bundle import read_metadata, write_metadata
+    from screener.training.card import write_card
+
+    meta = read_metadata(bundle_dir)
+    selection = dict(meta.get("model_selection") or {})
+    selection["lofo"] = {
+        "criterion": "mean over folds of the best specificity with sensitivity >= 0.95 "
+        "(and of the AUC)",
+        "method": METHOD,
+        "folds": [r.__dict__ for r in rows],
+        "candidates": summarise(rows),
+        "conclusion": conclusion,
+    }
+    meta["model_selection"] = selection
+    write_metadata(bundle_dir, meta)
+    write_card(bundle_dir, meta)

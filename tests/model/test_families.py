@@ -198,3 +198,24 @@ def test_views_zoom_and_shift_without_flipping() -> None:
     for name, view in families.VIEWS.items():
         marker = np.argwhere(families.view_images(films, *view)[0, :40] > 127)
         assert len(marker) and marker[:, 1].max() < 40, name  # still at the top left
+
+
+def test_record_puts_the_tables_in_a_bundles_card(virus_fold: Path, tmp_path: Path) -> None:
+    """--record keeps the LOFO tables in model.json and the card renders them, leaving the
+    threshold and the UID as they were."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(virus_fold, bundle)
+    before = json.loads((bundle / "model.json").read_text())
+    argv = ["families", "--fold", str(virus_fold), "--boot", "20", "--record", str(bundle)]
+    assert main([*argv, "--conclusion", "Nothing shipped."]) == 0
+    after = json.loads((bundle / "model.json").read_text())
+    lofo = after["model_selection"]["lofo"]
+    assert [f["family"] for f in lofo["folds"]] == ["virus"]
+    assert (after["threshold"], after["uid"]) == (before["threshold"], before["uid"])
+    card = (bundle / "MODEL_CARD.md").read_text()
+    assert "## Leave-one-family-out model selection" in card
+    assert "| virus | 10 | small_cnn width 8, 48 px, 1 epochs |" in card
+    assert "Nothing shipped." in card
+    from screener.training.card import render_card
+
+    assert card == render_card(after)
