@@ -165,6 +165,18 @@ def running_daemon(make_settings: Callable[..., Settings]) -> Iterator[Callable[
 
 
 @pytest.fixture(autouse=True)
+def _logging_as_found() -> Iterator[None]:
+    """A test that runs a command in-process (main() configures structlog: its level filter
+    and sinks) leaves structlog as it found it, so the next test's capture_logs sees every
+    event whatever order the tests run in."""
+    import structlog
+
+    config = structlog.get_config()
+    yield
+    structlog.configure(**config)
+
+
+@pytest.fixture(autouse=True)
 def _no_serve_outlives_its_test() -> Iterator[None]:
     """A test that fails half-way must not leave a `screener serve` child running."""
     yield

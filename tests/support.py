@@ -511,3 +511,39 @@ def kill_mid_call(
     os.kill(first, signal.SIGKILL)
     caller.join(60)
     return first, failures
+
+
+class Storescp:
+    """dcmtk's storescp as the PACS on loopback; every received instance is a file in ``out``."""
+
+    def __init__(self, out: Path) -> None:
+        tool = dcmtk_tool("storescp")
+        assert tool is not None, "dcmtk's storescp is not installed"
+        out.mkdir(parents=True)
+        self.out, self.port = out, free_port()
+        self.proc = subprocess.Popen(
+            [tool, "-od", str(out), "-aet", "PACS", "+xa", "+uf", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for(lambda: listening(self.port) or self.proc.poll() is not None, 20)
+        assert self.proc.poll() is None, "storescp exited at start"
+
+    @property
+    def destination(self) -> str:
+        return f"PACS@127.0.0.1:{self.port}"
+
+    def files(self) -> list[Path]:
+        return sorted(p for p in self.out.iterdir() if p.is_file())
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=30)
+
+
+def listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False

@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-import test_web_security as security
+import web.test_web_security as security
 from support import assert_accessible, film_dicom, free_port, run_screener, serve_env, wait_for
-from test_web_pages import _login
-from test_web_security import Client, _hash
+from web.test_web_pages import _login
+from web.test_web_security import Client, _hash
 
 from screener.db import Database
 from screener.model import load_bundle

@@ -21,6 +21,7 @@ import pytest
 from pydicom import dcmread
 from sqlalchemy import func, select
 from support import (
+    Storescp,
     dcmtk_tool,
     film_dicom,
     free_port,
@@ -30,7 +31,6 @@ from support import (
     storescu,
     wait_for,
 )
-from test_shadow_mode import _Storescp
 
 from screener.db import Database, Export
 from screener.model import load_bundle
@@ -64,10 +64,10 @@ def films(model_bundle: Path, data_dir: Path) -> dict[str, Any]:
 
 
 @pytest.fixture
-def pacs(tmp_path: Path) -> Iterator[_Storescp]:
+def pacs(tmp_path: Path) -> Iterator[Storescp]:
     if dcmtk_tool("storescp") is None:
         pytest.skip("dcmtk's storescp is not installed")
-    scp = _Storescp(tmp_path / "pacs")
+    scp = Storescp(tmp_path / "pacs")
     yield scp
     scp.stop()
 
@@ -161,7 +161,7 @@ def test_a_site_commissions_the_model_and_goes_live(
     sqlite_url: str,
     serve_process: Callable[..., Any],
     films: dict[str, Any],
-    pacs: _Storescp,
+    pacs: Storescp,
 ) -> None:
     """Shadow, drift on the new site's films (not on validation films), nothing at the PACS,
     audit and flagged reads by CLI and web, commission writes the site bundle, go-live, and

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
-import subprocess
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,6 +17,7 @@ import pytest
 from pydicom import dcmread
 from sqlalchemy import func, select, update
 from support import (
+    Storescp,
     build_dicom,
     dcmtk_tool,
     free_port,
@@ -158,46 +157,11 @@ def test_an_unreadable_bundle_keeps_a_shadow_site_silent(
         db.dispose()
 
 
-class _Storescp:
-    """dcmtk's storescp as the PACS on loopback; every received instance is a file in ``out``."""
-
-    def __init__(self, out: Path) -> None:
-        assert STORESCP is not None
-        out.mkdir(parents=True)
-        self.out, self.port = out, free_port()
-        self.proc = subprocess.Popen(
-            [STORESCP, "-od", str(out), "-aet", "PACS", "+xa", "+uf", str(self.port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_for(lambda: _listening(self.port) or self.proc.poll() is not None, 20)
-        assert self.proc.poll() is None, "storescp exited at start"
-
-    @property
-    def destination(self) -> str:
-        return f"PACS@127.0.0.1:{self.port}"
-
-    def files(self) -> list[Path]:
-        return sorted(p for p in self.out.iterdir() if p.is_file())
-
-    def stop(self) -> None:
-        self.proc.kill()
-        self.proc.wait(timeout=30)
-
-
-def _listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
-
-
 @pytest.fixture
-def pacs(tmp_path: Path) -> Iterator[_Storescp]:
+def pacs(tmp_path: Path) -> Iterator[Storescp]:
     if STORESCP is None:
         pytest.skip("dcmtk's storescp is not installed")
-    scp = _Storescp(tmp_path / "pacs")
+    scp = Storescp(tmp_path / "pacs")
     yield scp
     scp.stop()
 
@@ -209,7 +173,7 @@ def _states(db: Database) -> dict[str, int]:
 
 
 def test_results_scored_in_shadow_are_held_and_sent_only_on_request(
-    db_url: str, make_settings: Callable[..., Settings], pacs: _Storescp
+    db_url: str, make_settings: Callable[..., Settings], pacs: Storescp
 ) -> None:
     """The worker's planner makes shadow rows while silent; the exporter sends nothing in
     shadow (not even a pending row) and, once live, only what was scored live;
@@ -308,7 +272,7 @@ def test_serve_in_shadow_sends_nothing_until_go_live(
     sqlite_url: str,
     serve_process: Callable[..., Any],
     dicom_dir: Path,
-    pacs: _Storescp,
+    pacs: Storescp,
 ) -> None:
     """`serve` in shadow scores three films and sends nothing to the storescp; status, worklist,
     the start-up log and the web say so; after `screener site go-live` (no restart) the next

@@ -37,7 +37,7 @@ from support import (
 
 from screener.web.auth import hash_password, verify_password
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PASSWORD = "correct horse battery"
 
 

@@ -46,7 +46,7 @@ from screener.model.bundle import read_metadata
 from screener.views.worklist import record_review
 from screener.web.auth import hash_password
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PASSWORD = "correct horse battery"
 MAX_UPLOAD_MB = 2
 

@@ -12,10 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import test_web_security as security
+import web.test_web_security as security
 from sqlalchemy import create_engine, text
 from support import build_dicom, multipart_form, record_result
-from test_web_security import MODEL, Client
+from web.test_web_security import MODEL, Client
 
 from screener.db import Database
 from screener.ingest.accept import Acceptor
