@@ -62,6 +62,13 @@ class ListenerSettings:
         "take a compressed transfer syntax over uncompressed when a sender offers both (see README)",
     )
     max_associations: int = _opt(10, "most simultaneous associations", min=1, max=1000)
+    processes: int = _opt(
+        1,
+        "listener processes sharing the port (SO_REUSEPORT; Linux), each its own AE: the "
+        "extra ones are child processes restarted like the workers; 1 = the daemon's own only",
+        min=1,
+        max=256,
+    )
     network_timeout: float = _opt(
         60.0, "seconds of network silence before an association is aborted", min=1
     )

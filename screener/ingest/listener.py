@@ -21,11 +21,19 @@ association is aborted (A-ABORT) before more is read, and the refusal recorded
 
 from __future__ import annotations
 
+import fcntl
+import os
+import signal
+import socket
 import ssl
 import threading
 import time
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -37,7 +45,7 @@ from pydicom.uid import (
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.transport import ThreadedAssociationServer
 
-from screener.config import ListenerSettings
+from screener.config import ListenerSettings, Settings
 from screener.db import utcnow
 from screener.dicomnet.netopts import tune_socket
 from screener.errors import ConfigError, IngestError
@@ -54,6 +62,7 @@ from screener.ingest.oversize import ReceiveLimit
 from screener.ingest.sopclasses import IMAGE_STORAGE_SOP_CLASSES, VERIFICATION, transfer_syntaxes
 from screener.ingest.stall import StalledStoreWatch
 from screener.ingest.uids import uid_problem
+from screener.runtime.wakeup import PipeEvent
 
 log = structlog.get_logger(__name__)
 
@@ -74,6 +83,45 @@ def _request_uid(event: Any) -> str | None:
     return None if uid_problem(uid) else uid
 
 
+class _SharedPortServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server, its socket bound with ``SO_REUSEPORT`` (Linux 3.9+)."""
+
+    def server_bind(self) -> None:
+        assert self.socket is not None
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+
+class UidLocks:
+    """One C-STORE of a SOP Instance UID at a time across listener processes.
+
+    The accept path serializes arrivals of one UID with thread locks (a duplicate's file is
+    removed, and must not be the one another arrival has just recorded under the same name);
+    those do not reach another process. With ``listener.processes`` > 1 each C-STORE also
+    holds an exclusive ``flock`` on one of ``buckets`` lock files (by a stable hash of the
+    request's Affected SOP Instance UID) in ``folder``: a second open of the file conflicts
+    with the first, in another thread or another process alike.
+    """
+
+    def __init__(self, folder: str | Path, buckets: int = 64) -> None:
+        self.folder = Path(folder)
+        self.buckets = buckets
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    @contextmanager
+    def hold(self, uid: str | None) -> Iterator[None]:
+        if uid is None:  # no valid UID in the request: the data set will be refused anyway
+            yield
+            return
+        bucket = zlib.crc32(uid.encode()) % self.buckets
+        with open(self.folder / f"{bucket:02d}.lock", "ab") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 class Listener:
     """A pynetdicom association server bound to the accept path."""
 
@@ -82,9 +130,21 @@ class Listener:
         settings: ListenerSettings,
         acceptor: Acceptor,
         ssl_context: ssl.SSLContext | None = None,
+        *,
+        reuse_port: bool = False,
     ) -> None:
-        """``ssl_context``: DICOM TLS only on this port (:func:`screener.dicomnet.tls.server_context`)."""
+        """``ssl_context``: DICOM TLS only on this port (:func:`screener.dicomnet.tls.server_context`).
+
+        ``reuse_port``: bind with ``SO_REUSEPORT`` so that ``listener.processes`` listeners
+        share the port, the kernel handing each new association to one of them.
+        """
         self.settings = settings
+        self.reuse_port = reuse_port
+        self._uid_locks = (
+            UidLocks(Path(acceptor.settings.storage.spool_dir) / ".listener-locks")
+            if reuse_port
+            else None
+        )
         self.acceptor = acceptor
         self.ssl_context = ssl_context
         self.ae = AE(ae_title=settings.ae_title)
@@ -134,12 +194,15 @@ class Listener:
             (evt.EVT_CONN_OPEN, self._receive_limit),
         ]
         try:
-            self._server = self.ae.start_server(
-                (self.settings.host, self.settings.port),
-                block=False,
-                evt_handlers=handlers,
-                ssl_context=self.ssl_context,
-            )
+            if self.reuse_port:
+                self._server = self._start_shared(handlers)
+            else:
+                self._server = self.ae.start_server(
+                    (self.settings.host, self.settings.port),
+                    block=False,
+                    evt_handlers=handlers,
+                    ssl_context=self.ssl_context,
+                )
         except OSError as exc:  # EADDRINUSE, EACCES (a port below 1024), EADDRNOTAVAIL
             raise ConfigError(
                 f"listener.port = {self.settings.port}: cannot listen on "
@@ -155,6 +218,19 @@ class Listener:
             tls=self.ssl_context is not None,
             allowed_calling_aets=self.settings.allowed_calling_aets or "any",
         )
+
+    def _start_shared(self, handlers: list[Any]) -> ThreadedAssociationServer:
+        """``AE.start_server(block=False)`` with a socket bound with ``SO_REUSEPORT``."""
+        server = self.ae.make_server(
+            (self.settings.host, self.settings.port),
+            evt_handlers=handlers,
+            ssl_context=self.ssl_context,
+            server_class=_SharedPortServer,
+        )
+        thread = threading.Thread(target=server.serve_forever, name="listener", daemon=True)
+        thread.start()
+        self.ae._servers.append(server)  # so that AE.shutdown() stops it, as start_server's
+        return server
 
     def stop(self, grace_seconds: float = 30.0) -> None:
         """Stop accepting, let in-flight stores finish (bounded), then close associations.
@@ -252,7 +328,11 @@ class Listener:
             self._in_flight += 1
         try:
             data = event.encoded_dataset(include_meta=True)
-            self.acceptor.accept(data, source="dicom", calling_ae_title=calling)
+            if self._uid_locks is None:
+                self.acceptor.accept(data, source="dicom", calling_ae_title=calling)
+            else:
+                with self._uid_locks.hold(sop_uid):
+                    self.acceptor.accept(data, source="dicom", calling_ae_title=calling)
             self.last_store_at = utcnow()
             return STATUS_SUCCESS
         except OutOfResources as exc:
@@ -290,3 +370,45 @@ class Listener:
             reason, f"0x{status:04X}: {exc}", sop_instance_uid=sop_uid, calling_ae_title=calling
         )
         return status
+
+
+def listener_process_main(
+    settings: Settings, index: int, port: int, parent_pid: int, wake: PipeEvent | None = None
+) -> None:
+    """Entry point of one extra listener process (``listener.processes`` > 1).
+
+    Its own pynetdicom AE on ``port`` (``SO_REUSEPORT``, beside the daemon's), its own
+    database connections and accept path on the shared database and spool; ``wake`` wakes
+    the workers when a job is queued. It dies with the daemon (``parent_pid``); SIGTERM
+    stops it as :meth:`Listener.stop` does (in-flight stores finish); Ctrl-C, which reaches
+    the whole process group, is left to the daemon.
+    """
+    import dataclasses
+
+    from screener.db import Database
+    from screener.dicomnet.tls import server_context
+    from screener.ingest.spool import Spool
+    from screener.runtime.lifecycle import die_with_parent
+    from screener.runtime.logs import configure_logging
+
+    die_with_parent(parent_pid)
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    configure_logging(settings.logging)
+    db = Database(settings.database.url)
+    acceptor = Acceptor(
+        db,
+        Spool(settings.storage.spool_dir, settings.storage.min_free_mb),
+        settings,
+        on_queued=wake.set if wake is not None else None,
+    )
+    tls = server_context(settings.tls) if settings.listener.tls else None
+    listener = Listener(
+        dataclasses.replace(settings.listener, port=port), acceptor, tls, reuse_port=True
+    )
+    listener.start()
+    log.info("listener_process_started", index=index, pid=os.getpid())
+    stop.wait()
+    listener.stop()
+    db.dispose()

@@ -1,6 +1,7 @@
 """The daemon, wired in one place.
 
     database -> spool -> accept path -> DICOM listener, folder watcher, web upload  (ingest)
+               (listener.processes > 1: more listener processes on the port, supervised)
     queue -> worker processes (screener.serve.workers): decode pool -> model bundle
           -> results, audit draw, SR deliveries planned                          (scoring)
     results -> exporter: DICOM SR (and heatmap capture) C-STOREd to PACS, with retries;
@@ -45,7 +46,7 @@ from screener.rescan import RescanScheduler
 from screener.runtime import metrics
 from screener.runtime.heartbeat import Heart
 from screener.serve.health import HealthServer, registry_for
-from screener.serve.workers import CrashLoop, WorkerProcesses, compose_worker
+from screener.serve.workers import CrashLoop, ListenerProcesses, WorkerProcesses, compose_worker
 from screener.work.retention import RetentionTimer
 from screener.work.scoring import load_heatmap
 from screener.work.worker import Processor, Worker
@@ -76,6 +77,8 @@ class Daemon:
     heart: Heart | None = None
     web: WebThread | None = None  # when [web] port is set
     monitor: DriftMonitor | None = None  # drift against the bundle's reference.json
+    #: listener.processes - 1 more listeners on the port, started once it is bound
+    listener_processes: ListenerProcesses | None = None
 
     def start(self) -> None:
         if self.listener or self.watcher:
@@ -86,6 +89,14 @@ class Daemon:
         if self.listener:
             warn_if_open(self.settings.listener, self.settings.tls)  # any caller, no TLS?
             self.listener.start()
+            if self.settings.listener.processes > 1:
+                self.listener_processes = ListenerProcesses(
+                    self.settings,
+                    self.listener.port,
+                    wake=self.worker_processes.wake if self.worker_processes else None,
+                    on_restart=self.record_restart,
+                )
+                self.listener_processes.start()
         if self.watcher:
             self.watcher.start()
         if self.worker:
@@ -134,8 +145,12 @@ class Daemon:
         log.info("daemon_stopping")
         if self.scheduler:  # first: a rescan's C-MOVE still needs the listener
             self.scheduler.stop()
+        if self.listener_processes:
+            self.listener_processes.stopping = True  # no restart while they stop
         if self.listener:
             self.listener.stop()
+        if self.listener_processes:
+            self.listener_processes.stop()
         if self.watcher:
             self.watcher.stop()
         if self.worker:
@@ -174,6 +189,8 @@ class Daemon:
         """Restart what died: worker processes (with backoff) and the exporter's thread."""
         if self.worker_processes:
             self.worker_processes.supervise()
+        if self.listener_processes:
+            self.listener_processes.supervise()
         if self.exporter and not self.exporter.running:
             log.error("exporter_died")
             self.record_restart("exporter", "the exporter thread ended")
@@ -207,6 +224,11 @@ class Daemon:
             details["listener_exposure"] = listener_exposure(
                 self.settings.listener, self.settings.tls, listener.port
             ).as_dict()  # screener status warns when it is open to any caller
+        extra = self.listener_processes
+        if extra is not None:
+            details["listener_processes_alive"] = (
+                f"{1 + len([p for p in extra.processes if p.is_alive()])}/{1 + len(extra.children)}"
+            )
         if procs is not None:
             details["workers_alive"] = (
                 f"{len([p for p in procs.processes if p.is_alive()])}/{len(procs.children)}"
@@ -265,7 +287,8 @@ def compose(settings: Settings, processor: Processor | None = None) -> Daemon:
     listener = None
     if settings.listener.enabled:
         tls = server_context(settings.tls) if settings.listener.tls else None
-        listener = Listener(settings.listener, acceptor, ssl_context=tls)
+        reuse_port = settings.listener.processes > 1  # the others join it on the port
+        listener = Listener(settings.listener, acceptor, ssl_context=tls, reuse_port=reuse_port)
     watcher = FolderWatcher(settings.watch, acceptor) if settings.watch.enabled else None
     daemon = Daemon(settings, db, acceptor, listener, watcher, metrics_dir=metrics_dir)
     exporter = Exporter(

@@ -216,34 +216,8 @@ class WorkerProcesses:
         if self.stopping:
             return
         now = time.monotonic() if now is None else now
-        w = self.settings.worker
         for child in self.children:
-            proc = child.process
-            if proc is not None and proc.is_alive():
-                continue
-            if proc is not None:  # died unasked: record it and schedule a restart
-                code = proc.exitcode
-                why = (
-                    f"killed by {signal.Signals(-code).name}"
-                    if code is not None and code < 0
-                    else f"exited with code {code}"
-                )
-                child.process = None
-                child.restarts = [t for t in child.restarts if now - t < w.restart_window_seconds]
-                if len(child.restarts) >= w.max_restarts:
-                    log.error("worker_crash_loop", index=child.index, restarts=len(child.restarts))
-                    raise CrashLoop(
-                        f"worker process {child.index} {why} after {len(child.restarts)} "
-                        f"restarts within {w.restart_window_seconds:.0f} s "
-                        "(worker.max_restarts); stopping so that the service manager restarts "
-                        "screener"
-                    )
-                delay = min(w.restart_backoff_seconds * 2 ** len(child.restarts), 60.0)
-                child.restart_at = now + delay
-                log.error("worker_process_died", index=child.index, why=why, restart_in_s=delay)
-                if self.on_restart is not None:
-                    self.on_restart(f"worker-{child.index}", f"worker process {why}")
-            if child.restart_at is not None and now >= child.restart_at:
+            if _due(child, now, self.settings, "worker", self.on_restart):
                 child.restarts.append(now)
                 self._spawn(child)
                 log.warning("worker_process_restarted", index=child.index)
@@ -259,5 +233,109 @@ class WorkerProcesses:
             proc.join(timeout)
             if proc.is_alive():  # its leases expire and the jobs return to the queue
                 log.warning("worker_process_killed", pid=proc.pid)
+                proc.kill()
+                proc.join(10)
+
+
+def _due(
+    child: _Child,
+    now: float,
+    settings: Settings,
+    what: str,
+    on_restart: Callable[[str, str], None] | None,
+) -> bool:
+    """Whether ``child`` is to be started again now: a process found dead is recorded and
+    given its backoff (``worker.restart_backoff_seconds``, doubling); one that died
+    ``worker.max_restarts`` times within ``worker.restart_window_seconds`` is a
+    :class:`CrashLoop`."""
+    proc = child.process
+    if proc is not None and proc.is_alive():
+        return False
+    w = settings.worker
+    if proc is not None:  # died unasked: record it and schedule a restart
+        code = proc.exitcode
+        why = (
+            f"killed by {signal.Signals(-code).name}"
+            if code is not None and code < 0
+            else f"exited with code {code}"
+        )
+        child.process = None
+        child.restarts = [t for t in child.restarts if now - t < w.restart_window_seconds]
+        if len(child.restarts) >= w.max_restarts:
+            log.error(f"{what}_crash_loop", index=child.index, restarts=len(child.restarts))
+            raise CrashLoop(
+                f"{what} process {child.index} {why} after {len(child.restarts)} "
+                f"restarts within {w.restart_window_seconds:.0f} s "
+                "(worker.max_restarts); stopping so that the service manager restarts "
+                "screener"
+            )
+        delay = min(w.restart_backoff_seconds * 2 ** len(child.restarts), 60.0)
+        child.restart_at = now + delay
+        log.error(f"{what}_process_died", index=child.index, why=why, restart_in_s=delay)
+        if on_restart is not None:
+            on_restart(f"{what}-{child.index}", f"{what} process {why}")
+    return child.restart_at is not None and now >= child.restart_at
+
+
+@dataclass
+class ListenerProcesses:
+    """The ``listener.processes - 1`` listener processes beside the daemon's own listener,
+    on its port (``SO_REUSEPORT``), supervised as the workers are (same restart settings):
+    restarted when they die, dying with the daemon."""
+
+    settings: Settings
+    port: int
+    wake: PipeEvent | None = None  # the workers' (a job queued in a child wakes them)
+    on_restart: Callable[[str, str], None] | None = None
+    children: list[_Child] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._ctx = multiprocessing.get_context("spawn")
+        self.stopping = False
+
+    @property
+    def processes(self) -> list[BaseProcess]:
+        return [c.process for c in self.children if c.process is not None]
+
+    def _spawn(self, child: _Child) -> None:
+        from screener.ingest.listener import listener_process_main
+
+        proc = self._ctx.Process(
+            target=listener_process_main,
+            args=(self.settings, child.index, self.port, os.getpid(), self.wake),
+            name=f"screener-listener-{child.index}",
+        )
+        proc.start()
+        child.process, child.restart_at = proc, None
+
+    def start(self) -> None:
+        """Start them: call from the daemon's main thread (see :mod:`screener.runtime.lifecycle`)."""
+        self.children = [_Child(i) for i in range(1, self.settings.listener.processes)]
+        for child in self.children:
+            self._spawn(child)
+        log.info("listener_processes_started", processes=len(self.children) + 1, port=self.port)
+
+    def supervise(self, now: float | None = None) -> None:
+        """Restart listener processes that died; :class:`CrashLoop` when they keep dying."""
+        if self.stopping:
+            return
+        now = time.monotonic() if now is None else now
+        for child in self.children:
+            if _due(child, now, self.settings, "listener", self.on_restart):
+                child.restarts.append(now)
+                self._spawn(child)
+                log.warning("listener_process_restarted", index=child.index)
+
+    def stop(self, timeout: float = 45.0) -> None:
+        """SIGTERM each: it stops accepting and lets in-flight stores finish; killed after
+        ``timeout``."""
+        self.stopping = True
+        for proc in self.processes:
+            if proc.is_alive():
+                proc.terminate()
+        for proc in self.processes:
+            proc.join(timeout)
+            if proc.is_alive():
+                log.warning("listener_process_killed", pid=proc.pid)
                 proc.kill()
                 proc.join(10)
