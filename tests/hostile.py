@@ -702,7 +702,7 @@ def _nested(ds: Dataset, depth: int) -> Dataset:
     return ds
 
 
-# -- data sets over listener.max_dataset_mb (tests/test_dataset_bounds.py) ---------------
+# -- data sets over listener.max_dataset_mb (tests/ingest/test_dataset_bounds.py) ---------------
 
 #: One deflated piece of zeros, repeated to make a bomb (64 MiB each: zlib's output for it
 #: is about 64 KB, so the file grows by 64 KB per 64 MiB it inflates to).

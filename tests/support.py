@@ -198,7 +198,7 @@ def serve_env(tmp_path: Path, db_url: str, port: int, **extra: str) -> dict[str,
         "SCREENER_CONFIG": str(tmp_path / "none.toml"),
         "SCREENER_MODEL_BUNDLE": str(shipped_bundle()),
         # The adult SIIM films stand in for chest films in tests of everything but the
-        # guards, as at a site that validated the model on adults (tests/test_guards.py).
+        # guards, as at a site that validated the model on adults (tests/serve/test_guards.py).
         "SCREENER_POPULATION_MAX_AGE_YEARS": "120",
     }
     (tmp_path / "none.toml").write_text("")

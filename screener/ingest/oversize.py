@@ -16,7 +16,7 @@ thread and waits on nothing (``assoc.abort()``, called outside an event handler,
 for that very thread to stop: a deadlock). ``on_too_large`` records the refusal.
 
 This reaches into pynetdicom's DUL (``dul.socket.recv``, ``dimse.message``); the tests in
-``tests/test_dataset_bounds.py`` pin it over real sockets.
+``tests/ingest/test_dataset_bounds.py`` pin it over real sockets.
 """
 
 from __future__ import annotations
