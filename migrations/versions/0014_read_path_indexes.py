@@ -30,25 +30,40 @@ INDEXES = {
 }
 
 
-#: the worklist of read studies, in flag and audit groups: partial (the read are a few in a
-#: hundred), so that no other filter is drawn to an index led by ``reviewed``
-READ = "ix_study_scores_read_flagged_audit"
+#: the worklist of unread and of read studies, in flag and audit groups: partial, so that no
+#: other filter is drawn to an index led by ``reviewed``; on PostgreSQL they carry the
+#: order's columns, so the order and limit read the index alone
+PARTIAL = {
+    # on PostgreSQL only: SQLite, without statistics, would take it for the worklist of the
+    # last hour too, over ix_study_scores_received_at
+    "ix_study_scores_unread_flagged_audit": (None, "NOT reviewed"),
+    "ix_study_scores_read_flagged_audit": ("reviewed = 1", "reviewed"),
+}
+ORDER_COLUMNS = ["assessment", "probability", "received_epoch", "received_at", "study_id"]
 
 
 def upgrade() -> None:
     for name, (table, columns) in INDEXES.items():
         op.create_index(name, table, columns, unique=False)
-    op.create_index(
-        READ,
-        "study_scores",
-        ["flagged", "audit"],
-        unique=False,
-        sqlite_where=sa.text("reviewed = 1"),
-        postgresql_where=sa.text("reviewed"),
-    )
+    postgresql = op.get_bind().dialect.name == "postgresql"
+    for name, (sqlite_where, postgresql_where) in PARTIAL.items():
+        if sqlite_where is None and not postgresql:
+            continue
+        op.create_index(
+            name,
+            "study_scores",
+            ["flagged", "audit"],
+            unique=False,
+            sqlite_where=sa.text(sqlite_where) if sqlite_where else None,
+            postgresql_where=sa.text(postgresql_where),
+            postgresql_include=ORDER_COLUMNS,
+        )
 
 
 def downgrade() -> None:
-    op.drop_index(READ, table_name="study_scores")
+    postgresql = op.get_bind().dialect.name == "postgresql"
+    for name, (sqlite_where, _) in reversed(PARTIAL.items()):
+        if sqlite_where is not None or postgresql:
+            op.drop_index(name, table_name="study_scores")
     for name, (table, _columns) in reversed(INDEXES.items()):
         op.drop_index(name, table_name=table)

@@ -307,6 +307,11 @@ class Review(Base):
     reader: Mapped[str | None] = mapped_column(String(64))  # login or web user; None before 0006
 
 
+#: The worklist's order reads these columns besides flagged and audit (the partial indexes of
+#: study_scores include them on PostgreSQL).
+ORDER_COLUMNS = ("assessment", "probability", "received_epoch", "received_at", "study_id")
+
+
 class StudyScoreRow(Base):
     """One scored study as the worklist lists it, kept in the transaction that adds a result,
     a review or an image (:mod:`screener.db.summary`), so that the worklist is one indexed
@@ -318,14 +323,25 @@ class StudyScoreRow(Base):
         Index("ix_study_scores_flagged_reviewed", "flagged", "reviewed"),
         Index("ix_study_scores_received_at", "received_at"),
         Index("ix_study_scores_probability", "probability"),
-        # the worklist of read studies, in flag and audit groups: partial (the read are a few
-        # in a hundred), so that no other filter is drawn to an index led by ``reviewed``
+        # the worklist of unread and of read studies, in flag and audit groups: partial, so
+        # that no other filter is drawn to an index led by ``reviewed``; on PostgreSQL they
+        # carry the order's columns, so the order and limit read the index alone
+        # (the unread one on PostgreSQL only: SQLite, without statistics, would take it for
+        # the worklist of the last hour too, over ix_study_scores_received_at)
+        Index(
+            "ix_study_scores_unread_flagged_audit",
+            "flagged",
+            "audit",
+            postgresql_where=text("NOT reviewed"),
+            postgresql_include=list(ORDER_COLUMNS),
+        ).ddl_if(dialect="postgresql"),
         Index(
             "ix_study_scores_read_flagged_audit",
             "flagged",
             "audit",
             sqlite_where=text("reviewed = 1"),
             postgresql_where=text("reviewed"),
+            postgresql_include=list(ORDER_COLUMNS),
         ),
         # commissioning's histogram of the assessed P of a model lineage, from the index alone
         Index(
