@@ -39,6 +39,9 @@ PARTIAL = {
     "ix_study_scores_unread_flagged_audit": (None, "NOT reviewed"),
     "ix_study_scores_read_flagged_audit": ("reviewed = 1", "reviewed"),
 }
+#: the studies outside the model's domain (a few in a hundred), left out of the reads'
+#: pictures and commissioning without a lookup per read
+OUTSIDE = "ix_study_scores_outside_domain"
 ORDER_COLUMNS = ["assessment", "probability", "received_epoch", "received_at", "study_id"]
 
 
@@ -58,9 +61,18 @@ def upgrade() -> None:
             postgresql_where=sa.text(postgresql_where),
             postgresql_include=ORDER_COLUMNS,
         )
+    op.create_index(
+        OUTSIDE,
+        "study_scores",
+        ["study_id"],
+        unique=False,
+        sqlite_where=sa.text("assessment = 'outside_domain'"),
+        postgresql_where=sa.text("assessment = 'outside_domain'"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_index(OUTSIDE, table_name="study_scores")
     postgresql = op.get_bind().dialect.name == "postgresql"
     for name, (sqlite_where, _) in reversed(PARTIAL.items()):
         if sqlite_where is not None or postgresql:

@@ -343,6 +343,14 @@ class StudyScoreRow(Base):
             postgresql_where=text("reviewed"),
             postgresql_include=list(ORDER_COLUMNS),
         ),
+        # the studies outside the model's domain (a few in a hundred), left out of the reads'
+        # pictures and commissioning without a lookup per read
+        Index(
+            "ix_study_scores_outside_domain",
+            "study_id",
+            sqlite_where=text("assessment = 'outside_domain'"),
+            postgresql_where=text("assessment = 'outside_domain'"),
+        ),
         # commissioning's histogram of the assessed P of a model lineage, from the index alone
         Index(
             "ix_study_scores_model_uid_assessment_probability",

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import case, false, func, select, text, true
+from sqlalchemy import case, false, func, literal_column, select, text, true
 from sqlalchemy.orm import Session, aliased
 
 from screener.db import (
@@ -890,26 +890,34 @@ class Read:
     weight: float
 
 
-def _reads_query(columns: tuple[Any, ...], model_uids: set[str] | None) -> Any:
+def _reads_query(
+    columns: tuple[Any, ...], model_uids: set[str] | None, ordered: bool = True
+) -> Any:
     """The SELECT of :func:`latest_reads` (and :func:`reviewed_reads`) of ``columns``."""
-    q = (
-        select(*columns)
-        .outerjoin(StudyScoreRow, StudyScoreRow.study_id == Review.study_id)
-        .where(_latest_reads(), Review.radiologist_positive.is_not(None))
-        .where(StudyScoreRow.assessment.is_(None) | (StudyScoreRow.assessment != OUTSIDE_DOMAIN))
-        .order_by(*_first_read())
+    outside = select(StudyScoreRow.study_id).where(
+        # a literal, so that SQLite sees the partial index ix_study_scores_outside_domain
+        StudyScoreRow.assessment == literal_column(f"'{OUTSIDE_DOMAIN}'")
     )
+    q = select(*columns).where(
+        _latest_reads(),
+        Review.radiologist_positive.is_not(None),
+        Review.study_id.not_in(outside),
+    )
+    if ordered:
+        q = q.order_by(*_first_read())
     if model_uids is not None:
         q = q.where(Review.model_uid.in_(sorted(model_uids)))
     return q
 
 
-def latest_reads(db: Database, model_uids: set[str] | None = None) -> list[Read]:
+def latest_reads(
+    db: Database, model_uids: set[str] | None = None, ordered: bool = True
+) -> list[Read]:
     """The latest read of each study reviewed under one of ``model_uids`` (every model when
     None) whose images the model assessed (studies outside its domain had no score to
     calibrate, ``study_scores.assessment``) and whose reader could tell (a read of "cannot
     tell" is no label), with its weight from the study's audit draw: one SELECT, in the
-    order the studies were first read."""
+    order the studies were first read (``ordered``; else in no order)."""
     if model_uids is not None and not model_uids:
         return []
     q = _reads_query(
@@ -923,6 +931,7 @@ def latest_reads(db: Database, model_uids: set[str] | None = None) -> list[Read]
             AuditDraw.share,
         ),
         model_uids,
+        ordered,
     ).outerjoin(AuditDraw, AuditDraw.study_id == Review.study_id)
     with db.transaction() as session:
         return [
@@ -968,7 +977,7 @@ def review_curves(db: Database, aging_hours: float) -> dict[str, Curve]:
     Studies outside the model's domain are left out (the model gave them no score). One
     SELECT (:func:`latest_reads`); ``aging_hours`` is kept for the callers."""
     curves: dict[str, Curve] = {}
-    for read in latest_reads(db):
+    for read in latest_reads(db, ordered=False):
         labels, probs, flags = curves.setdefault(read.model_uid, ([], [], []))
         labels.append(int(read.radiologist_positive))
         probs.append(read.probability)
