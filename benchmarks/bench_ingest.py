@@ -10,6 +10,12 @@ answering Success at once (the floor under any pynetdicom handler) and to Debian
 Prints one table.
 
     .venv/bin/python benchmarks/bench_ingest.py --films 624 --peers --end-to-end
+    .venv/bin/python benchmarks/bench_ingest.py --films 624 --processes
+
+``--processes``: 1, 2 and 4 concurrent storescu (``TCP_NODELAY=1``) against
+``listener.processes`` 1 and 2 (the daemon's listener and one more process on its port,
+SO_REUSEPORT), each with the receiver's CPU per instance and the rate 16 cores would allow at
+that cost; ``--postgres``: the same on a fresh database of the local PostgreSQL per run.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_scale, for --postgres
 DATA = Path(os.environ.get("SCREENER_DATA") or REPO.parent / "shared" / "data")
 
 
@@ -152,29 +159,73 @@ def serve_env(run: Path, port: int, **extra: str) -> dict[str, str]:
     }
 
 
-def screener_run(work: Path, files: list[Path], streams: int, nodelay: bool) -> tuple[float, float]:
+def screener_run(
+    work: Path,
+    files: list[Path],
+    streams: int,
+    nodelay: bool,
+    listeners: int = 1,
+    postgres: bool = False,
+) -> tuple[float, float]:
+    """A fresh daemon (worker off) on a fresh SQLite database, or with ``postgres`` a fresh
+    database on the local PostgreSQL (bench_scale's ``SCREENER_TEST_PG_ADMIN``)."""
     run = Path(tempfile.mkdtemp(dir=work))
     port = free_port()
-    env = serve_env(run, port, SCREENER_WORKER_ENABLED="false", SCREENER_LOGGING_LEVEL="warning")
+    extra = {"SCREENER_LISTENER_PROCESSES": str(listeners)}
+    pg_url = None
+    if postgres:
+        from bench_scale import pg_create
+
+        pg_url = extra["SCREENER_DATABASE_URL"] = pg_create()
+    env = serve_env(
+        run, port, SCREENER_WORKER_ENABLED="false", SCREENER_LOGGING_LEVEL="warning", **extra
+    )
     log = (run / "serve.log").open("wb")
     serve = subprocess.Popen(
         [sys.executable, "-m", "screener.cli", "serve"], env=env, stdout=log, stderr=log
     )
     try:
         wait_listening(port, serve, f"serve ({run / 'serve.log'})")
+        if listeners > 1:  # until the other listener processes are up (they log at warning)
+            deadline = time.monotonic() + 60
+            while len(_children(serve.pid)) < listeners - 1:
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"listener processes did not start ({run / 'serve.log'})")
+                time.sleep(0.2)
+            time.sleep(2.0)  # a spawned child imports for a while before it binds
         measured = measured_push(serve.pid, port, files, streams, nodelay, "SCREENER")
     finally:
         serve.terminate()
         serve.wait(120)
         log.close()
-    import sqlite3
+    if pg_url is not None:
+        import psycopg
+        from bench_scale import pg_drop
 
-    with sqlite3.connect(run / "db.sqlite") as c:
-        (n,) = c.execute("select count(*) from instances").fetchone()
+        with psycopg.connect(pg_url.replace("+psycopg", "")) as conn:
+            row = conn.execute("select count(*) from instances").fetchone()
+            n = int(row[0]) if row else 0
+        pg_drop(pg_url)
+    else:
+        import sqlite3
+
+        with sqlite3.connect(run / "db.sqlite") as c:
+            (n,) = c.execute("select count(*) from instances").fetchone()
     if n != len(files):
         raise SystemExit(f"{n} instances recorded of {len(files)} sent")
     shutil.rmtree(run, ignore_errors=True)
     return measured
+
+
+def _children(pid: int) -> list[int]:
+    """``pid``'s child processes but multiprocessing's resource tracker."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+            if b"resource_tracker" not in cmdline:
+                found.append(int(child))
+    return found
 
 
 def storescp_run(work: Path, files: list[Path], streams: int, nodelay: bool) -> tuple[float, float]:
@@ -306,6 +357,18 @@ def main() -> None:
     parser.add_argument(
         "--end-to-end", action="store_true", help="also time receipt to score, worker on"
     )
+    parser.add_argument(
+        "--processes",
+        action="store_true",
+        help="instead: 1, 2 and 4 senders (TCP_NODELAY=1) against 1 and 2 listener processes",
+    )
+    parser.add_argument(
+        "--postgres", action="store_true", help="--processes on the local PostgreSQL instead"
+    )
+    parser.add_argument("--senders", default="1,2,4", help="--processes: sender counts")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="--processes: the whole series this many times"
+    )
     args = parser.parse_args()
     if not os.access("/usr/bin/storescu", os.X_OK):
         raise SystemExit("dcmtk's /usr/bin/storescu is needed (apt-get install dcmtk)")
@@ -319,6 +382,11 @@ def main() -> None:
             f"{'receiver':<28}{'sender':<34}{'seconds':>9}{'instances/s':>13}"
             f"{'receiver CPU ms/instance':>26}"
         )
+        if args.processes:
+            senders = [int(n) for n in args.senders.split(",")]
+            for _ in range(args.repeat):  # interleaved, so that a change of load shows
+                listener_processes(work, files, args.postgres, senders)
+            return
         runs = [(1, False), (1, True), (4, False), (4, True)]
         receivers = [("screener serve (worker off)", screener_run)]
         if args.peers:
@@ -349,6 +417,28 @@ def main() -> None:
                 print(
                     f"{'screener serve':<28}{sender:<34}{seconds:>9.1f}{len(files) / seconds:>13.0f}"
                     f"{1000 * per_film:>26.2f}  {cores / per_film:.0f} films/s"
+                )
+
+
+def listener_processes(work: Path, files: list[Path], postgres: bool, senders: list[int]) -> None:
+    """``listener.processes`` 1 and 2 against 1, 2 and 4 concurrent storescu (TCP_NODELAY=1),
+    worker off; the receiver's CPU (serve and its children) per instance, and what that CPU
+    cost allows a host of 16 cores (the senders and the database elsewhere)."""
+    print(
+        f"{'database':<12}{'listener.processes':<20}{'senders':>8}{'seconds':>9}"
+        f"{'instances/s':>13}{'CPU ms/instance':>17}{'16-core bound/s':>17}"
+    )
+    for database in ("postgresql",) if postgres else ("sqlite",):
+        for streams in senders:
+            for listeners in (1, 2):
+                seconds, cpu = screener_run(
+                    work, files, streams, True, listeners, database == "postgresql"
+                )
+                per = cpu / len(files)
+                print(
+                    f"{database:<12}{listeners:<20}{streams:>8}{seconds:>9.1f}"
+                    f"{len(files) / seconds:>13.0f}{1000 * per:>17.2f}{16 / per:>17.0f}",
+                    flush=True,
                 )
 
 
