@@ -983,3 +983,15 @@ def review_curves(db: Database, aging_hours: float) -> dict[str, Curve]:
         probs.append(read.probability)
         flags.append(read.model_positive)
     return curves
+
+
+def read_model_name(db: Database, model_uid: str) -> str | None:
+    """ "name version" of the model whose UID the reads name (the latest read's), or None."""
+    with db.transaction() as session:
+        row = session.execute(
+            select(Review.model_name, Review.model_version)
+            .where(Review.model_uid == model_uid)
+            .order_by(Review.id.desc())
+            .limit(1)
+        ).first()
+    return f"{row[0]} {row[1]}" if row else None

@@ -49,7 +49,7 @@ async def stats_page(request: Request, user: str) -> Response:
 
 
 async def stats_picture(request: Request, user: str) -> Response:
-    from screener.views.worklist import review_curves, review_stats
+    from screener.views.worklist import read_model_name, review_curves
 
     web = state_of(request)
     uid, what = request.path_params["uid"], request.path_params["what"]
@@ -57,10 +57,9 @@ async def stats_picture(request: Request, user: str) -> Response:
     if uid not in curves or what not in ("roc", "calibration"):
         return PlainTextResponse("no reads of that model", status_code=404)
     labels, probs, flags = curves[uid]
-    found = [s for s in await run_in_threadpool(review_stats, web.db) if s.model_uid == uid]
     if what == "roc" and not 0 < sum(labels) < len(labels):
         return PlainTextResponse("a ROC needs reads of both kinds", status_code=404)
-    name = f"{found[0].model_name} {found[0].model_version}" if found else "model"
+    name = await run_in_threadpool(read_model_name, web.db, uid) or "model"
     png = await run_in_threadpool(_stats_png, what, labels, probs, flags, name)
     return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
 
