@@ -164,29 +164,51 @@ class PacsClient:
     def find_studies(
         self, since: datetime, until: datetime, modalities: Iterable[str]
     ) -> list[StudyMatch]:
-        """Studies dated in [since, until] with any of ``modalities``, one per Study UID.
+        """Studies dated in [since, until] with any of ``modalities``, one per Study UID,
+        sorted by date and time (:meth:`iter_studies`, gathered)."""
+        return sorted(
+            self.iter_studies(since, until, modalities),
+            key=lambda m: (m.study_date or "", m.study_time or "", m.study_instance_uid),
+        )
+
+    def iter_studies(
+        self, since: datetime, until: datetime, modalities: Iterable[str]
+    ) -> Iterator[StudyMatch]:
+        """Studies dated in [since, until] with any of ``modalities``, one per Study UID, each
+        as its C-FIND response arrives (a PACS may answer with 100,000 studies: none is kept
+        here, but those that come back without ``ModalitiesInStudy``).
 
         ``since`` and ``until`` are naive local times, as StudyDate/StudyTime are. The query
-        matches on the date; the time is checked here, where the PACS returned it.
+        matches on the date; the time is checked here, where the PACS returned it. A study
+        of two wanted modalities comes back from both queries: the second answer, naming a
+        modality queried before, is dropped. A study that comes back without
+        ``ModalitiesInStudy`` is kept aside until the study-level answers end (one C-FIND at a
+        time on an association), then asked at SERIES level.
         """
-        wanted = {m.upper() for m in modalities}
-        found: dict[str, StudyMatch] = {}
+        wanted = sorted({m.upper() for m in modalities})
+        found = 0
+
+        def kept(match: StudyMatch) -> bool:
+            if match.modalities and not set(wanted) & set(match.modalities):
+                return False
+            return _in_window(match, since, until)
+
         with self.session() as assoc:
-            for modality in sorted(wanted):
+            unsaid: dict[str, StudyMatch] = {}
+            for n, modality in enumerate(wanted):
                 for match in self._find_study_level(assoc, since, until, modality):
-                    found.setdefault(match.study_instance_uid, match)
-            kept: list[StudyMatch] = []
-            for match in found.values():
-                if not match.modalities:
-                    match = self._with_series_modalities(assoc, match)
-                if match.modalities and not wanted & set(match.modalities):
-                    continue
-                if _in_window(match, since, until):
-                    kept.append(match)
-        log.info("pacs_studies_found", pacs=str(self.pacs), studies=len(kept))
-        return sorted(
-            kept, key=lambda m: (m.study_date or "", m.study_time or "", m.study_instance_uid)
-        )
+                    if not match.modalities:
+                        unsaid.setdefault(match.study_instance_uid, match)
+                    elif not set(wanted[:n]) & set(match.modalities) and kept(match):
+                        # a study with a modality queried before came back then: once only
+                        found += 1
+                        yield match
+            for match in unsaid.values():
+                match = self._with_series_modalities(assoc, match)
+                if kept(match):
+                    found += 1
+                    yield match
+        log.info("pacs_studies_found", pacs=str(self.pacs), studies=found)
 
     def _find_study_level(
         self, assoc: Association, since: datetime, until: datetime, modality: str

@@ -25,6 +25,7 @@ from __future__ import annotations
 import sys
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -41,6 +42,9 @@ if TYPE_CHECKING:
     from screener.ingest.accept import Acceptor
 
 log = structlog.get_logger(__name__)
+
+#: C-FIND answers checked against the database per transaction
+FIND_CHUNK = 1000
 
 
 @dataclass(frozen=True)
@@ -285,17 +289,24 @@ def _pacs_step(
         say(
             f"PACS {pacs}: C-FIND {'/'.join(settings.rescan.modalities)} studies {summary.since} .. {summary.until}"
         )
-        matches = client.find_studies(start, end, settings.rescan.modalities)
-        summary.studies_found = len(matches)
-        missing_uids = set(backlog.missing_studies(db, [m.study_instance_uid for m in matches]))
+        missing: list[StudyMatch] = []
+        found = 0
+        matches = client.iter_studies(start, end, settings.rescan.modalities)
+        # checked against the database FIND_CHUNK at a time as the answers arrive: only the
+        # missing studies are kept (a PACS may answer with 100,000)
+        while chunk := list(islice(matches, FIND_CHUNK)):
+            found += len(chunk)
+            gone = set(backlog.missing_studies(db, [m.study_instance_uid for m in chunk]))
+            missing.extend(m for m in chunk if m.study_instance_uid in gone)
+        summary.studies_found = found
     except Exception as exc:  # step boundary: ScreenerError, or a network/database error
         _step_failed(summary, say, "rescan_query_failed", "PACS query", exc)
         return
-    missing = [m for m in matches if m.study_instance_uid in missing_uids]
+    missing.sort(key=lambda m: (m.study_date or "", m.study_time or "", m.study_instance_uid))
     summary.missing = [_ref(m) for m in missing]
-    summary.studies_in_hand = len(matches) - len(missing)
+    summary.studies_in_hand = summary.studies_found - len(missing)
     say(
-        f"PACS {pacs}: {len(matches)} studies, {summary.studies_in_hand} handled here, {len(missing)} missing"
+        f"PACS {pacs}: {summary.studies_found} studies, {summary.studies_in_hand} handled here, {len(missing)} missing"
     )
     if summary.dry_run:
         for m in missing:
