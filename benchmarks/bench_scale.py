@@ -42,10 +42,10 @@ p95. The table is printed and, unless ``--no-record``, appended to benchmarks/RE
 var/bench-scale/state.json, which names them and the PostgreSQL ones); ``--reuse`` times them
 again without a fill (drop the PostgreSQL ones by hand when done: their names are there).
 
-TODO (the fix step of issue 24, not measured here):
-- purge of 50,000 expired images while a storescu pushes (ingest p95 latency with and without);
-- a rescan whose C-FIND answers 100,000 studies (Orthanc or a test SCP), memory bounded;
-- listener ingest on several processes (1, 2, 4 senders against 1 and 2 listener processes).
+Issue 24's write paths are timed elsewhere: purge of 50,000 expired images while storescu
+pushes (``bench_purge.py``), a rescan's C-FIND answer of 100,000 studies from a test SCP
+(``bench_rescan_find.py``), ingest on 1 and 2 listener processes against 1, 2 and 4 senders
+(``bench_ingest.py --processes``).
 """
 
 from __future__ import annotations
