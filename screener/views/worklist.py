@@ -975,13 +975,20 @@ def review_curves(db: Database, aging_hours: float) -> dict[str, Curve]:
     """Per model UID, the reads as labels (1: read as pneumonia), the model's P and its flag
     for the same studies: what the stats page's ROC and calibration pictures are drawn from.
     Studies outside the model's domain are left out (the model gave them no score). One
-    SELECT (:func:`latest_reads`); ``aging_hours`` is kept for the callers."""
+    SELECT of the reads :func:`latest_reads` takes, without their draws;
+    ``aging_hours`` is kept for the callers."""
     curves: dict[str, Curve] = {}
-    for read in latest_reads(db, ordered=False):
-        labels, probs, flags = curves.setdefault(read.model_uid, ([], [], []))
-        labels.append(int(read.radiologist_positive))
-        probs.append(read.probability)
-        flags.append(read.model_positive)
+    q = _reads_query(
+        (Review.model_uid, Review.probability, Review.model_positive, Review.radiologist_positive),
+        None,
+        ordered=False,
+    )
+    with db.transaction() as session:
+        for uid, p, model, read in session.execute(q):
+            labels, probs, flags = curves.setdefault(uid, ([], [], []))
+            labels.append(int(bool(read)))
+            probs.append(float(p))
+            flags.append(bool(model))
     return curves
 
 
