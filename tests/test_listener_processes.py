@@ -9,13 +9,14 @@ import multiprocessing
 import os
 import signal
 import sqlite3
+import subprocess
 import threading
 import zlib
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support import ServeProcess, build_dicom, free_port, serve_env, wait_for
+from support import ServeProcess, build_dicom, dcmtk_tool, free_port, serve_env, wait_for
 
 from screener.ingest.listener import UidLocks
 
@@ -94,7 +95,8 @@ def test_two_listener_processes_share_the_port_and_a_killed_one_comes_back(
 ) -> None:
     """Both listener processes hold accepted associations on the one port and every C-STORE
     is recorded; the extra one, killed, is restarted (an audit row says so) and takes
-    associations again; after ``serve`` stops no listener process is left."""
+    associations again (pynetdicom's, then dcmtk storescu's); after ``serve`` stops no
+    listener process is left."""
     port, db = free_port(), tmp_path / "s.db"
     env = serve_env(
         tmp_path, f"sqlite:///{db}", port,
@@ -103,7 +105,7 @@ def test_two_listener_processes_share_the_port_and_a_killed_one_comes_back(
         SCREENER_WORKER_RESTART_BACKOFF_SECONDS="0.5",
     )  # fmt: skip
     films = []
-    for i in range(2 * ASSOCIATIONS):
+    for i in range(3 * ASSOCIATIONS):
         films.append(tmp_path / f"f{i}.dcm")
         films[-1].write_bytes(build_dicom(sop_instance_uid=f"1.2.826.0.1.3680043.10.2424.{i}"))
     serve = ServeProcess(tmp_path, env).start()
@@ -128,10 +130,24 @@ def test_two_listener_processes_share_the_port_and_a_killed_one_comes_back(
     assert died and died[0]["why"] == "killed by SIGKILL"
     held = {}
     statuses = _store_over_held_associations(
-        port, films[ASSOCIATIONS:], held, [serve.proc.pid, second]
+        port, films[ASSOCIATIONS : 2 * ASSOCIATIONS], held, [serve.proc.pid, second]
     )
     assert statuses == [0] * ASSOCIATIONS
     assert held[second] > 0, held
+    storescu = dcmtk_tool("storescu")
+    if storescu is not None:  # and dcmtk's storescu, one association per film, all at once
+        pushes = [
+            subprocess.Popen(
+                [storescu, "-aec", "SCREENER", "127.0.0.1", str(port), str(film)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+            for film in films[2 * ASSOCIATIONS :]
+        ]
+        for push in pushes:
+            _, err = push.communicate(timeout=120)
+            assert push.returncode == 0, err.decode()[-500:]
+    stored = 3 * ASSOCIATIONS if storescu is not None else 2 * ASSOCIATIONS
 
     assert serve.terminate() == 0
     wait_for(lambda: not _alive(second), timeout=30)
@@ -140,7 +156,7 @@ def test_two_listener_processes_share_the_port_and_a_killed_one_comes_back(
         restarts = c.execute(
             "select reason, message from audit_events where event = 'process_restarted'"
         ).fetchall()
-    assert instances == 2 * ASSOCIATIONS
+    assert instances == stored
     assert restarts == [("listener-1", "listener process killed by SIGKILL")]
 
 
