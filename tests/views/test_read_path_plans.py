@@ -19,7 +19,7 @@ from sqlalchemy import event
 
 from screener.db import Database
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "benchmarks" / "bench_scale.py"
 
 #: the tables a year makes large (hundreds of thousands of rows and more)
