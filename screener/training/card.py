@@ -193,7 +193,7 @@ def _lofo_section(meta: dict[str, Any]) -> str:
     lofo = (meta.get("model_selection") or {}).get("lofo")
     if not lofo:
         return ""
-    from screener.training.families import Row, fold_table, summary_table
+    from screener.training.lofo_tables import Row, fold_table, summary_table
 
     rows = [Row(r["candidate"], r["fold"], r["family"], r["figures"]) for r in lofo["folds"]]
     return f"""
