@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from alembic import command
 from alembic.autogenerate import compare_metadata
@@ -81,9 +82,21 @@ def head_revision() -> str | None:
 
 
 def schema_differences(database: Database) -> list[object]:
-    """What differs between the database's schema and the models (empty when in step)."""
+    """What differs between the database's schema and the models (empty when in step). An
+    index declared for one dialect only (``Index(...).ddl_if(dialect=...)``) is compared on
+    that dialect only: Alembic's comparison does not read ``ddl_if`` itself."""
+    dialect = database.engine.dialect.name
+
+    def on_this_dialect(obj: Any, name: Any, type_: str, reflected: bool, other: Any) -> bool:
+        only = getattr(obj, "_ddl_if", None)
+        if type_ != "index" or only is None or only.dialect is None:
+            return True
+        return dialect in ([only.dialect] if isinstance(only.dialect, str) else only.dialect)
+
     with database.engine.connect() as connection:
-        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        context = MigrationContext.configure(
+            connection, opts={"compare_type": True, "include_object": on_this_dialect}
+        )
         return list(compare_metadata(context, Base.metadata))
 
 
