@@ -37,31 +37,21 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    import numpy as np
 
     from screener.db.migrate import open_database
-    from screener.errors import ModelError
-    from screener.model.bundle import read_metadata
-    from screener.model.site import Reads, write_site_bundle
-    from screener.views.commissioning import site_reads
+    from screener.model.site import write_site_bundle
+    from screener.views.commissioning import bundle_and_target, site_reads
 
-    source = Path(args.model or settings.model.bundle)
-    meta = read_metadata(source)
-    target = args.target_sensitivity or float(meta.get("target_sensitivity", 0.95))
-    if not 0.5 <= target < 1.0:
-        raise ModelError(f"--target-sensitivity {target} must lie in [0.5, 1)")
+    source, meta, target = bundle_and_target(
+        args.model, args.target_sensitivity, settings.model.bundle
+    )
     db = open_database(settings.database.url)
     try:
         site = site_reads(db, meta, settings.worklist.aging_hours)
     finally:
         db.dispose()
     # reads weighted by 1 / their chance of being read; unflagged reads not drawn are left out
-    reads = Reads(
-        np.array(site.probabilities, dtype=np.float64),
-        np.array(site.positives, dtype=np.int64),
-        np.array(site.weights, dtype=np.float64),
-        np.array(site.audited, dtype=np.bool_),
-    )
+    reads = site.as_reads()
     used, audited = len(site.weights), sum(site.audited)
     print(
         f"weights      {used} of {used + site.undrawn} reads used: {used - audited} of "

@@ -67,15 +67,11 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from screener.db.migrate import open_database
-    from screener.errors import ModelError
-    from screener.model.bundle import read_metadata
-    from screener.views.commissioning import figures, shortfalls, site_reads
+    from screener.views.commissioning import bundle_and_target, figures, shortfalls, site_reads
 
-    source = Path(args.model or settings.model.bundle)
-    meta = read_metadata(source)
-    target = args.target_sensitivity or float(meta.get("target_sensitivity", 0.95))
-    if not 0.5 <= target < 1.0:
-        raise ModelError(f"--target-sensitivity {target} must lie in [0.5, 1)")
+    source, meta, target = bundle_and_target(
+        args.model, args.target_sensitivity, settings.model.bundle
+    )
     db = open_database(settings.database.url)
     try:
         reads = site_reads(db, meta, settings.worklist.aging_hours)
@@ -178,17 +174,11 @@ def write(
     rule: str,
     settings: Settings,
 ) -> int:
-    import numpy as np
 
     from screener.model.commission import as_json
-    from screener.model.site import Reads, write_site_bundle
+    from screener.model.site import write_site_bundle
 
-    site = Reads(
-        np.array(reads.probabilities, dtype=np.float64),
-        np.array(reads.positives, dtype=np.int64),
-        np.array(reads.weights, dtype=np.float64),
-        np.array(reads.audited, dtype=np.bool_),
-    )
+    site = reads.as_reads()
     record = as_json(c)
     record["rule"] = rule
     new = write_site_bundle(

@@ -5,6 +5,7 @@ what is still missing, and the figures (:mod:`screener.model.commission`). Used 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,6 +15,7 @@ from sqlalchemy import Integer, cast, func, select
 from screener.db import OUTSIDE_DOMAIN, Database, StudyScoreRow
 from screener.model.calibration import Platt
 from screener.model.commission import Commissioning
+from screener.model.site import Reads
 from screener.views.worklist import latest_reads
 
 
@@ -46,6 +48,15 @@ class SiteReads:
     #: every study the lineage assessed (inside the domain): its P, for flags per 100, as
     #: the mean P of its bin (:data:`BINS`, counted in the database), one entry per study
     assessed: npt.NDArray[np.float64]
+
+    def as_reads(self) -> Reads:
+        """The reads as :class:`screener.model.site.Reads` (what a site bundle is fitted on)."""
+        return Reads(
+            np.array(self.probabilities, dtype=np.float64),
+            np.array(self.positives, dtype=np.int64),
+            np.array(self.weights, dtype=np.float64),
+            np.array(self.audited, dtype=np.bool_),
+        )
 
 
 def parent_to_own(meta: dict[str, Any]) -> Platt | None:
@@ -110,6 +121,22 @@ def site_reads(db: Database, meta: dict[str, Any], aging_hours: float) -> SiteRe
         undrawn=len(reads) - len(kept),
         assessed=assessed,
     )
+
+
+def bundle_and_target(
+    bundle: str | None, target: float | None, configured: str
+) -> tuple[Path, dict[str, Any], float]:
+    """The bundle folder (``bundle`` or the configured one), its model.json and the target
+    sensitivity (``target`` or the bundle's own); a target outside [0.5, 1) is refused."""
+    from screener.errors import ModelError
+    from screener.model.bundle import read_metadata
+
+    source = Path(bundle or configured)
+    meta = read_metadata(source)
+    chosen = target or float(meta.get("target_sensitivity", 0.95))
+    if not 0.5 <= chosen < 1.0:
+        raise ModelError(f"--target-sensitivity {chosen} must lie in [0.5, 1)")
+    return source, meta, chosen
 
 
 def shortfalls(reads: SiteReads, target: float, refit: bool) -> list[str]:
