@@ -163,7 +163,9 @@ def check_jpeg_scan(stream: bytes, scan_start: int, jpeg_ls: bool) -> None:
 
 def j2k_header(stream: bytes) -> tuple[StreamHeader, bytes]:
     """The SIZ marker of a JPEG 2000 codestream (or of the one inside a JP2 file)."""
-    if stream.startswith(_JP2_SIGNATURE):  # PS3.5 A.4.4 <https://dicom.nema.org/medical/dicom/current/output/html/part05.html#sect_A.4.4> wants a bare codestream; tolerate JP2
+    # PS3.5 A.4.4 <https://dicom.nema.org/medical/dicom/current/output/html/part05.html#sect_A.4.4>
+    # wants a bare codestream; tolerate JP2
+    if stream.startswith(_JP2_SIGNATURE):
         at = stream.find(b"jp2c")
         if at < 0:
             raise corrupt("the JP2 file holds no codestream box (jp2c)")

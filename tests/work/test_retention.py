@@ -70,7 +70,8 @@ def test_retention_deletes_only_settled_images_and_keeps_their_rows(tmp_path: Pa
         f"('{uids['B']}', '{uids['C']}')",
     )[0]  # fmt: skip
     report = json.loads(dry.stdout)
-    assert report.pop("audit")["dry_run"] is True  # audit retention: tests/work/test_audit_retention.py
+    # audit retention: tests/work/test_audit_retention.py
+    assert report.pop("audit")["dry_run"] is True
     assert report | {"oldest_settled": None, "spool_bytes_before": 0} == {
         "dry_run": True, "instances": 2, "bytes": settled_bytes, "by_age": 2,
         "by_size": 0, "spool_bytes_before": 0, "kept_busy": 1, "oldest_settled": None,
