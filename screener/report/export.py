@@ -411,8 +411,7 @@ class Exporter:
         )
         if not assoc.is_established:
             refused = [str(cx.abstract_syntax) for cx in assoc.rejected_contexts]
-            # every context rejected: PS3.8 9.3.3.2
-            # <https://dicom.nema.org/medical/dicom/current/output/html/part08.html#sect_9.3.3.2>
+            # every context rejected: PS3.8 9.3.3.2 <https://dicom.nema.org/medical/dicom/current/output/html/part08.html#sect_9.3.3.2>
             if refused and not assoc.accepted_contexts:
                 # the destination does not take this SOP class: resending will not change that
                 failure = Failure(_not_accepted(refused[0]), permanent=True)
@@ -452,8 +451,7 @@ class Exporter:
         accepted = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}
         for ds in datasets:
             name = SOP_CLASS_NAMES.get(str(ds.SOPClassUID), str(ds.SOPClassUID))
-            # context rejected: PS3.8 9.3.3.2
-            # <https://dicom.nema.org/medical/dicom/current/output/html/part08.html#sect_9.3.3.2>
+            # context rejected: PS3.8 9.3.3.2 <https://dicom.nema.org/medical/dicom/current/output/html/part08.html#sect_9.3.3.2>
             if str(ds.SOPClassUID) not in accepted:
                 return Failure(_not_accepted(str(ds.SOPClassUID)), permanent=True)
             rsp = assoc.send_c_store(ds)
