@@ -547,3 +547,18 @@ def listening(port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def export_states(db_url: str) -> dict[str, int]:
+    """SR deliveries counted by state (pending, delivered, dead, shadow) in that database."""
+    from sqlalchemy import func, select
+
+    from screener.db import Database, Export
+
+    db = Database(db_url)
+    try:
+        with db.transaction() as session:
+            rows = session.execute(select(Export.state, func.count()).group_by(Export.state))
+            return {str(s): int(n) for s, n in rows}
+    finally:
+        db.dispose()

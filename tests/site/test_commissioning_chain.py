@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 import pytest
 from pydicom import dcmread
-from sqlalchemy import func, select
 from support import (
     Storescp,
     dcmtk_tool,
+    export_states,
     film_dicom,
     free_port,
     run_screener,
@@ -32,7 +32,6 @@ from support import (
     wait_for,
 )
 
-from screener.db import Database, Export
 from screener.model import load_bundle
 from screener.model.bundle import read_metadata
 
@@ -91,16 +90,6 @@ def _screener(env: dict[str, str], cwd: Path, *args: str) -> str:
     out = run_screener(env, cwd, *args)
     assert out.returncode == 0, (args, out.stdout[-2000:], out.stderr[-2000:])
     return out.stdout
-
-
-def _export_states(db_url: str) -> dict[str, int]:
-    db = Database(db_url)
-    try:
-        with db.transaction() as session:
-            rows = session.execute(select(Export.state, func.count()).group_by(Export.state))
-            return {str(s): int(n) for s, n in rows}
-    finally:
-        db.dispose()
 
 
 class _Reader:
@@ -216,7 +205,7 @@ def test_a_site_commissions_the_model_and_goes_live(
     alarm = wait_for(lambda: (d := drift()).get("state") == "drift" and d, 60, 0.5)
     assert alarm["drifted"], alarm
     assert '"event": "drift_detected"' in serve.log()
-    wait_for(lambda: _export_states(sqlite_url) == {"shadow": total}, timeout=60, interval=0.5)
+    wait_for(lambda: export_states(sqlite_url) == {"shadow": total}, timeout=60, interval=0.5)
     assert pacs.files() == []  # silent: nothing reached the PACS
 
     # the radiologists read what the worklist gives them: flagged studies and AUDIT READ ones
@@ -264,7 +253,7 @@ def test_a_site_commissions_the_model_and_goes_live(
     storescu(port, next_film)
     wait_for(lambda: len(pacs.files()) >= 1, timeout=180, interval=0.2)
     wait_for(
-        lambda: _export_states(sqlite_url) == {"shadow": total, "delivered": 1},
+        lambda: export_states(sqlite_url) == {"shadow": total, "delivered": 1},
         timeout=60,
         interval=0.2,
     )

@@ -20,6 +20,7 @@ from support import (
     Storescp,
     build_dicom,
     dcmtk_tool,
+    export_states,
     free_port,
     run_screener,
     serve_env,
@@ -245,16 +246,6 @@ def _screener(env: dict[str, str], cwd: Path, *args: str) -> str:
     return out.stdout
 
 
-def _export_states(db_url: str) -> dict[str, int]:
-    db = Database(db_url)
-    try:
-        with db.transaction() as session:
-            rows = session.execute(select(Export.state, func.count()).group_by(Export.state))
-            return {str(s): int(n) for s, n in rows}
-    finally:
-        db.dispose()
-
-
 def _page(port: int, path: str) -> str:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
@@ -293,7 +284,7 @@ def test_serve_in_shadow_sends_nothing_until_go_live(
     films = sorted((dicom_dir / "siim_chest_cr").glob("*.dcm"))[:4]
     storescu(int(env["SCREENER_LISTENER_PORT"]), films[:3])
     # every film scored, its export recorded as shadow; the exporter has polled since
-    wait_for(lambda: _export_states(sqlite_url) == {"shadow": 3}, timeout=180, interval=0.2)
+    wait_for(lambda: export_states(sqlite_url) == {"shadow": 3}, timeout=180, interval=0.2)
     wait_for(lambda: '"exporter_site_mode"' in daemon.log(), timeout=30)
     first_poll = daemon.log().count('"event": "exporter_site_mode"')
     assert first_poll == 1 and '"mode": "shadow"' in daemon.log()
@@ -326,14 +317,14 @@ def test_serve_in_shadow_sends_nothing_until_go_live(
     storescu(int(env["SCREENER_LISTENER_PORT"]), films[3:])
     wait_for(lambda: len(pacs.files()) >= 1, timeout=180, interval=0.2)
     wait_for(
-        lambda: _export_states(sqlite_url) == {"shadow": 3, "delivered": 1},
+        lambda: export_states(sqlite_url) == {"shadow": 3, "delivered": 1},
         timeout=60,
         interval=0.2,
     )
     per_sr, per_source = sr_deliveries(pacs.files())
     assert list(per_sr.values()) == [1]
     assert list(per_source) == [str(dcmread(films[3], stop_before_pixels=True).SOPInstanceUID)]
-    assert _export_states(sqlite_url) == {"shadow": 3, "delivered": 1}
+    assert export_states(sqlite_url) == {"shadow": 3, "delivered": 1}
     assert daemon.terminate() == 0
 
 
