@@ -302,6 +302,25 @@ class ExportSettings:
 
 
 @dataclass(frozen=True)
+class Hl7Settings:
+    destinations: list[str] = _opt(
+        [],
+        "RIS/EHR receivers of an HL7 v2.5.1 ORU^R01 per result, over MLLP: mllp://HOST:PORT "
+        "entries, sent through the export queue like the SRs; empty = none",
+    )
+
+
+@dataclass(frozen=True)
+class FhirSettings:
+    base_url: str = _opt(
+        "",
+        "a FHIR R4 server's base URL (https://HOST/fhir): each result is POSTed there as a "
+        "transaction Bundle (DiagnosticReport, Observation, Device) through the export queue; "
+        "empty = none",
+    )
+
+
+@dataclass(frozen=True)
 class SiteSettings:
     mode: str = _opt(
         "live",
@@ -475,6 +494,8 @@ class Settings:
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
     export: ExportSettings = field(default_factory=ExportSettings)
+    hl7: Hl7Settings = field(default_factory=Hl7Settings)
+    fhir: FhirSettings = field(default_factory=FhirSettings)
     site: SiteSettings = field(default_factory=SiteSettings)
     rescan: RescanSettings = field(default_factory=RescanSettings)
     worklist: WorklistSettings = field(default_factory=WorklistSettings)

@@ -7,6 +7,8 @@ from screener.db import summary
 from screener.db.engine import Database, utcnow
 from screener.db.models import (
     OUTSIDE_DOMAIN,
+    PAYLOAD_ASSESSMENT,
+    PAYLOAD_RESULT,
     AuditEvent,
     Base,
     Export,
@@ -23,6 +25,8 @@ from screener.db.models import (
 
 __all__ = [
     "OUTSIDE_DOMAIN",
+    "PAYLOAD_ASSESSMENT",
+    "PAYLOAD_RESULT",
     "AuditEvent",
     "Base",
     "Database",

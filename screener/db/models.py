@@ -176,19 +176,34 @@ class Result(Base):
     reported_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+#: Export.payload: the AI result of a scored image (an SR, an HL7 ORU, a FHIR report)
+PAYLOAD_RESULT = "result"
+#: Export.payload: a radiologist's read of an AI result, as an IHE AIRAI assessment SR
+PAYLOAD_ASSESSMENT = "assessment"
+
+
 class Export(Base):
-    """One delivery of a result's Structured Report to one destination."""
+    """One delivery of a result (or of a read of it) to one destination, over the channel its
+    destination names (:mod:`screener.report.targets`): DICOM C-STORE, STOW-RS, HL7 v2, FHIR."""
 
     __tablename__ = "exports"
     __table_args__ = (
         # "shadow": built while the site was silent (screener.site.mode); never sent by the exporter
         CheckConstraint("state IN ('pending', 'delivered', 'dead', 'shadow')", name="state"),
+        CheckConstraint("payload IN ('result', 'assessment')", name="payload"),
         Index("ix_exports_state_next_attempt_at", "state", "next_attempt_at"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     result_id: Mapped[int] = mapped_column(ForeignKey("results.id"), index=True)
-    destination: Mapped[str] = mapped_column(String(64))
+    #: ``AE@HOST:PORT``, a STOW-RS URL, ``mllp://HOST:PORT`` or ``fhir+https://...``
+    destination: Mapped[str] = mapped_column(String(512))
+    payload: Mapped[str] = mapped_column(String(16), default=PAYLOAD_RESULT)
+    #: an assessment's read, and the SOP Instance UID of the AI result SR it assesses
+    review_id: Mapped[int | None] = mapped_column(ForeignKey("reviews.id"), index=True)
+    assessed_uid: Mapped[str | None] = mapped_column(UID)
+    #: what the destination answered on delivery (ACK control id, Location, Retrieve URL)
+    receipt: Mapped[str | None] = mapped_column(Text)
     state: Mapped[str] = mapped_column(String(16))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)

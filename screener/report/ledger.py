@@ -14,7 +14,7 @@ from sqlalchemy import CursorResult, func, select, update
 
 from screener.db import Database, Export, Instance, Result, Study, utcnow
 from screener.db.engine import as_utc
-from screener.report.destinations import parse_destination
+from screener.report.destinations import parse_target
 
 log = structlog.get_logger(__name__)
 
@@ -31,7 +31,7 @@ def retry_dead(db: Database, destination: str | None = None) -> int:
             .values(state=PENDING, attempts=0, next_attempt_at=utcnow())
         )
         if destination is not None:
-            stmt = stmt.where(Export.destination == str(parse_destination(destination)))
+            stmt = stmt.where(Export.destination == parse_target(destination).address)
         count = cast(CursorResult[Any], session.execute(stmt)).rowcount
     log.info("exports_retried", destination=destination, count=count)
     return int(count)
@@ -89,7 +89,7 @@ def list_exports(
     if state is not None:
         stmt = stmt.where(Export.state == state)
     if destination is not None:
-        stmt = stmt.where(Export.destination == str(parse_destination(destination)))
+        stmt = stmt.where(Export.destination == parse_target(destination).address)
     with db.transaction() as session:
         return [
             ExportRow(

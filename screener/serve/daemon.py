@@ -41,6 +41,7 @@ from screener.ingest.listener import Listener
 from screener.ingest.ownership import claim_spool
 from screener.ingest.spool import Spool
 from screener.ingest.watcher import FolderWatcher
+from screener.report.destinations import result_targets
 from screener.report.export import Exporter
 from screener.rescan import RescanScheduler
 from screener.runtime import metrics
@@ -295,7 +296,7 @@ def compose(settings: Settings, processor: Processor | None = None) -> Daemon:
         db, settings, overlay_loader=partial(load_heatmap, settings)
     )  # checks destinations
     ingest = settings.listener.enabled or settings.watch.enabled
-    if settings.export.destinations and settings.export.enabled:
+    if result_targets(settings) and settings.export.enabled:
         daemon.exporter = exporter
     if settings.rescan.schedule and ingest:
         daemon.scheduler = RescanScheduler(settings, acceptor=acceptor)  # wakes the workers

@@ -49,7 +49,7 @@ def compose_worker(
 
     Without ``processor`` the model bundle scores (``worker.device`` and
     ``worker.inference_threads`` applied first), and each result plans its SR deliveries
-    when ``export.destinations`` is set.
+    when any export destination is set (export, hl7, fhir).
     """
     if processor is None:
         from screener.model.opening import open_model
@@ -71,7 +71,9 @@ def compose_worker(
 
 
 def _export_planner(settings: Settings) -> ResultHook | None:
-    if not settings.export.destinations:
+    from screener.report.destinations import result_targets
+
+    if not result_targets(settings):
         return None
     from screener.report.export import plan_exports
     from screener.site.mode import mode_in
@@ -79,7 +81,7 @@ def _export_planner(settings: Settings) -> ResultHook | None:
     def on_result(session: Session, result: Result) -> None:
         # silent start: the mode for the bundle that scored it, read in the result's transaction
         shadow = not mode_in(session, settings, result.model_uid).live
-        plan_exports(session, result, settings.export, shadow=shadow)
+        plan_exports(session, result, settings, shadow=shadow)
 
     return on_result
 

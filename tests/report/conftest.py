@@ -188,7 +188,7 @@ def add_results(
             session.add(result)
             session.flush()
             if plan:
-                plan_exports(session, result, settings.export)
+                plan_exports(session, result, settings)
             ids.append(result.id)
     return Screened(db, settings, ids)
 

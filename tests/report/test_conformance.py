@@ -11,7 +11,7 @@ from support import REPO
 from screener.config import load_settings
 from screener.ingest.listener import Listener
 from screener.ingest.sopclasses import IMAGE_STORAGE_SOP_CLASSES, VERIFICATION, transfer_syntaxes
-from screener.report.export import EXPORT_TRANSFER_SYNTAXES
+from screener.report.dimse import EXPORT_TRANSFER_SYNTAXES
 from screener.report.sr import SR_SOP_CLASSES
 from screener.rescan.query import STUDY_ROOT_FIND, STUDY_ROOT_MOVE
 

@@ -295,7 +295,7 @@ def test_plan_exports_without_destinations_plans_nothing(
     with s.db.transaction() as session:
         result = session.get(Result, s.result_ids[0])
         assert result is not None
-        assert plan_exports(session, result, s.settings.export) == []
+        assert plan_exports(session, result, s.settings) == []
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,21 @@
+"""One :class:`~screener.report.delivery.Channel` per destination, by the channel its address
+names (:mod:`screener.report.destinations`): the one place a channel is chosen."""
+
+from __future__ import annotations
+
+from screener.config import Settings
+from screener.dicomnet.tls import client_context
+from screener.errors import ConfigError
+from screener.report.delivery import Channel
+from screener.report.destinations import DIMSE, Target
+from screener.report.dimse import DimseChannel
+from screener.report.objects import DicomObjects
+
+
+def open_channel(target: Target, settings: Settings, objects: DicomObjects) -> Channel:
+    """The channel that delivers to ``target``; ConfigError when it cannot be set up."""
+    if target.channel == DIMSE:
+        # DICOM TLS to every C-STORE destination; a certificate that cannot be read stops start-up
+        tls = client_context(settings.tls) if settings.export.tls else None
+        return DimseChannel(target, settings, objects, tls)
+    raise ConfigError(f"{target.channel} destinations are not supported yet ({target.address})")
