@@ -14,7 +14,15 @@ from sqlalchemy import CursorResult, func, select, update
 
 from screener.db import Database, Export, Instance, Result, Study, utcnow
 from screener.db.engine import as_utc
-from screener.report.destinations import parse_target
+from screener.report.destinations import (
+    CHANNELS,
+    FHIR,
+    FHIR_PREFIX,
+    HL7,
+    MLLP_SCHEME,
+    STOW,
+    parse_target,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -55,12 +63,16 @@ class ExportRow:
     id: int
     result_id: int
     destination: str
+    channel: str  # dimse, stow, hl7 or fhir (screener.report.destinations)
+    payload: str  # result, or assessment (a read, IHE AIRAI)
     state: str
     attempts: int
     last_error: str | None
     next_attempt_at: datetime | None
     sr_sop_instance_uid: str | None
     source_sop_instance_uid: str
+    #: what the destination answered on delivery (ACK control id, Location, Retrieve URL)
+    receipt: str | None
     created_at: datetime
     delivered_at: datetime | None
     study_id: int  # the study's short id, #N on the worklist
@@ -70,14 +82,38 @@ class ExportRow:
         return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in vars(self).items()}
 
 
+def channel_of(destination: str) -> str:
+    """The channel a stored destination names (by its prefix, without parsing it again)."""
+    lowered = destination.lower()
+    if lowered.startswith(FHIR_PREFIX):
+        return FHIR
+    if lowered.startswith(MLLP_SCHEME + "://"):
+        return HL7
+    if lowered.startswith(("http://", "https://")):
+        return STOW
+    return CHANNELS[0]
+
+
+def _channel_filter(channel: str) -> Any:
+    """exports.destination's condition for one channel (a prefix: the index can serve it)."""
+    if channel == FHIR:
+        return Export.destination.like(FHIR_PREFIX + "%")
+    if channel == HL7:
+        return Export.destination.like(MLLP_SCHEME + "://%")
+    if channel == STOW:
+        return Export.destination.like("http://%") | Export.destination.like("https://%")
+    return Export.destination.like("%@%")  # AE_TITLE@HOST:PORT
+
+
 def list_exports(
     db: Database,
     state: str | None = None,
     destination: str | None = None,
     limit: int = 50,
+    channel: str | None = None,
 ) -> list[ExportRow]:
-    """The most recent exports, newest first, optionally of one state and destination, each
-    with its source image's study (one SELECT, limited in SQL)."""
+    """The most recent exports, newest first, optionally of one state, destination and
+    channel, each with its source image's study (one SELECT, limited in SQL)."""
     stmt = (
         select(Export, Instance.sop_instance_uid, Study.id, Study.accession_number)
         .join(Result, Result.id == Export.result_id)
@@ -90,18 +126,23 @@ def list_exports(
         stmt = stmt.where(Export.state == state)
     if destination is not None:
         stmt = stmt.where(Export.destination == parse_target(destination).address)
+    if channel is not None:
+        stmt = stmt.where(_channel_filter(channel))
     with db.transaction() as session:
         return [
             ExportRow(
                 id=e.id,
                 result_id=e.result_id,
                 destination=e.destination,
+                channel=channel_of(e.destination),
+                payload=e.payload,
                 state=e.state,
                 attempts=e.attempts,
                 last_error=e.last_error,
                 next_attempt_at=as_utc(e.next_attempt_at) if e.next_attempt_at else None,
                 sr_sop_instance_uid=e.sr_sop_instance_uid,
                 source_sop_instance_uid=uid,
+                receipt=e.receipt,
                 created_at=as_utc(e.created_at),
                 delivered_at=as_utc(e.delivered_at) if e.delivered_at else None,
                 study_id=study_id,

@@ -68,3 +68,35 @@ def test_exports_retry_sets_dead_exports_pending(
     assert exports.run(_parse("retry", "--destination", destination), settings) == 0
     assert "2 dead export(s) set pending again" in capsys.readouterr().out
     assert export_counts(s.db) == {"pending": 2, "delivered": 0, "dead": 0}
+
+
+def test_exports_list_names_each_rows_channel_and_filters_by_it(
+    db_url: str,
+    make_settings: Callable[..., Settings],
+    screened: Callable[..., Any],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A result planned to a C-STORE, a STOW-RS, an MLLP and a FHIR destination has one row per
+    channel; `exports list --channel` picks each one alone, and the text names the channel."""
+    settings = make_settings(
+        db_url,
+        export__destinations=["PACS@127.0.0.1:104", "https://pacs.example.org/dicom-web/"],
+        hl7__destinations=["mllp://ris.example.org:2575"],
+        fhir__base_url="https://ehr.example.org/fhir/",
+    )
+    screened(settings, 1)
+    capsys.readouterr()
+    assert exports.run(_parse("list", "--json"), settings) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {(r["channel"], r["destination"], r["payload"]) for r in rows} == {
+        ("dimse", "PACS@127.0.0.1:104", "result"),
+        ("stow", "https://pacs.example.org/dicom-web", "result"),
+        ("hl7", "mllp://ris.example.org:2575", "result"),
+        ("fhir", "fhir+https://ehr.example.org/fhir", "result"),
+    }
+    for channel in ("dimse", "stow", "hl7", "fhir"):
+        assert exports.run(_parse("list", "--channel", channel, "--json"), settings) == 0
+        (row,) = json.loads(capsys.readouterr().out)
+        assert row["channel"] == channel
+    assert exports.run(_parse("list", "--channel", "hl7"), settings) == 0
+    assert " hl7 " in capsys.readouterr().out
