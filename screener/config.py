@@ -279,7 +279,9 @@ class ExportSettings:
     enabled: bool = _opt(True, "run the exporter in `screener serve` (when destinations are set)")
     destinations: list[str] = _opt(
         [],
-        "where each SR is sent by C-STORE: AE_TITLE@HOST:PORT entries; empty = keep results local",
+        "where each SR is sent: AE_TITLE@HOST:PORT entries (C-STORE) or a DICOMweb service's "
+        "base URL, https://HOST/dicom-web (STOW-RS, the [dicomweb] section); empty = keep "
+        "results local",
     )
     sr_kind: str = _opt(
         "3d",
@@ -299,6 +301,12 @@ class ExportSettings:
     poll_seconds: float = _opt(1.0, "how often pending deliveries are looked for", min=0.05)
     timeout_seconds: float = _opt(30.0, "network timeout of one delivery association", min=1)
     tls: bool = _opt(False, "deliver to every destination over DICOM TLS (the [tls] section)")
+    assessments: bool = _opt(
+        False,
+        "send each radiologist's read back as an IHE AIRAI assessment SR (accepted / rejected, "
+        "the reader as observer, referencing the AI result SR) to every DICOM destination that "
+        "has that SR; a read that cannot tell sends none",
+    )
 
 
 @dataclass(frozen=True)
@@ -307,6 +315,23 @@ class Hl7Settings:
         [],
         "RIS/EHR receivers of an HL7 v2.5.1 ORU^R01 per result, over MLLP: mllp://HOST:PORT "
         "entries, sent through the export queue like the SRs; empty = none",
+    )
+    sending_application: str = _opt("SCREENER", "MSH-3 Sending Application (HD namespace ID)")
+    sending_facility: str = _opt("", "MSH-4 Sending Facility; empty = not sent")
+    receiving_application: str = _opt("", "MSH-5 Receiving Application; empty = not sent")
+    receiving_facility: str = _opt("", "MSH-6 Receiving Facility; empty = not sent")
+    processing_id: str = _opt(
+        "P", "MSH-11 Processing ID: P production, T training, D debugging", choices=("P", "T", "D")
+    )
+    timeout_seconds: float = _opt(
+        30.0, "seconds to connect to a receiver and to wait for each ACK", min=1
+    )
+    priority_update: str = _opt(
+        "off",
+        "raise the order's priority to STAT (TQ1-9 = S in the ORU^R01) for: off = never; "
+        "flagged = results at or above the threshold; flagged_or_unassessed = those and images "
+        "the model could not assess; a priority is never lowered (none is sent otherwise)",
+        choices=("off", "flagged", "flagged_or_unassessed"),
     )
 
 
@@ -317,6 +342,52 @@ class FhirSettings:
         "a FHIR R4 server's base URL (https://HOST/fhir): each result is POSTed there as a "
         "transaction Bundle (DiagnosticReport, Observation, Device) through the export queue; "
         "empty = none",
+    )
+    token_file: str = _opt(
+        "",
+        "a file holding the bearer token sent as Authorization: Bearer (one line, readable only "
+        "by us; read at each delivery, so a renewed token needs no restart); empty = none",
+        path=True,
+    )
+    ca_certificates: str = _opt(
+        "",
+        "CA certificates (PEM) that an https:// FHIR server must chain to; empty = the system's CAs",
+        path=True,
+    )
+    timeout_seconds: float = _opt(30.0, "seconds to connect and to wait for the answer", min=1)
+    patient_id_system: str = _opt(
+        "",
+        "the identifier system (URI) of the site's patient IDs, e.g. urn:oid:1.2.3: the report's "
+        "subject is then the Patient with that identifier (DICOM Patient ID); empty = no subject "
+        "is sent (the report names the study and the accession number only)",
+    )
+
+
+@dataclass(frozen=True)
+class DicomwebSettings:
+    accept_stow: bool = _opt(
+        False,
+        "accept STOW-RS (POST /dicom-web/studies, multipart/related application/dicom) on the "
+        "web worklist's port, into the same checks as C-STORE; callers authenticate with Basic "
+        "(a web.admins user) or a Bearer token from tokens_file",
+    )
+    tokens_file: str = _opt(
+        "",
+        "machine clients allowed to STOW-RS to us: one NAME:SHA256 line each, SHA256 the hex "
+        "digest of the client's bearer token (printf %s TOKEN | sha256sum); empty = none",
+        path=True,
+    )
+    auth_file: str = _opt(
+        "",
+        "credentials we send to the STOW-RS destinations of export.destinations: one line, "
+        "`Bearer TOKEN` or `Basic USER:PASSWORD` (readable only by us); empty = none",
+        path=True,
+    )
+    ca_certificates: str = _opt(
+        "",
+        "CA certificates (PEM) that https:// STOW-RS destinations must chain to; empty = "
+        "tls.ca_certificates, or the system's CAs (tls.certificate, when set, is presented)",
+        path=True,
     )
 
 
@@ -496,6 +567,7 @@ class Settings:
     export: ExportSettings = field(default_factory=ExportSettings)
     hl7: Hl7Settings = field(default_factory=Hl7Settings)
     fhir: FhirSettings = field(default_factory=FhirSettings)
+    dicomweb: DicomwebSettings = field(default_factory=DicomwebSettings)
     site: SiteSettings = field(default_factory=SiteSettings)
     rescan: RescanSettings = field(default_factory=RescanSettings)
     worklist: WorklistSettings = field(default_factory=WorklistSettings)
