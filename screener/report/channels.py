@@ -7,9 +7,10 @@ from screener.config import Settings
 from screener.dicomnet.tls import client_context
 from screener.errors import ConfigError
 from screener.report.delivery import Channel
-from screener.report.destinations import DIMSE, Target
+from screener.report.destinations import DIMSE, STOW, Target
 from screener.report.dimse import DimseChannel
 from screener.report.objects import DicomObjects
+from screener.report.stow import StowChannel
 
 
 def open_channel(target: Target, settings: Settings, objects: DicomObjects) -> Channel:
@@ -18,4 +19,6 @@ def open_channel(target: Target, settings: Settings, objects: DicomObjects) -> C
         # DICOM TLS to every C-STORE destination; a certificate that cannot be read stops start-up
         tls = client_context(settings.tls) if settings.export.tls else None
         return DimseChannel(target, settings, objects, tls)
+    if target.channel == STOW:  # DICOMweb STOW-RS; credentials and CAs from [dicomweb]
+        return StowChannel(target.address, settings, objects)
     raise ConfigError(f"{target.channel} destinations are not supported yet ({target.address})")

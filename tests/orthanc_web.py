@@ -1,0 +1,139 @@
+"""Debian's Orthanc with its DICOMweb plugin (package orthanc-dicomweb) on loopback: the real
+STOW-RS / QIDO-RS peer of the DICOMweb tests (tests/report/test_stow.py, tests/web/
+test_stow_in.py). Import the fixture into a test module: ``from orthanc_web import orthanc_web``."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import socket
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support import free_port, wait_for
+
+PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+#: The user Orthanc's HTTP server knows (AuthenticationEnabled): our STOW-RS logs in as it.
+USER, PASSWORD = "stow", "stow-secret-1"
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@dataclass
+class OrthancWeb:
+    """A running Orthanc: REST and DICOMweb (``/dicom-web``) on ``http_port``, behind Basic
+    authentication as :data:`USER`."""
+
+    http_port: int
+    folder: Path
+    proc: subprocess.Popen[bytes]
+
+    @property
+    def dicomweb(self) -> str:
+        """The DICOMweb base URL (what ``export.destinations`` names)."""
+        return f"http://127.0.0.1:{self.http_port}/dicom-web"
+
+    def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        """An authenticated REST call; (HTTP status, decoded JSON answer or None)."""
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.http_port}{path}", data=data, method=method
+        )
+        token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+        request.add_header("Accept", "application/json")
+        try:
+            with urllib.request.urlopen(request, timeout=60) as answer:
+                raw = answer.read()
+                return answer.status, json.loads(raw) if raw.strip() else None
+        except urllib.error.HTTPError as exc:
+            raw = exc.read()
+            try:
+                return exc.code, json.loads(raw)
+            except ValueError:
+                return exc.code, raw.decode(errors="replace")
+
+    def upload(self, data: bytes) -> str:
+        """Store a Part 10 file through the REST API; its Orthanc instance id."""
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.http_port}/instances", data=data, method="POST"
+        )
+        token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            return str(json.loads(answer.read())["ID"])
+
+    def log(self) -> str:
+        path = self.folder / "orthanc.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def orthanc_web(tmp_path: Path) -> Iterator[Callable[..., OrthancWeb]]:
+    """Start Orthanc with DICOMweb (on ``http_port``, a free one if not given); ``servers``
+    are its DICOMweb peers (name -> [URL, user, password]), which its STOW-RS client pushes to."""
+    binary = shutil.which("Orthanc") or (
+        "/usr/sbin/Orthanc" if Path("/usr/sbin/Orthanc").exists() else None
+    )
+    if binary is None or not PLUGIN.exists():
+        pytest.skip("Orthanc and its DICOMweb plugin (Debian: orthanc, orthanc-dicomweb) needed")
+    started: list[OrthancWeb] = []
+
+    def start(
+        servers: dict[str, list[str]] | None = None,
+        name: str = "orthanc",
+        http_port: int | None = None,
+    ) -> OrthancWeb:
+        folder = tmp_path / name
+        folder.mkdir()
+        http_port = http_port or free_port()
+        # Options as in Debian's /etc/orthanc/orthanc.json and the plugin's documentation
+        config = {
+            "Name": "screener-dicomweb-test",
+            "StorageDirectory": str(folder / "storage"),
+            "IndexDirectory": str(folder / "storage"),
+            "Plugins": [str(PLUGIN)],
+            "HttpServerEnabled": True,
+            "HttpPort": http_port,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": True,
+            "RegisteredUsers": {USER: PASSWORD},
+            "DicomServerEnabled": False,
+            "SaveJobs": False,
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "Servers": servers or {}},
+        }
+        config_path = folder / "orthanc.json"
+        config_path.write_text(json.dumps(config, indent=2))
+        with open(folder / "orthanc.log", "wb") as log:
+            proc = subprocess.Popen(
+                [binary, str(config_path)], stdout=log, stderr=subprocess.STDOUT
+            )
+        pacs = OrthancWeb(http_port, folder, proc)
+        started.append(pacs)
+        wait_for(lambda: _listening(http_port) or proc.poll() is not None, 30)
+        assert proc.poll() is None, f"Orthanc exited early:\n{pacs.log()}"
+        return pacs
+
+    yield start
+    for pacs in started:
+        pacs.stop()
