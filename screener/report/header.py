@@ -268,6 +268,34 @@ def processing_equipment(model_name: str, content_time: dt.datetime) -> hd.Contr
     )
 
 
+#: IHE AIR's Purpose of Reference of the algorithm's Contributing Equipment item (a code IHE
+#: assigned ahead of DICOM, in IHE's private scheme 99IHE; declared in every SR that uses it).
+IHE_SCHEME = "99IHE"
+PROCESSING_ALGORITHM = hd.sr.CodedConcept("Newcode1", IHE_SCHEME, "Processing Algorithm")
+
+
+def algorithm_equipment(
+    model_name: str, model_version: str, model_uid: str, content_time: dt.datetime
+) -> hd.ContributingEquipment:
+    """The algorithm as IHE AIR identifies it: a Contributing Equipment item (PS3.3 C.12.1.1.5 <https://dicom.nema.org/medical/dicom/current/output/html/part03.html#sect_C.12.1.1.5>)
+    with Purpose of Reference (Newcode1, 99IHE, "Processing Algorithm"), Manufacturer,
+    Manufacturer's Model Name (the model), Software Versions (the model's, then screener's) and
+    Device UID = the model bundle's UID, which a retrained bundle changes (IHE RAD TF AIR
+    <https://wiki.ihe.net/index.php/AI_Results>)."""
+    equipment = hd.ContributingEquipment(
+        manufacturer=MANUFACTURER,
+        # highdicom takes only CID 7005 terms here: AIR's purpose replaces it below
+        purpose_of_reference=codes.DCM.ProcessingEquipment,
+        manufacturer_model_name=model_name[:64],
+        software_versions=[model_version[:64], f"screener {__version__}"[:64]],
+        contribution_datetime=content_time,
+        contribution_description="pneumonia screening for a second read",
+    )
+    equipment.PurposeOfReferenceCodeSequence = [PROCESSING_ALGORITHM]
+    equipment.DeviceUID = model_uid  # (0018,1002), Type 3 in the Contributing Equipment Sequence
+    return equipment
+
+
 def derived_uid(*parts: str) -> str:
     """A UID that is the same every time for the same parts (a rebuild makes the same SR)."""
     return str(generate_uid(entropy_srcs=["screener", *parts]))

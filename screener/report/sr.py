@@ -14,7 +14,11 @@ source image's study, in a series of its own:
   when positive, Recommendation (DCM 121075) = second read (a private, declared code);
   for an image the domain guard placed outside the training films: no certainty, Pneumonia =
   Indeterminate (SCT 82334004) and Algorithm assessment = not assessed (private code);
-* Contributing Equipment naming screener as Processing Equipment.
+* IHE AIR (<https://wiki.ihe.net/index.php/AI_Results>): the algorithm is also identified in the
+  Contributing Equipment Sequence, Purpose of Reference (Newcode1, 99IHE, "Processing
+  Algorithm"), with Manufacturer, Manufacturer's Model Name, Software Versions and Device UID =
+  the model bundle's UID (a retrained bundle has a new one), besides TID 4019 and the Device
+  Observer.
 
 Everything is derived from the inputs, so a retry that passes the same SOP Instance UID and
 content time rebuilds the same document, element for element.
@@ -34,16 +38,25 @@ from pydicom.valuerep import DA, DT, TM
 
 from screener.report.capture import build_heatmap_capture
 from screener.report.header import (
+    IHE_SCHEME,
     MANUFACTURER,
     ReportError,
+    algorithm_equipment,
     apply_character_set,
     character_set,
     derived_uid,
     evidence_header,
-    processing_equipment,
 )
 
-__all__ = ["SR_SOP_CLASSES", "ReportError", "ScreeningFinding", "build_heatmap_capture", "build_sr"]
+__all__ = [
+    "SR_SOP_CLASSES",
+    "ReportError",
+    "ScreeningFinding",
+    "build_heatmap_capture",
+    "build_sr",
+    "coding_schemes",
+    "sr_series_uid",
+]
 
 #: sr_kind -> SOP Class UID (PS3.4 B.5 <https://dicom.nema.org/medical/dicom/current/output/html/part04.html#sect_B.5>: Comprehensive 3D SR .88.34, Comprehensive SR .88.33)
 SR_SOP_CLASSES = {
@@ -108,6 +121,18 @@ class ScreeningFinding:
             raise ReportError("a finding that was not assessed cannot be positive")
 
 
+def coding_schemes() -> list[hd.coding_schemes.CodingSchemeIdentificationItem]:
+    """The private coding schemes our SRs use, declared (PS3.3 C.12.1.1.4 <https://dicom.nema.org/medical/dicom/current/output/html/part03.html#sect_C.12.1.1.4>)."""
+    return [
+        hd.coding_schemes.CodingSchemeIdentificationItem(
+            PRIVATE_SCHEME, name="screener codes", responsible_organization="screener"
+        ),
+        hd.coding_schemes.CodingSchemeIdentificationItem(
+            IHE_SCHEME, name="IHE codes", responsible_organization="IHE International"
+        ),
+    ]
+
+
 def build_sr(
     source: Dataset,
     finding: ScreeningFinding,
@@ -132,8 +157,8 @@ def build_sr(
     header = evidence_header(source)
     when = content_datetime or dt.datetime.now(dt.UTC)
     sop_uid = sop_instance_uid or str(generate_uid())
-    series_uid = series_instance_uid or derived_uid(
-        "sr-series", str(header.StudyInstanceUID), finding.model_uid, kind
+    series_uid = series_instance_uid or sr_series_uid(
+        str(header.StudyInstanceUID), finding.model_uid, kind
     )
     report = _measurement_report(header, finding, sop_uid)
     # PS3.3 A.35.13 <https://dicom.nema.org/medical/dicom/current/output/html/part03.html#sect_A.35.13> Comprehensive 3D SR (.88.34) / A.35.3 Comprehensive SR (.88.33)
@@ -147,15 +172,14 @@ def build_sr(
         instance_number=instance_number,
         manufacturer=MANUFACTURER,
         is_complete=True,
-        contributing_equipment=[processing_equipment(finding.model_name, when)],
+        # IHE AIR: the algorithm as Contributing Equipment, its Device UID the bundle's UID
+        contributing_equipment=[
+            algorithm_equipment(finding.model_name, finding.model_version, finding.model_uid, when)
+        ],
         series_description="screener pneumonia second-read flag",
         content_date=when.date(),
         content_time=when.time().replace(tzinfo=None),
-        coding_schemes=[
-            hd.coding_schemes.CodingSchemeIdentificationItem(
-                PRIVATE_SCHEME, name="screener codes", responsible_organization="screener"
-            )
-        ],
+        coding_schemes=coding_schemes(),
         # highdicom refuses valid terms such as ['', 'ISO 2022 IR 149']: set below instead
         specific_character_set=None,
     )
@@ -170,6 +194,12 @@ def build_sr(
         if "ContributionDateTime" in equipment:
             equipment.ContributionDateTime = DT(stamp)
     return sr
+
+
+def sr_series_uid(study_instance_uid: str, model_uid: str, kind: str) -> str:
+    """The series of one model's AI result SRs of one kind in a study (derived: the same on
+    every rebuild, so an assessment can name the series of the SR it assesses)."""
+    return derived_uid("sr-series", study_instance_uid, model_uid, kind)
 
 
 def _measurement_report(

@@ -104,9 +104,9 @@ def test_sr_content_follows_tid_1500(real_sources: list[Path], model_uid: str) -
     assert recommendation.ConceptCodeSequence[0].CodeMeaning == "Second read recommended"
 
     screener = [e for e in sr.ContributingEquipmentSequence if e.Manufacturer == "screener"]
-    assert len(screener) == 1
+    assert len(screener) == 1  # IHE AIR's algorithm item (tests/report/test_air_sr.py)
     purpose = screener[0].PurposeOfReferenceCodeSequence[0]
-    assert (purpose.CodeValue, purpose.CodeMeaning) == ("109102", "Processing Equipment")
+    assert (purpose.CodeValue, purpose.CodeMeaning) == ("Newcode1", "Processing Algorithm")
     assert screener[0].SoftwareVersions
 
 
