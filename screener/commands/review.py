@@ -50,9 +50,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     try:
         aging = settings.worklist.aging_hours
         recorded = (
-            record_read(db, args.study, args.finding, args.note, aging, reader)
+            record_read(db, args.study, args.finding, args.note, aging, reader, settings)
             if args.finding
-            else record_review(db, args.study, args.agree, args.note, aging, reader=reader)
+            else record_review(
+                db, args.study, args.agree, args.note, aging, reader=reader, settings=settings
+            )
         )
     finally:
         db.dispose()

@@ -16,6 +16,7 @@ from pydicom.uid import SecondaryCaptureImageStorage
 from screener.config import Settings
 from screener.db import OUTSIDE_DOMAIN, Result
 from screener.db.engine import as_utc
+from screener.report.assessment import AssessedRead, build_assessment_sr
 from screener.report.delivery import Delivery
 from screener.report.header import ReportError, derived_uid
 from screener.report.sr import SR_SOP_CLASSES, ScreeningFinding, build_heatmap_capture, build_sr
@@ -91,8 +92,28 @@ class DicomObjects:
         return datasets
 
     def _assessment(self, delivery: Delivery, header: pydicom.Dataset) -> pydicom.Dataset:
-        """The IHE AIRAI assessment SR of a read (issue 25, part 2)."""
-        raise ReportError("assessment SRs are not built yet")
+        """The IHE AIRAI assessment SR of a read (:mod:`screener.report.assessment`)."""
+        review, result = delivery.review, delivery.result
+        if review is None or not delivery.assessed_uid:
+            raise ReportError("an assessment needs its read and the UID of the SR it assesses")
+        if review.radiologist_positive is None:
+            raise ReportError("a read that could not tell is no assessment of the AI result")
+        read = AssessedRead(
+            reader=review.reader,
+            reader_positive=review.radiologist_positive,
+            model_positive=review.model_positive,
+            read_at=as_utc(review.created_at),
+            model_uid=result.model_uid,
+            assessed_sop_instance_uid=delivery.assessed_uid,
+            frame_number=result.frame_number or 1,
+        )
+        return build_assessment_sr(
+            header,
+            read,
+            kind=self.settings.export.sr_kind,
+            sop_instance_uid=delivery.object_uid,
+            instance_number=review.id,
+        )
 
 
 def check_encodes(ds: pydicom.Dataset) -> None:

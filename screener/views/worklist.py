@@ -25,6 +25,7 @@ from typing import Any
 from sqlalchemy import case, false, func, literal_column, select, text, true
 from sqlalchemy.orm import Session, aliased
 
+from screener.config import Settings
 from screener.db import (
     OUTSIDE_DOMAIN,
     Database,
@@ -596,6 +597,7 @@ def record_review(
     note: str | None,
     aging_hours: float,
     reader: str | None = None,
+    settings: Settings | None = None,
 ) -> RecordedRead:
     """Record a read in the model's terms: agreeing keeps its flag, disagreeing inverts it
     (``screener review --agree/--disagree``); see :func:`record_read`."""
@@ -606,6 +608,7 @@ def record_review(
         note,
         aging_hours,
         reader,
+        settings,
     )
 
 
@@ -616,13 +619,17 @@ def record_read(
     note: str | None,
     aging_hours: float,
     reader: str | None = None,
+    settings: Settings | None = None,
 ) -> RecordedRead:
     """Record a radiologist's read in their own words (:data:`FINDINGS`): the agreement
     with the model's flag is derived, never asked. Every read is kept (the latest counts);
-    an earlier read of the same result is returned so that the caller can say so."""
+    an earlier read of the same result is returned so that the caller can say so.
+
+    With ``settings`` whose ``export.assessments`` is on, the read's IHE AIRAI assessment SRs
+    are planned in the same transaction (:mod:`screener.report.readback`)."""
     if finding not in FINDINGS:
         raise NotReadable(f"a read is one of {', '.join(FINDINGS)}, not {finding[:40]!r}")
-    return _record(db, key, lambda _flagged: finding, note, aging_hours, reader)
+    return _record(db, key, lambda _flagged: finding, note, aging_hours, reader, settings)
 
 
 def _record(
@@ -632,6 +639,7 @@ def _record(
     note: str | None,
     aging_hours: float,
     reader: str | None,
+    settings: Settings | None = None,
 ) -> RecordedRead:
     if note is not None and len(note) > MAX_NOTE:
         raise NotReadable(f"the note has {len(note)} characters; at most {MAX_NOTE} are kept")
@@ -678,6 +686,11 @@ def _record(
         )
         session.add(review)
         session.flush()
+        if settings is not None and settings.export.assessments:
+            from screener.report.readback import plan_assessments
+
+            plan_assessments(session, review, settings)
+            session.flush()
         session.expunge_all()
         return RecordedRead(review, earlier, study.id)
 

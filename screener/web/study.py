@@ -75,7 +75,9 @@ async def record(request: Request, user: str, key: str, finding: Any, note: Any)
             status_code=400,
         )
     try:
-        read = await run_in_threadpool(record_read, web.db, key, finding, text, web.aging, user)
+        read = await run_in_threadpool(
+            record_read, web.db, key, finding, text, web.aging, user, web.settings
+        )
     except NotReadable as exc:
         return PlainTextResponse(str(exc), status_code=400)
     except ScreenerError as exc:
