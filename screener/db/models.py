@@ -106,7 +106,7 @@ class Instance(Base):
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     source: Mapped[str] = mapped_column(
         String(16)
-    )  # "dicom" (C-STORE), "folder", "recovered" or "web"
+    )  # "dicom" (C-STORE), "folder", "recovered", "web" or "dicomweb" (STOW-RS)
     calling_ae_title: Mapped[str | None] = mapped_column(AE)
     receive_count: Mapped[int] = mapped_column(Integer, default=1)
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

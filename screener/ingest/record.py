@@ -29,7 +29,8 @@ from sqlalchemy.exc import IntegrityError
 from screener.db import AuditEvent, Database, Instance, Job, JobState, Study, summary, utcnow
 from screener.ingest.selection import Skip
 
-Source = Literal["dicom", "folder", "recovered", "web"]  # "web": the upload page
+#: "web": the upload page; "dicomweb": STOW-RS (screener.web.dicomweb)
+Source = Literal["dicom", "folder", "recovered", "web", "dicomweb"]
 Outcome = Literal["queued", "skipped", "duplicate", "replaced"]
 
 _STUDIES = cast(Table, Study.__table__)

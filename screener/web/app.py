@@ -41,6 +41,7 @@ from screener.ingest.accept import Acceptor
 from screener.site.mode import ModeCache
 from screener.web.auth import LoginThrottle, parse_users
 from screener.web.context import HERE, WebState, login_required
+from screener.web.dicomweb import store_instances
 from screener.web.guard import BodyLimit, Proxies, SecurityHeaders
 from screener.web.login import login, logout, pending_read
 from screener.web.modelwork import ModelWork
@@ -117,6 +118,9 @@ ROUTES = [
         login_required(retry_exports, admin="send dead-lettered SRs again"),
         methods=["POST"],
     ),
+    # STOW-RS (dicomweb.accept_stow): its own authentication (Bearer or Basic), no session
+    Route("/dicom-web/studies", store_instances, methods=["POST"]),
+    Route("/dicom-web/studies/{study}", store_instances, methods=["POST"]),
     Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
 ]
 
