@@ -7,8 +7,10 @@ from screener.config import Settings
 from screener.dicomnet.tls import client_context
 from screener.errors import ConfigError
 from screener.report.delivery import Channel
-from screener.report.destinations import DIMSE, STOW, Target
+from screener.report.destinations import DIMSE, FHIR, HL7, STOW, Target
 from screener.report.dimse import DimseChannel
+from screener.report.fhir import FhirChannel
+from screener.report.hl7 import Hl7Channel
 from screener.report.objects import DicomObjects
 from screener.report.stow import StowChannel
 
@@ -21,4 +23,8 @@ def open_channel(target: Target, settings: Settings, objects: DicomObjects) -> C
         return DimseChannel(target, settings, objects, tls)
     if target.channel == STOW:  # DICOMweb STOW-RS; credentials and CAs from [dicomweb]
         return StowChannel(target.address, settings, objects)
+    if target.channel == HL7:  # HL7 v2.5.1 ORU^R01 over MLLP; [hl7]
+        return Hl7Channel(target, settings)
+    if target.channel == FHIR:  # a FHIR R4 transaction Bundle; [fhir]
+        return FhirChannel(target, settings)
     raise ConfigError(f"{target.channel} destinations are not supported yet ({target.address})")
