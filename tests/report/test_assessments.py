@@ -5,6 +5,7 @@ assesses, retried and dead-lettered like any delivery, and never planned when th
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import highdicom as hd
 import pydicom
 import pytest
+from orthanc_web import PASSWORD, USER, OrthancWeb, orthanc_web  # noqa: F401
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from sqlalchemy import select
 from structlog.testing import capture_logs
@@ -131,6 +133,47 @@ def test_a_read_reaches_storescp_as_an_assessment_of_the_delivered_sr(
     (event,) = [e for e in logs if e["event"] == "assessment_delivered"]
     assert event["sop_instance_uid"] == sr.SOPInstanceUID
     assert "Doe^Jane" not in repr(logs) and "PHI-12345" not in repr(logs)
+
+
+def test_a_read_reaches_orthanc_by_stow_rs_and_is_found_by_qido_rs(
+    tmp_path: Path,
+    sqlite_url: str,
+    make_settings: Callable[..., Settings],
+    screened: Callable[..., Any],
+    orthanc_web: Callable[..., OrthancWeb],  # noqa: F811
+) -> None:
+    """With Orthanc's DICOMweb as the PACS, an agreeing read's assessment goes by STOW-RS like the AI SR; QIDO-RS finds it in the study and WADO-RS metadata shows the AI SR in its evidence."""
+    pacs = orthanc_web()
+    auth = tmp_path / "stow-auth"
+    auth.write_text(f"Basic {USER}:{PASSWORD}\n")
+    auth.chmod(0o600)
+    settings = _settings(make_settings, sqlite_url, pacs.dicomweb, dicomweb__auth_file=str(auth))
+    s = screened(settings, 1, probability=0.83)
+    exporter = Exporter(s.db, s.settings)
+    assert exporter.deliver_due() == 1
+    record_read(s.db, _study_key(s.db, s.result_ids[0]), "pneumonia", None, 24.0, "jdoe", settings)
+    assert exporter.deliver_due() == 1
+
+    (ai_row,) = _exports(s.db, "result")
+    (row,) = _exports(s.db, "assessment")
+    assert (row.state, row.attempts) == ("delivered", 1)
+    assert (row.receipt or "").startswith("STOW-RS HTTP 200")
+    status, studies = pacs.call("GET", "/dicom-web/studies")
+    assert status == 200
+    (study,) = [str(x["0020000D"]["Value"][0]) for x in studies]
+    status, found = pacs.call(
+        "GET", f"/dicom-web/studies/{study}/instances?SOPInstanceUID={row.sr_sop_instance_uid}"
+    )
+    assert status == 200, found
+    (instance,) = found
+    series = instance["0020000E"]["Value"][0]
+    status, metadata = pacs.call(
+        "GET",
+        f"/dicom-web/studies/{study}/series/{series}/instances/{row.sr_sop_instance_uid}/metadata",
+    )
+    assert status == 200, metadata
+    evidence = json.dumps(metadata[0]["0040A375"])  # Current Requested Procedure Evidence
+    assert str(ai_row.sr_sop_instance_uid) in evidence
 
 
 @pytest.mark.parametrize("positive", [True, False], ids=["flagged", "not-flagged"])
