@@ -12,7 +12,7 @@ import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +38,34 @@ class OrthancWeb:
     http_port: int
     folder: Path
     proc: subprocess.Popen[bytes]
+    fronts: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @property
     def dicomweb(self) -> str:
         """The DICOMweb base URL (what ``export.destinations`` names)."""
         return f"http://127.0.0.1:{self.http_port}/dicom-web"
+
+    def https_front(self, certificate: Path, key: Path) -> str:
+        """An HTTPS front (socat, TLS terminated with ``certificate``) to this Orthanc; its
+        DICOMweb base URL. Orthanc's own HTTPS (``SslEnabled``) is not used: Debian's 1.10.1
+        segfaults in its civetweb worker at the first HTTPS request on this OpenSSL."""
+        socat = shutil.which("socat")
+        if socat is None:
+            pytest.skip("socat (Debian package socat) is needed for an HTTPS front")
+        port = free_port()
+        listen = (
+            f"OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,"
+            f"cert={certificate},key={key},verify=0"
+        )
+        front = subprocess.Popen(
+            [socat, listen, f"TCP:127.0.0.1:{self.http_port}"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.fronts.append(front)
+        wait_for(lambda: _listening(port) or front.poll() is not None, 20)
+        assert front.poll() is None, "socat exited at start"
+        return f"https://127.0.0.1:{port}/dicom-web"
 
     def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         """An authenticated REST call; (HTTP status, decoded JSON answer or None)."""
@@ -79,6 +102,9 @@ class OrthancWeb:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def stop(self) -> None:
+        for front in self.fronts:
+            front.kill()
+            front.wait(timeout=10)
         if self.proc.poll() is None:
             self.proc.terminate()
             try:

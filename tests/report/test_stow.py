@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from dicomnet.test_tls import pki  # noqa: F401
 from orthanc_web import PASSWORD, USER, OrthancWeb, orthanc_web  # noqa: F401
 from sqlalchemy import select
 from support import free_port
@@ -128,6 +129,38 @@ def test_unreachable_service_is_retried_then_dead_then_sent_after_retry(
     assert Exporter(s.db, fixed).deliver_due() == 1
     (export,) = _exports(s.db)
     assert (export.state, export.last_error) == ("delivered", None)
+
+
+def test_https_service_is_verified_against_the_configured_ca(
+    tmp_path: Path,
+    sqlite_url: str,
+    make_settings: Callable[..., Settings],
+    screened: Callable[..., Any],
+    orthanc_web: Callable[..., OrthancWeb],  # noqa: F811
+    pki: Path,  # noqa: F811
+) -> None:
+    """Over HTTPS the service's certificate must chain to dicomweb.ca_certificates: one signed by another CA is a transient TLS failure with nothing sent; the site CA's is delivered."""
+    pacs = orthanc_web()
+    rogue = pacs.https_front(pki / "fakepacs.pem", pki / "fakepacs.key")
+    good = pacs.https_front(pki / "pacs.pem", pki / "pacs.key")
+    auth = _auth(tmp_path, f"Basic {USER}:{PASSWORD}")
+    ca = str(pki / "ca.pem")
+    s = screened(_settings(make_settings, sqlite_url, rogue, auth, dicomweb__ca_certificates=ca), 1)
+    assert Exporter(s.db, s.settings).deliver_due() == 0
+    (export,) = _exports(s.db)
+    assert export.state == "pending"
+    assert "transient: STOW-RS service" in (export.last_error or "")
+    assert "CERTIFICATE_VERIFY_FAILED" in (export.last_error or "")
+    assert pacs.call("GET", "/dicom-web/studies")[1] == []
+
+    with s.db.transaction() as session:  # the site points the delivery at the right front
+        row = session.get(Export, export.id)
+        assert row is not None
+        row.destination = good
+    settings = _settings(make_settings, sqlite_url, good, auth, dicomweb__ca_certificates=ca)
+    assert Exporter(s.db, settings).deliver_due() == 1
+    status, studies = pacs.call("GET", "/dicom-web/studies")
+    assert status == 200 and len(studies) == 1
 
 
 def test_not_found_is_permanent_and_dead_at_once(
