@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hostile import write_deflate_bomb
 from orthanc_web import PASSWORD, USER, OrthancWeb, orthanc_web  # noqa: F401
 from pydicom import dcmread
 from sqlalchemy import select
@@ -156,8 +157,10 @@ def test_orthanc_pushes_a_film_by_stow_and_it_is_queued(
 
 
 def test_each_part_is_checked_and_answered_per_instance(tmp_path: Path, sqlite_url: str) -> None:
-    """A film, an SR, garbage and an oversized part in one request: 202 with the film referenced and each refusal's Failure Reason (0x0122, 0xC000, 0xA700); a study-specific POST refuses another study's film (409, 0xA900); wrong credentials, a reader's, no STOW media type are refused."""
-    port, web = _start(tmp_path, sqlite_url, screener_listener_max_dataset_mb="1")
+    """A film, an SR, garbage and an oversized part in one request: 202 with the film referenced and each refusal's Failure Reason (0x0122, 0xC000, 0xA700); a study-specific POST refuses another study's film (409, 0xA900); a deflate bomb is refused 0xA700 and a body over web.max_upload_mb 413; wrong credentials, a reader's, no STOW media type are refused."""
+    port, web = _start(
+        tmp_path, sqlite_url, screener_listener_max_dataset_mb="1", screener_web_max_upload_mb="3"
+    )
     film = build_dicom(seed=1)
     film_uid = str(dcmread(io.BytesIO(film)).SOPInstanceUID)
     sr = build_dicom(sop_class_uid=SR_3D, pixel_data=False)
@@ -174,6 +177,13 @@ def test_each_part_is_checked_and_answered_per_instance(tmp_path: Path, sqlite_u
     status, _, body = _stow(port, [other], path="/dicom-web/studies/1.2.3.4", **_bearer())
     assert status == 409
     assert [r for _, r in _sequence(json.loads(body), "00081198")] == [0xA900]
+
+    write_deflate_bomb(tmp_path / "bomb.dcm", "1.2.826.0.1.3680043.8.498.7725", 1 << 28)
+    status, _, body = _stow(port, [(tmp_path / "bomb.dcm").read_bytes()], **_bearer())
+    assert status == 409  # 300 KB sent, 256 MiB inflated: over listener.max_dataset_mb
+    # its UIDs are inside the deflated stream, which is never inflated to read them
+    assert _sequence(json.loads(body), "00081198") == [(None, 0xA700)]
+    assert _stow(port, [b"\0" * (4 << 20)], **_bearer())[0] == 413  # over web.max_upload_mb
 
     status, kind, body = _stow(
         port, [build_dicom(seed=3)], **_bearer(), Accept="application/dicom+xml"
