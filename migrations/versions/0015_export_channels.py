@@ -2,7 +2,8 @@
 AIRAI assessments of a read
 
 * ``destination`` grows to 512 characters: a STOW-RS or FHIR base URL, an ``mllp://`` address;
-* ``payload``: what the row delivers, ``result`` (the AI result of a scored image) or
+* ``payload``: what the row delivers (``result`` by default, so that rows inserted as before
+  stay results), ``result`` (the AI result of a scored image) or
   ``assessment`` (a radiologist's read of it, IHE AIRAI);
 * ``review_id``: the read an assessment delivers; ``assessed_uid``: the SOP Instance UID of the
   AI result SR it assesses;
@@ -44,8 +45,6 @@ def upgrade() -> None:
         )
         batch_op.create_index(op.f("ix_exports_review_id"), ["review_id"], unique=False)
         batch_op.create_check_constraint("payload", sa.text("payload IN ('result', 'assessment')"))
-    with op.batch_alter_table("exports", schema=None) as batch_op:
-        batch_op.alter_column("payload", server_default=None)
 
 
 def downgrade() -> None:

@@ -198,7 +198,9 @@ class Export(Base):
     result_id: Mapped[int] = mapped_column(ForeignKey("results.id"), index=True)
     #: ``AE@HOST:PORT``, a STOW-RS URL, ``mllp://HOST:PORT`` or ``fhir+https://...``
     destination: Mapped[str] = mapped_column(String(512))
-    payload: Mapped[str] = mapped_column(String(16), default=PAYLOAD_RESULT)
+    payload: Mapped[str] = mapped_column(
+        String(16), default=PAYLOAD_RESULT, server_default=PAYLOAD_RESULT
+    )
     #: an assessment's read, and the SOP Instance UID of the AI result SR it assesses
     review_id: Mapped[int | None] = mapped_column(ForeignKey("reviews.id"), index=True)
     assessed_uid: Mapped[str | None] = mapped_column(UID)

@@ -22,6 +22,7 @@ from screener.report.destinations import dicom_targets, parse_target, result_tar
     ],
 )
 def test_each_destination_names_its_channel(entry: str, channel: str, address: str) -> None:
+    """Each kind of entry is read as its channel, and its address is stored normalised."""
     target = parse_target(entry)
     assert (target.channel, target.address) == (channel, address)
 
@@ -39,12 +40,14 @@ def test_each_destination_names_its_channel(entry: str, channel: str, address: s
     ],
 )
 def test_malformed_destinations_are_refused_with_the_rule(entry: str, says: str) -> None:
+    """A malformed entry stops start-up with the rule it broke, never echoing a credential."""
     with pytest.raises(ConfigError, match=says) as caught:
         parse_target(entry)
     assert "secret" not in str(caught.value)
 
 
 def test_results_go_everywhere_and_reads_only_to_the_dicom_destinations() -> None:
+    """A result goes over every channel; an assessment (a read) over C-STORE and STOW-RS only."""
     settings = load_settings(
         "/dev/null",
         {
@@ -58,6 +61,7 @@ def test_results_go_everywhere_and_reads_only_to_the_dicom_destinations() -> Non
 
 
 def test_an_hl7_destination_must_be_mllp_and_none_may_repeat() -> None:
+    """hl7.destinations takes mllp:// only, and the same address twice is refused."""
     wrong = load_settings("/dev/null", {"hl7.destinations": ["RIS@10.0.0.5:104"]})
     with pytest.raises(ConfigError, match=r"hl7\.destinations"):
         result_targets(wrong)
