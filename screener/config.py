@@ -333,6 +333,11 @@ class Hl7Settings:
         "the model could not assess; a priority is never lowered (none is sent otherwise)",
         choices=("off", "flagged", "flagged_or_unassessed"),
     )
+    tls: bool = _opt(
+        False,
+        "MLLP over TLS to every HL7 destination, with the [tls] section's certificate and CAs "
+        "(as export.tls for C-STORE); off = plain TCP, for a VPN or an interface engine on the host",
+    )
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,9 @@ def open_channel(target: Target, settings: Settings, objects: DicomObjects) -> C
     if target.channel == STOW:  # DICOMweb STOW-RS; credentials and CAs from [dicomweb]
         return StowChannel(target.address, settings, objects)
     if target.channel == HL7:  # HL7 v2.5.1 ORU^R01 over MLLP; [hl7]
-        return Hl7Channel(target, settings)
+        return Hl7Channel(
+            target, settings, client_context(settings.tls) if settings.hl7.tls else None
+        )
     if target.channel == FHIR:  # a FHIR R4 transaction Bundle; [fhir]
         return FhirChannel(target, settings)
     raise ConfigError(f"{target.channel} destinations are not supported yet ({target.address})")

@@ -3,7 +3,8 @@ MLLP, one TCP connection per batch, each message waiting for its ACK before the 
 
 MLLP (HL7 v2.5.1 Appendix C, the Minimal Lower Layer Protocol): a message travels as
 ``0x0B`` + the message + ``0x1C 0x0D``; the receiver answers each with an ACK in the same
-framing. The ACK's MSA-1 (HL7 table 0008, original and enhanced acknowledgment modes) decides:
+framing (over TLS with ``hl7.tls``, the ``[tls]`` section's certificate and CAs). The ACK's
+MSA-1 (HL7 table 0008, original and enhanced acknowledgment modes) decides:
 
 * ``AA`` / ``CA`` (accept): delivered; the receipt records the ACK's own control ID (MSH-10)
   and MSA-2, the control ID it acknowledges;
@@ -21,6 +22,7 @@ are recorded, never its free text (it may echo PHI).
 from __future__ import annotations
 
 import socket
+import ssl
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -141,11 +143,14 @@ def receipt(ack: Ack) -> str:
 class Hl7Channel:
     """ORU^R01 messages to one ``mllp://HOST:PORT`` receiver."""
 
-    def __init__(self, target: Target, settings: Settings) -> None:
+    def __init__(
+        self, target: Target, settings: Settings, tls_context: ssl.SSLContext | None = None
+    ) -> None:
         host, _, port = target.address.removeprefix("mllp://").rpartition(":")
         self.address = target.address
         self.host, self.port = host.strip("[]"), int(port)
         self.settings = settings
+        self.tls_context = tls_context
 
     def _build(self, delivery: Delivery) -> tuple[str, bytes]:
         header = pydicom.dcmread(delivery.spool_path, stop_before_pixels=True)
@@ -162,6 +167,8 @@ class Hl7Channel:
             sock = socket.create_connection(
                 (self.host, self.port), timeout=min(CONNECT_TIMEOUT, timeout)
             )
+            if self.tls_context is not None:  # the handshake: a refused certificate is an OSError
+                sock = self.tls_context.wrap_socket(sock, server_hostname=self.host)
         except OSError as exc:
             unreachable = Failure(f"cannot connect to {self.address} ({type(exc).__name__})")
             for delivery, _ in built:

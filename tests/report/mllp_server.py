@@ -1,6 +1,7 @@
 """A small HL7 v2 receiver over MLLP, run as its own process by the HL7 channel's tests.
 
-``python mllp_server.py PORT FOLDER ANSWER``: listens on 127.0.0.1:PORT; every framed message
+``python mllp_server.py PORT FOLDER ANSWER [CERT KEY CA]``: listens on 127.0.0.1:PORT (over TLS
+with CERT and KEY, requiring a client certificate that chains to CA, when they are given); every framed message
 it receives is parsed with hl7apy (STRICT, HL7 v2.5.1) and written to FOLDER as NNNN.hl7;
 then it answers as ANSWER says:
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import socketserver
+import ssl
 import sys
 import threading
 from pathlib import Path
@@ -79,6 +81,13 @@ def main() -> None:
     Receiver.folder, Receiver.answer = folder, answer
     socketserver.ThreadingTCPServer.allow_reuse_address = True
     with socketserver.ThreadingTCPServer(("127.0.0.1", port), Receiver) as server:
+        if len(sys.argv) > 4:  # a failed handshake is an OSError that socketserver drops
+            cert, key, ca = sys.argv[4:7]
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(cert, key)
+            ctx.load_verify_locations(cafile=ca)
+            ctx.verify_mode = ssl.CERT_REQUIRED
+            server.socket = ctx.wrap_socket(server.socket, server_side=True)
         (folder / "ready").write_text("listening")
         server.serve_forever()
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import pydicom
 import pytest
+from dicomnet.test_tls import _ca, _leaf
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.parser import parse_message
 from sqlalchemy import select
@@ -43,10 +44,11 @@ class Receiver:
     def destination(self) -> str:
         return f"mllp://127.0.0.1:{self.port}"
 
-    def start(self, answer: str) -> Receiver:
+    def start(self, answer: str, *tls: str) -> Receiver:
+        """Start it answering ``answer``; over TLS with ``tls`` = (certificate, key, CA)."""
         self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / "ready").unlink(missing_ok=True)
-        argv = [sys.executable, str(SERVER), str(self.port), str(self.folder), answer]
+        argv = [sys.executable, str(SERVER), str(self.port), str(self.folder), answer, *tls]
         self.proc = proc = subprocess.Popen(argv, stderr=subprocess.DEVNULL)
         wait_for(lambda: (self.folder / "ready").exists() or proc.poll() is not None, 20)
         assert proc.poll() is None, "mllp_server.py exited at start"
@@ -214,6 +216,44 @@ def test_no_readable_ack_is_transient(
     assert [(e.state, e.attempts) for e in exports] == [("pending", 1), ("pending", 1)]
     assert all((e.last_error or "").startswith("transient: no ACK from mllp://") for e in exports)
     assert len(ris.messages()) == 1  # the second was never sent over the broken connection
+
+
+def test_mllp_over_tls_reaches_a_receiver_the_site_ca_signed_only(
+    db_url: str,
+    make_settings: Callable[..., Settings],
+    receiver: Callable[..., Receiver],
+    screened: Callable[..., Any],
+    tmp_path: Path,
+) -> None:
+    """hl7.tls: the ORU^R01 reaches a TLS receiver whose certificate the site's CA signed (and
+    which requires ours); one with a certificate from another CA gets nothing, the row backs
+    off (transient)."""
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    for ca in ("ca", "rogue"):
+        _ca(pki, ca)
+    _leaf(pki, "screener", "ca")
+    _leaf(pki, "ris", "ca")
+    _leaf(pki, "fakeris", "rogue")
+    ca = str(pki / "ca.pem")
+    good = receiver().start("AA", str(pki / "ris.pem"), str(pki / "ris.key"), ca)
+    fake = receiver().start("AA", str(pki / "fakeris.pem"), str(pki / "fakeris.key"), ca)
+    settings = make_settings(
+        db_url,
+        hl7__destinations=[good.destination, fake.destination],
+        hl7__tls=True,
+        tls__certificate=str(pki / "screener.pem"),
+        tls__private_key=str(pki / "screener.key"),
+        tls__ca_certificates=ca,
+        export__backoff_seconds=60,
+    )
+    s = screened(settings, 1)
+    assert Exporter(s.db, s.settings).deliver_due() == 1
+    rows = {e.destination: e for e in _exports(s.db)}
+    assert rows[good.destination].state == "delivered" and len(good.messages()) == 1
+    assert (rows[fake.destination].state, rows[fake.destination].attempts) == ("pending", 1)
+    assert "SSLCertVerificationError" in (rows[fake.destination].last_error or "")
+    assert fake.messages() == []
 
 
 # -- the message and the ACK, without a network ----------------------------------------
