@@ -127,8 +127,8 @@ def test_a_read_reaches_storescp_as_an_assessment_of_the_delivered_sr(
     assert '(233604007,SCT,"Pneumonia")' in text  # the finding assessed
 
     doc = hd.sr.srread(path)
-    (group,) = doc.content.get_image_measurement_groups()
-    values = {e.name.meaning: e.value.meaning for e in group.get_qualitative_evaluations()}
+    (group,) = _report(doc).get_image_measurement_groups()
+    values = {e.name.meaning: _coded(e).meaning for e in group.get_qualitative_evaluations()}
     assert values == {"AI result assessment": "Rejected", "Pneumonia": "Absent"}
     (event,) = [e for e in logs if e["event"] == "assessment_delivered"]
     assert event["sop_instance_uid"] == sr.SOPInstanceUID
@@ -253,6 +253,7 @@ def switching_scp() -> Iterator[tuple[int, list[int]]]:
     server = ae.start_server(
         ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
     )
+    assert server is not None  # block=False returns the running server
     yield port, status
     server.shutdown()
     ae.shutdown()
@@ -339,3 +340,19 @@ def test_the_reader_is_a_valid_person_name(real_sources: list[Path], model_uid: 
     assert observer("dr^who=\\x\n") == ("drwhox", None)
     assert observer("müller") == ("müller", "ISO_IR 192")
     assert observer(None) == ("unknown reader", None)
+
+
+def _report(
+    doc: hd.sr.EnhancedSR | hd.sr.ComprehensiveSR | hd.sr.Comprehensive3DSR,
+) -> hd.sr.MeasurementReport:
+    """The document's content as highdicom reads it back: the TID 1500 Measurement Report."""
+    content = doc.content
+    assert isinstance(content, hd.sr.MeasurementReport)
+    return content
+
+
+def _coded(evaluation: hd.sr.QualitativeEvaluation) -> hd.sr.CodedConcept:
+    """A qualitative evaluation's value: a code (highdicom types it as a number too)."""
+    value = evaluation.value
+    assert isinstance(value, hd.sr.CodedConcept)
+    return value
