@@ -70,11 +70,7 @@ class OrthancWeb:
     def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         """An authenticated REST call; (HTTP status, decoded JSON answer or None)."""
         data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.http_port}{path}", data=data, method=method
-        )
-        token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
-        request.add_header("Authorization", f"Basic {token}")
+        request = self._request(path, data, method)
         request.add_header("Accept", "application/json")
         try:
             with urllib.request.urlopen(request, timeout=60) as answer:
@@ -89,13 +85,31 @@ class OrthancWeb:
 
     def upload(self, data: bytes) -> str:
         """Store a Part 10 file through the REST API; its Orthanc instance id."""
+        with urllib.request.urlopen(
+            self._request("/instances", data, "POST"), timeout=60
+        ) as answer:
+            return str(json.loads(answer.read())["ID"])
+
+    def file(self, sop_instance_uid: str) -> bytes:
+        """The Part 10 file Orthanc stored for an instance (found by its SOP Instance UID with
+        ``/tools/find``, read from ``/instances/{id}/file``)."""
+        query = {"Level": "Instance", "Query": {"SOPInstanceUID": sop_instance_uid}}
+        status, found = self.call("POST", "/tools/find", query)
+        assert status == 200 and len(found) == 1, (status, found)
+        request = self._request(f"/instances/{found[0]}/file")
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            return bytes(answer.read())
+
+    def _request(
+        self, path: str, data: bytes | None = None, method: str = "GET"
+    ) -> urllib.request.Request:
+        """A request to this Orthanc, logged in as :data:`USER` (HTTP Basic)."""
         request = urllib.request.Request(
-            f"http://127.0.0.1:{self.http_port}/instances", data=data, method="POST"
+            f"http://127.0.0.1:{self.http_port}{path}", data=data, method=method
         )
         token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
         request.add_header("Authorization", f"Basic {token}")
-        with urllib.request.urlopen(request, timeout=60) as answer:
-            return str(json.loads(answer.read())["ID"])
+        return request
 
     def log(self) -> str:
         path = self.folder / "orthanc.log"
@@ -117,7 +131,8 @@ class OrthancWeb:
 @pytest.fixture
 def orthanc_web(tmp_path: Path) -> Iterator[Callable[..., OrthancWeb]]:
     """Start Orthanc with DICOMweb (on ``http_port``, a free one if not given); ``servers``
-    are its DICOMweb peers (name -> [URL, user, password]), which its STOW-RS client pushes to."""
+    are its DICOMweb peers (name -> [URL, user, password], or the plugin's object form,
+    ``{"Url": URL, "HttpHeaders": {...}}``), which its STOW-RS client pushes to."""
     binary = shutil.which("Orthanc") or (
         "/usr/sbin/Orthanc" if Path("/usr/sbin/Orthanc").exists() else None
     )
@@ -126,7 +141,7 @@ def orthanc_web(tmp_path: Path) -> Iterator[Callable[..., OrthancWeb]]:
     started: list[OrthancWeb] = []
 
     def start(
-        servers: dict[str, list[str]] | None = None,
+        servers: dict[str, list[str] | dict[str, Any]] | None = None,
         name: str = "orthanc",
         http_port: int | None = None,
     ) -> OrthancWeb:

@@ -15,7 +15,10 @@ servers answer (https://hl7.org/fhir/R4/http.html#transaction):
   references between entries are rewritten to TYPE/ID, and the answer is 200 with a
   transaction-response Bundle (each entry's ``response.status`` and ``location``);
 * ``--token``: a request without ``Authorization: Bearer TOKEN`` gets 401;
-* ``--answer STATUS``: every POST gets that status (with an OperationOutcome), e.g. 503.
+* ``--answer STATUS``: every POST gets that status (with an OperationOutcome), e.g. 503;
+* a GET of ``/fhir/TYPE/ID`` (or ``/fhir/TYPE/ID/_history/1``, a location it answered) is the
+  read interaction (https://hl7.org/fhir/R4/http.html#read): 200 with the stored resource, 404
+  with an OperationOutcome when there is none.
 
 FOLDER/ready is written once it listens; FOLDER/requests.log gets one line per request.
 """
@@ -102,6 +105,19 @@ class Fhir(BaseHTTPRequestHandler):
         with self.lock:
             response = self.transact(data)
         return self.reply(200, response)
+
+    def do_GET(self) -> None:
+        if self.token and self.headers.get("Authorization") != f"Bearer {self.token}":
+            return self.reply(401, outcome("login"))
+        parts = self.path.removeprefix(BASE + "/").split("/")
+        if parts[2:] == ["_history", "1"]:
+            parts = parts[:2]
+        if len(parts) != 2 or not all(p.isalnum() for p in parts):
+            return self.reply(404, outcome("not-found"))
+        path = self.folder / parts[0] / f"{parts[1]}.json"
+        if not path.is_file():
+            return self.reply(404, outcome("not-found"))
+        return self.reply(200, json.loads(path.read_text()))
 
     def transact(self, data: dict[str, Any]) -> dict[str, Any]:
         """Create each entry (or find it by ifNoneExist), references resolved."""
