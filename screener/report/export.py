@@ -49,9 +49,16 @@ from screener.db import PAYLOAD_RESULT, Database, Export, Instance, Result, Revi
 from screener.errors import ScreenerError
 from screener.report.channels import open_channel
 from screener.report.delivery import Channel, Delivery, Failure
-from screener.report.destinations import parse_target, result_targets
+from screener.report.destinations import DICOM_CHANNELS, parse_target, result_targets
 from screener.report.dimse import status_is_permanent
-from screener.report.ledger import DEAD, DELIVERED, PENDING, export_counts, retry_dead
+from screener.report.ledger import (
+    DEAD,
+    DELIVERED,
+    PENDING,
+    channel_of,
+    export_counts,
+    retry_dead,
+)
 from screener.report.objects import DicomObjects, OverlayLoader
 from screener.runtime.wakeup import Wakeable
 from screener.site.mode import loaded_bundle_uid, mode_in
@@ -322,8 +329,9 @@ class Exporter:
                     result.reported_at = now  # the first destination that has it
             attempts, destination = export.attempts, export.destination
         log.info(
-            "sr_delivered" if not delivery.is_assessment else "assessment_delivered",
+            _event(delivery, destination, "delivered"),
             destination=destination,
+            channel=channel_of(destination),
             sop_instance_uid=delivery.object_uid,
             result_id=delivery.result.id,
             attempts=attempts,
@@ -351,10 +359,13 @@ class Exporter:
                 export.next_attempt_at = utcnow() + timedelta(seconds=delay)
             state, attempts, due = export.state, export.attempts, export.next_attempt_at
             destination = export.destination
-        event = "sr_dead_lettered" if state == DEAD else "sr_delivery_failed"
+        event = _event(
+            delivery, destination, "dead_lettered" if state == DEAD else "delivery_failed"
+        )
         log.warning(
             event,
             destination=destination,
+            channel=channel_of(destination),
             sop_instance_uid=delivery.object_uid,
             result_id=delivery.result.id,
             attempts=attempts,
@@ -362,3 +373,11 @@ class Exporter:
             permanent=failure.permanent,
             error=failure.reason,
         )
+
+
+def _event(delivery: Delivery, destination: str, outcome: str) -> str:
+    """The log event of an outcome, named by what was sent: ``sr_``, ``assessment_`` (DICOM
+    channels), ``message_`` (an HL7 ORU^R01, a FHIR Bundle)."""
+    if channel_of(destination) not in DICOM_CHANNELS:
+        return f"message_{outcome}"
+    return f"{'assessment' if delivery.is_assessment else 'sr'}_{outcome}"

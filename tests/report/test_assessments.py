@@ -290,7 +290,7 @@ def test_a_refused_assessment_is_retried_then_dead_lettered(
     (row,) = _exports(s.db, "assessment")
     assert (row.state, row.attempts, row.next_attempt_at) == ("dead", 2, None)
     assert "0xA700" in (row.last_error or "")
-    (event,) = [e for e in logs if e["event"] == "sr_dead_lettered"]
+    (event,) = [e for e in logs if e["event"] == "assessment_dead_lettered"]
     assert event["sop_instance_uid"] == row.sr_sop_instance_uid and event["permanent"] is False
     (ai_row,) = _exports(s.db, "result")
     assert ai_row.state == "delivered"  # the AI SR's own delivery is untouched
