@@ -49,28 +49,21 @@ from screener.config import ListenerSettings, Settings
 from screener.db import utcnow
 from screener.dicomnet.netopts import tune_socket
 from screener.errors import ConfigError, IngestError
-from screener.ingest.accept import (
-    Acceptor,
-    DatasetTooLarge,
-    DoesNotMatchSOPClass,
-    NotUnderstood,
-    OutOfResources,
-    UnsupportedSOPClass,
-)
-from screener.ingest.inflate import limit_bytes
+from screener.ingest.accept import Acceptor
+from screener.ingest.inflate import DatasetTooLarge, limit_bytes
 from screener.ingest.oversize import ReceiveLimit
+from screener.ingest.refusal import (
+    STATUS_CANNOT_UNDERSTAND,
+    STATUS_OUT_OF_RESOURCES,
+    STATUS_SUCCESS,
+    refusal_of,
+)
 from screener.ingest.sopclasses import IMAGE_STORAGE_SOP_CLASSES, VERIFICATION, transfer_syntaxes
 from screener.ingest.stall import StalledStoreWatch
 from screener.ingest.uids import uid_problem
 from screener.runtime.wakeup import PipeEvent
 
 log = structlog.get_logger(__name__)
-
-STATUS_SUCCESS = 0x0000
-STATUS_OUT_OF_RESOURCES = 0xA700  # PS3.4 B.2.3 <https://dicom.nema.org/medical/dicom/current/output/html/part04.html#sect_B.2.3>: Refused: Out of Resources
-STATUS_DATASET_MISMATCH = 0xA900  # PS3.4 B.2.3 <https://dicom.nema.org/medical/dicom/current/output/html/part04.html#sect_B.2.3>: Error: Data Set does not match SOP Class
-STATUS_CANNOT_UNDERSTAND = 0xC000  # PS3.4 B.2.3 <https://dicom.nema.org/medical/dicom/current/output/html/part04.html#sect_B.2.3>: Error: Cannot understand
-STATUS_SOP_CLASS_NOT_SUPPORTED = 0x0122  # PS3.7 C.4.2.1.1 <https://dicom.nema.org/medical/dicom/current/output/html/part07.html#sect_C.4.2.1.1>: Refused: SOP Class not supported
 
 
 def _calling_ae(event: Any) -> str:
@@ -335,18 +328,9 @@ class Listener:
                     self.acceptor.accept(data, source="dicom", calling_ae_title=calling)
             self.last_store_at = utcnow()
             return STATUS_SUCCESS
-        except OutOfResources as exc:
-            return self._refuse(STATUS_OUT_OF_RESOURCES, "out_of_resources", exc, sop_uid, calling)
-        except DatasetTooLarge as exc:
-            return self._refuse(STATUS_OUT_OF_RESOURCES, exc.reason, exc, sop_uid, calling)
-        except UnsupportedSOPClass as exc:
-            return self._refuse(STATUS_SOP_CLASS_NOT_SUPPORTED, exc.reason, exc, sop_uid, calling)
-        except DoesNotMatchSOPClass as exc:
-            return self._refuse(STATUS_DATASET_MISMATCH, exc.reason, exc, sop_uid, calling)
-        except NotUnderstood as exc:
-            return self._refuse(STATUS_CANNOT_UNDERSTAND, exc.reason, exc, sop_uid, calling)
         except IngestError as exc:
-            return self._refuse(STATUS_CANNOT_UNDERSTAND, "ingest_error", exc, sop_uid, calling)
+            status, reason = refusal_of(exc)
+            return self._refuse(status, reason, exc, sop_uid, calling)
         except Exception as exc:  # stage boundary: a database outage must not kill the listener
             log.exception("store_failed", sop_instance_uid=sop_uid, calling_ae_title=calling)
             return self._refuse(STATUS_OUT_OF_RESOURCES, "internal_error", exc, sop_uid, calling)

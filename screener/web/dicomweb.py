@@ -39,14 +39,13 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
 from screener.errors import IngestError
-from screener.ingest.accept import (
-    DatasetTooLarge,
-    DoesNotMatchSOPClass,
-    NotUnderstood,
-    OutOfResources,
-    UnsupportedSOPClass,
+from screener.ingest.inflate import DatasetTooLarge, check_size, limit_bytes
+from screener.ingest.refusal import (
+    STATUS_CANNOT_UNDERSTAND,
+    STATUS_DATASET_MISMATCH,
+    STATUS_OUT_OF_RESOURCES,
+    refusal_of,
 )
-from screener.ingest.inflate import check_size, limit_bytes
 from screener.ingest.uids import uid_problem
 from screener.web.auth import decoy_hash, verify_password
 from screener.web.context import WebState, state_of
@@ -55,11 +54,8 @@ from screener.web.related import BadRequest, Part, RelatedReader, UnsupportedMed
 log = structlog.get_logger(__name__)
 
 # PS3.18 10.5.3 <https://dicom.nema.org/medical/dicom/current/output/html/part18.html#sect_10.5.3> Failure Reasons: the C-STORE statuses of PS3.4 B.2.3 <https://dicom.nema.org/medical/dicom/current/output/html/part04.html#sect_B.2.3>
+# (screener.ingest.refusal), and this one for an instance the database could not take
 PROCESSING_FAILURE = 0x0110
-SOP_CLASS_NOT_SUPPORTED = 0x0122
-OUT_OF_RESOURCES = 0xA700
-DOES_NOT_MATCH = 0xA900
-CANNOT_UNDERSTAND = 0xC000
 
 
 @dataclass(frozen=True)
@@ -189,28 +185,22 @@ def store_part(web: WebState, part: Part, study: str | None, client: str) -> Out
     kind = part.content_type.split(";")[0].strip().lower()
     if kind and kind != "application/dicom":
         return refused(
-            CANNOT_UNDERSTAND, "not_application_dicom", "a part is not application/dicom"
+            STATUS_CANNOT_UNDERSTAND, "not_application_dicom", "a part is not application/dicom"
         )
     if part.too_large:
         return refused(
-            OUT_OF_RESOURCES,
+            STATUS_OUT_OF_RESOURCES,
             DatasetTooLarge.reason,
             f"a part of {part.size} bytes is over listener.max_dataset_mb",
         )
     if study is not None and study_uid != study:
-        return refused(DOES_NOT_MATCH, "study_mismatch", "the instance is of another study")
+        return refused(
+            STATUS_DATASET_MISMATCH, "study_mismatch", "the instance is of another study"
+        )
     try:
         web.acceptor_of().accept(data, source="dicomweb")
-    except (OutOfResources, DatasetTooLarge) as exc:
-        return refused(OUT_OF_RESOURCES, getattr(exc, "reason", "out_of_resources"), str(exc))
-    except UnsupportedSOPClass as exc:
-        return refused(SOP_CLASS_NOT_SUPPORTED, exc.reason, str(exc))
-    except DoesNotMatchSOPClass as exc:
-        return refused(DOES_NOT_MATCH, exc.reason, str(exc))
-    except NotUnderstood as exc:
-        return refused(CANNOT_UNDERSTAND, exc.reason, str(exc))
     except IngestError as exc:
-        return refused(CANNOT_UNDERSTAND, "ingest_error", str(exc))
+        return refused(*refusal_of(exc), str(exc))
     except Exception as exc:  # stage boundary: a database outage must not end the request
         log.exception("stow_store_failed", sop_instance_uid=sop_uid)
         return refused(PROCESSING_FAILURE, "internal_error", type(exc).__name__)
