@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -11,13 +12,18 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect
+from sqlalchemy import Column, inspect
 from sqlalchemy.exc import OperationalError
 
+from screener.db import bins, tallies
 from screener.db.engine import Database
 from screener.db.models import Base
 from screener.errors import DatabaseError
 from screener.resources import migrations_dir
+
+#: row_tallies (kept by migration 0016's triggers) and the index of commissioning's bins of P
+#: are declared beside the models: schema_differences compares them with the database too.
+DECLARED_BESIDE_THE_MODELS = (tallies.RowTally, bins.ASSESSED_BINS)
 
 #: What every refusal of a read-only command ends with.
 UPGRADE_HINT = "run `screener db upgrade` (or start `screener serve`) with the same configuration"
@@ -84,7 +90,8 @@ def head_revision() -> str | None:
 def schema_differences(database: Database) -> list[object]:
     """What differs between the database's schema and the models (empty when in step). An
     index declared for one dialect only (``Index(...).ddl_if(dialect=...)``) is compared on
-    that dialect only: Alembic's comparison does not read ``ddl_if`` itself."""
+    that dialect only: Alembic's comparison does not read ``ddl_if`` itself. An index on an
+    expression, which SQLite cannot reflect, is looked for there by name."""
     dialect = database.engine.dialect.name
 
     def on_this_dialect(obj: Any, name: Any, type_: str, reflected: bool, other: Any) -> bool:
@@ -93,11 +100,27 @@ def schema_differences(database: Database) -> list[object]:
             return True
         return dialect in ([only.dialect] if isinstance(only.dialect, str) else only.dialect)
 
-    with database.engine.connect() as connection:
+    with database.engine.connect() as connection, warnings.catch_warnings():
+        # SQLite's indexes on an expression cannot be reflected: compared by name below
+        warnings.filterwarnings("ignore", message=".*expression-based index")
         context = MigrationContext.configure(
             connection, opts={"compare_type": True, "include_object": on_this_dialect}
         )
-        return list(compare_metadata(context, Base.metadata))
+        found = list(compare_metadata(context, Base.metadata))
+    if dialect == "sqlite":
+        with database.engine.connect() as connection:
+            named = set(
+                connection.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'index'")
+                .scalars()
+                .all()
+            )
+        found += [
+            ("add_index", index)
+            for table in Base.metadata.tables.values()
+            for index in table.indexes
+            if any(not isinstance(e, Column) for e in index.expressions) and index.name not in named
+        ]
+    return found
 
 
 def table_names(database: Database) -> list[str]:

@@ -10,9 +10,10 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import Integer, cast, func, select
+from sqlalchemy import func, select
 
-from screener.db import OUTSIDE_DOMAIN, Database, StudyScoreRow
+from screener.db import Database, StudyScoreRow
+from screener.db.bins import ASSESSED, p_bin
 from screener.model.calibration import Platt
 from screener.model.commission import Commissioning
 from screener.model.site import Reads
@@ -28,13 +29,6 @@ def lineage(meta: dict[str, Any]) -> set[str]:
     return uids
 
 
-#: Bins of P (width 1 / BINS) in which commissioning's flags per 100 count the assessed
-#: studies: each bin's studies stand at the bin's mean P, so a flag count is exact unless a
-#: candidate threshold falls inside a bin holding several studies (at most that bin's share
-#: of the studies, one in 10,000 of the P range, is then on the wrong side).
-BINS = 10_000
-
-
 @dataclass(frozen=True)
 class SiteReads:
     """The reads a site operating point rests on (see :func:`site_reads`)."""
@@ -46,7 +40,7 @@ class SiteReads:
     #: reads of unflagged studies that were not drawn for an audit: weight 0, left out
     undrawn: int
     #: every study the lineage assessed (inside the domain): its P, for flags per 100, as
-    #: the mean P of its bin (:data:`BINS`, counted in the database), one entry per study
+    #: the mean P of its bin (:data:`screener.db.bins.BINS`, counted in the database), one entry per study
     assessed: npt.NDArray[np.float64]
 
     def as_reads(self) -> Reads:
@@ -75,7 +69,7 @@ def site_reads(db: Database, meta: dict[str, Any], aging_hours: float) -> SiteRe
     """The latest read of every study the bundle's lineage assessed, weighted by 1 / the
     chance the study was read (:func:`latest_reads`; weight-0 reads left out), and the
     P of every study the lineage assessed, from a histogram of the summary table counted in
-    the database (:data:`BINS`; one grouped SELECT, not a row per study). P scored by the
+    the database (:data:`screener.db.bins.BINS`; one grouped SELECT, not a row per study). P scored by the
     parent bundle is put on this bundle's scale (:func:`parent_to_own`)."""
     uids = lineage(meta)
     reads = latest_reads(db, uids)
@@ -88,14 +82,13 @@ def site_reads(db: Database, meta: dict[str, Any], aging_hours: float) -> SiteRe
         return np.asarray(remap.apply(p), dtype=np.float64)
 
     s = StudyScoreRow
-    # CAST truncates in SQLite and rounds in PostgreSQL: either way a bin of width 1 / BINS
-    binned = cast(s.probability * BINS, Integer)
+    binned = p_bin()  # grouped in the order of ix_study_scores_assessed_p_bins (screener.db.bins)
     values: list[npt.NDArray[np.float64]] = []
     counts: list[npt.NDArray[np.int64]] = []
     with db.transaction() as session:
         rows = session.execute(
             select(s.model_uid, func.avg(s.probability), func.count())
-            .where(s.model_uid.in_(sorted(uids)), s.assessment != OUTSIDE_DOMAIN)
+            .where(s.model_uid.in_(sorted(uids)), ASSESSED)
             .group_by(s.model_uid, binned)
             .order_by(s.model_uid, binned)
         ).all()

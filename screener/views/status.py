@@ -18,12 +18,11 @@ from screener.db import (
     Instance,
     Job,
     JobState,
-    Result,
     utcnow,
 )
 from screener.db.engine import as_utc
-from screener.report.ledger import export_counts
-from screener.work import queue
+from screener.db.tallies import by_state, by_state_reason, read_tallies
+from screener.report.ledger import STATES as EXPORT_STATES
 from screener.work.retention import audit_totals
 
 #: Audit events that account for what was received but made no new job.
@@ -111,18 +110,21 @@ def build_report(db: Database, limit: int = 10, settings: Settings | None = None
     from screener.site.mode import site_mode
 
     seen = [p.as_dict() for p in processes(db)]
-    counts = queue.counts_by_state(db)
-    exports = export_counts(db)  # its own transaction: never nest them (SQLite BEGIN IMMEDIATE)
     site = site_mode(db, settings).as_dict() if settings is not None else {}
     with db.transaction() as session:
+        # every count from the counts kept on write (screener.db.tallies), not from the rows
+        kept = read_tallies(session)
+        counts = {state.value: 0 for state in JobState} | by_state(kept, "jobs")
+        exports = dict.fromkeys(EXPORT_STATES, 0) | by_state(kept, "exports")
         oldest = session.scalar(
             select(func.min(Job.created_at)).where(Job.state == JobState.QUEUED)
         )
-        reason_rows = session.execute(
-            select(Job.state, Job.reason, func.count())
-            .where(Job.state.in_([JobState.SKIPPED, JobState.REJECTED, JobState.FAILED]))
-            .group_by(Job.state, Job.reason)
-        ).all()
+        finished = (JobState.SKIPPED, JobState.REJECTED, JobState.FAILED)
+        reason_rows = [
+            (state, reason, n)
+            for (state, reason), n in sorted(by_state_reason(kept, "jobs").items())
+            if state in finished
+        ]
         errors = session.execute(
             select(
                 Job.id,
@@ -145,7 +147,8 @@ def build_report(db: Database, limit: int = 10, settings: Settings | None = None
             .limit(limit)
         ).all()
         # rows kept plus rows audit retention deleted (counted in audit_counts)
-        received_events = audit_totals(session, list(RECEIVED_EVENTS))
+        events = by_state(kept, "audit_events")
+        received_events = audit_totals(session, list(RECEIVED_EVENTS), events)
         restart_rows = session.scalars(
             select(AuditEvent)
             .where(AuditEvent.event == "process_restarted")
@@ -158,20 +161,13 @@ def build_report(db: Database, limit: int = 10, settings: Settings | None = None
                 AuditEvent.at >= utcnow() - timedelta(hours=24),
             )
         )
-        total = audit_totals(session, ["process_restarted"])["process_restarted"]
+        total = audit_totals(session, ["process_restarted"], events)["process_restarted"]
         restarts = {"total": total, "last_24h": int(last_24h or 0)}
-        received = {
-            "instances": int(session.scalar(select(func.count()).select_from(Instance)) or 0)
-        }
+        received = {"instances": by_state(kept, "instances").get("", 0)}
         received.update(
             {label: int(received_events.get(ev, 0)) for ev, label in RECEIVED_EVENTS.items()}
         )
-        results = {
-            str(label): int(n)
-            for label, n in session.execute(
-                select(Result.label, func.count()).group_by(Result.label)
-            ).all()
-        }
+        results = by_state(kept, "results")
         reasons: dict[str, dict[str, int]] = {}
         for state, reason, n in reason_rows:
             reasons.setdefault(str(state), {})[reason or "(none)"] = int(n)

@@ -946,10 +946,10 @@ def latest_reads(
         model_uids,
         ordered,
     ).outerjoin(AuditDraw, AuditDraw.study_id == Review.study_id)
-    with db.transaction() as session:
+    with db.transaction() as session:  # Core rows: no ORM loading for 50,000 tuples
         return [
             Read(sid, uid, float(p), bool(m), bool(r), _weight(bool(m), u, share))
-            for sid, uid, p, m, r, u, share in session.execute(q)
+            for sid, uid, p, m, r, u, share in session.connection().execute(q).all()
         ]
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -352,15 +353,21 @@ def _add_counts(session: Session, dialect: str, counts: Counter[tuple[date, str,
     )
 
 
-def audit_totals(session: Session, events: list[str]) -> dict[str, int]:
-    """How many of each event ever happened: rows still kept plus rows retention counted."""
+def audit_totals(
+    session: Session, events: list[str], kept: Mapping[str, int] | None = None
+) -> dict[str, int]:
+    """How many of each event ever happened: rows still kept plus rows retention counted.
+    ``kept``: the rows still kept by event, when known (``screener.db.tallies``); else they
+    are counted."""
     totals: dict[str, int] = {e: 0 for e in events}
     for table_rows in (
         session.execute(
             select(AuditEvent.event, func.count())
             .where(AuditEvent.event.in_(events))
             .group_by(AuditEvent.event)
-        ).all(),
+        ).all()
+        if kept is None
+        else [(e, n) for e, n in kept.items() if e in totals],
         session.execute(
             select(AuditCount.event, func.sum(AuditCount.events))
             .where(AuditCount.event.in_(events))

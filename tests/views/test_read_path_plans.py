@@ -108,6 +108,7 @@ def _seq_scans(db: Database, statements: list[tuple[str, Any]]) -> list[tuple[st
 def _paths(db: Database) -> dict[str, Callable[[], object]]:
     from screener.report.ledger import export_counts
     from screener.views.commissioning import site_reads
+    from screener.views.status import build_report
     from screener.views.worklist import latest_reads, review_stats, worklist
     from screener.work import queue
 
@@ -128,6 +129,7 @@ def _paths(db: Database) -> dict[str, Callable[[], object]]:
         "commission (site_reads)": lambda: site_reads(db, meta, 12.0),
         "jobs by state": lambda: queue.counts_by_state(db),
         "exports by state": lambda: export_counts(db),
+        "status (build_report, the kept counts)": lambda: build_report(db),
     }
 
 
@@ -143,6 +145,7 @@ def _paths(db: Database) -> dict[str, Callable[[], object]]:
         "commission (site_reads)",
         "jobs by state",
         "exports by state",
+        "status (build_report, the kept counts)",
     ],
 )
 def test_the_path_uses_an_index(year: Database, path: str) -> None:
