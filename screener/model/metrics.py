@@ -57,13 +57,15 @@ def roc_auc(labels: Any, scores: Any) -> float:
 
 
 def _average_ranks(s: Floats) -> Floats:
+    """1-based ranks of ``s``, tied values sharing their mean rank (each run of equal values
+    ``a..b-1`` in sorted order gets ``(a + b + 1) / 2``), without a Python loop per run: a
+    year's 50,000 reads have about as many runs, and the ROC's bootstrap ranks them 500 times."""
     order = np.argsort(s, kind="mergesort")
     sorted_s = s[order]
     ranks = np.empty(len(s), dtype=np.float64)
     starts = np.r_[0, np.flatnonzero(np.diff(sorted_s)) + 1]
     ends = np.r_[starts[1:], len(s)]
-    for a, b in zip(starts, ends, strict=True):
-        ranks[order[a:b]] = (a + b + 1) / 2.0
+    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
     return ranks
 
 
