@@ -31,7 +31,8 @@ worklist (unread; ``--since 1h``; ``--min-prob 0.99``; ``--status reviewed``), `
 study, ``status`` (``screener status --json``), ``stats`` (agreement and weighted figures),
 the stats page's pictures' data (``review_curves``), the ``/metrics`` scrape, ``/readyz``'s
 check, the worker's dequeue (1M done jobs beside 100 queued, and the 100 alone) and
-``screener commission``'s reads; and the web's pages over HTTP from a real uvicorn (a
+``screener commission``'s reads and its figures (what the /commission page computes: the
+reads, then the candidate thresholds and their bootstraps); and the web's pages over HTTP from a real uvicorn (a
 trusted-proxy user header standing in for a login): /worklist (default and
 ``since=1h&min_prob=0.99``), /study/N, /status, /stats and its ROC picture. Each path is first called once in a forked child: past
 ``--limit`` seconds (30) it is killed and recorded as "> 30 s". Otherwise one warm-up, then
@@ -103,7 +104,8 @@ COLUMNS: dict[str, tuple[str, ...]] = {
                 "threshold", "domain_score", "model_name", "model_version", "model_uid",
                 "queued_at", "started_at", "scored_at", "reported_at"),
     "exports": ("id", "result_id", "destination", "state", "attempts", "last_error",
-                "next_attempt_at", "sr_sop_instance_uid", "created_at", "delivered_at"),
+                "next_attempt_at", "sr_sop_instance_uid", "created_at", "delivered_at",
+                "payload"),
     "reviews": ("id", "study_id", "verdict", "model_positive", "radiologist_positive",
                 "finding", "probability", "model_name", "model_version", "model_uid",
                 "created_at", "reader"),
@@ -389,7 +391,7 @@ def _export(p: Plan, r: int, scored: str) -> tuple[Any, ...]:
     error = "association rejected by PACS" if state == "dead" else None
     attempts = {"delivered": 1, "pending": 0, "dead": 8, "shadow": 0}[state]
     delivered = scored if state == "delivered" else None
-    return (r + 1, r + 1, "PACS", state, attempts, error, None, sr, scored, delivered)
+    return (r + 1, r + 1, "PACS", state, attempts, error, None, sr, scored, delivered, "result")
 
 
 def tail_rows(p: Plan, seed: int = 25) -> Iterator[tuple[str, list[tuple[Any, ...]]]]:
@@ -653,7 +655,7 @@ def paths(db: Any, empty: Any, settings: Any, port: int | None = None) -> dict[s
 
     from screener.db import Job, JobState, Study, StudyScoreRow
     from screener.serve.health import HealthServer, registry_for
-    from screener.views.commissioning import site_reads
+    from screener.views.commissioning import figures, site_reads
     from screener.views.status import build_report
     from screener.views.worklist import review_curves, review_stats, study_detail, worklist
     from screener.work import queue
@@ -740,6 +742,11 @@ def paths(db: Any, empty: Any, settings: Any, port: int | None = None) -> dict[s
         reads = site_reads(db, meta, AGING_HOURS)
         return f"{len(reads.weights):,} reads, {len(reads.assessed):,} assessed"
 
+    def commission_figures() -> str:  # what the /commission page computes: reads, then figures
+        reads = site_reads(db, meta, AGING_HOURS)
+        c = figures(reads, {**meta, "threshold": MODELS[1][2]}, 0.95, refit=True)
+        return f"{len(c.candidates)} thresholds judged over {len(c.labels):,} reads"
+
     pages: dict[str, Path_] = {}
     if port is not None:
         for page in (
@@ -766,6 +773,7 @@ def paths(db: Any, empty: Any, settings: Any, port: int | None = None) -> dict[s
         "dequeue (done jobs + 100 queued)": Path_(dequeue(db), requeue(db)),
         "dequeue (100 queued alone)": Path_(dequeue(empty), requeue(empty)),
         "commission (site_reads)": Path_(commission),
+        "commission figures (the page)": Path_(commission_figures),
         **pages,
     }
 

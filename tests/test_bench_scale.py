@@ -83,6 +83,22 @@ def test_fill_writes_the_rows_asked_for(bench: ModuleType, db_url: str) -> None:
     assert _rows(db_url, "SELECT COUNT(*) FROM results WHERE label = 'outside_domain'")[0][0]
 
 
+def test_fill_is_counted_by_the_kept_counts(bench: ModuleType, db_url: str) -> None:
+    """The bulk fill (executemany on SQLite, COPY on PostgreSQL) goes through migration
+    0016's triggers: the kept counts equal a recount of the rows."""
+    from screener.db.tallies import read_tallies, recount
+
+    bench.fill(db_url, RESULTS, REVIEWS, AUDIT_EVENTS, quiet=True)
+    db = Database(db_url)
+    try:
+        with db.transaction() as session:
+            kept, counted = read_tallies(session), recount(session)
+    finally:
+        db.dispose()
+    assert kept == counted
+    assert kept["jobs", "queued", ""] == 100 and kept["results", "normal", ""] > 0
+
+
 def test_fill_keeps_the_summary_as_its_refresh_would(bench: ModuleType, db_url: str) -> None:
     """Every study_scores row the fill wrote equals the one summary.refresh computes from the
     same results, images, reads and audit draws."""
@@ -127,6 +143,7 @@ def test_every_path_answers(bench: ModuleType, db_url: str, empty_url: str, tmp_
         "dequeue (done jobs + 100 queued)",
         "dequeue (100 queued alone)",
         "commission (site_reads)",
+        "commission figures (the page)",
         "GET /worklist",
         "GET /worklist?since=1h&min_prob=0.99",
         "GET /study/N",
