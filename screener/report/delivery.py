@@ -101,6 +101,25 @@ def build_each(
     return built
 
 
+def record(
+    recorder: Recorder, delivery: Delivery, failure: Failure | None, receipt: str | None = None
+) -> int:
+    """Report one delivery's outcome: delivered (with ``receipt``) when ``failure`` is None, else
+    a failed attempt; 1 if a delivery was recorded."""
+    if failure is None:
+        return recorder.delivered(delivery, receipt)
+    recorder.failed(delivery, failure)
+    return 0
+
+
+def fail_each(
+    recorder: Recorder, built: Sequence[tuple[Delivery, object]], failure: Failure
+) -> None:
+    """Report ``failure`` for every built delivery (the destination was not reached)."""
+    for delivery, _ in built:
+        recorder.failed(delivery, failure)
+
+
 #: errno values of a machine short of a resource: building again later may succeed.
 _RESOURCE_ERRNOS = frozenset(
     {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN, errno.EINTR, errno.EIO}

@@ -20,7 +20,7 @@ from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS, code_to_category
 
 from screener.config import Settings
 from screener.dicomnet.netopts import tune_socket
-from screener.report.delivery import Delivery, Failure, Recorder, build_each
+from screener.report.delivery import Delivery, Failure, Recorder, build_each, fail_each, record
 from screener.report.destinations import Destination, Target, parse_destination
 from screener.report.objects import SOP_CLASS_NAMES, DicomObjects
 from screener.report.sr import SR_SOP_CLASSES
@@ -134,8 +134,7 @@ class DimseChannel:
                 failure = Failure(
                     f"association with {peer} {how} (no C-STORE SCP reachable or it refused us)"
                 )
-            for delivery, _ in built:
-                recorder.failed(delivery, failure)
+            fail_each(recorder, built, failure)
             return 0, False
         delivered = 0
         try:
@@ -150,10 +149,7 @@ class DimseChannel:
                 except Exception as exc:  # stage boundary: record, go on with the next row
                     # the data sets were encoded when built: what fails here is the transport
                     outcome = Failure(f"C-STORE could not be sent: {exc}")
-                if outcome is None:
-                    delivered += recorder.delivered(delivery)
-                else:
-                    recorder.failed(delivery, outcome)
+                delivered += record(recorder, delivery, outcome)
         finally:
             if assoc.is_established:
                 assoc.release()

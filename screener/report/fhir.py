@@ -30,7 +30,7 @@ import urllib3
 
 from screener.config import Settings
 from screener.errors import ConfigError
-from screener.report.delivery import Delivery, Failure, Recorder, build_each
+from screener.report.delivery import Delivery, Failure, Recorder, build_each, fail_each, record
 from screener.report.destinations import FHIR_PREFIX, Target
 from screener.report.fhir_bundle import build_bundle
 from screener.report.objects import finding_of
@@ -149,8 +149,7 @@ class FhirChannel:
                 )
             except urllib3.exceptions.HTTPError as exc:
                 unreachable = Failure(f"no answer from {self.base_url} ({type(exc).__name__})")
-                for rest, _ in built[i:]:
-                    recorder.failed(rest, unreachable)
+                fail_each(recorder, built[i:], unreachable)
                 return delivered, False
             failure: Failure | None
             try:
@@ -159,10 +158,7 @@ class FhirChannel:
                 failure, receipt = Failure(f"the answer broke off ({type(exc).__name__})"), ""
             finally:
                 response.release_conn()
-            if failure is None:
-                delivered += recorder.delivered(delivery, receipt)
-            else:
-                recorder.failed(delivery, failure)
+            delivered += record(recorder, delivery, failure, receipt)
         return delivered, True
 
     def _headers(self) -> dict[str, str]:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import pydicom
 
 from screener.config import Settings
-from screener.report.delivery import Delivery, Failure, Recorder, build_each
+from screener.report.delivery import Delivery, Failure, Recorder, build_each, fail_each, record
 from screener.report.destinations import Target
 from screener.report.objects import finding_of
 from screener.report.oru import build_oru, control_id
@@ -171,8 +171,7 @@ class Hl7Channel:
                 sock = self.tls_context.wrap_socket(sock, server_hostname=self.host)
         except OSError as exc:
             unreachable = Failure(f"cannot connect to {self.address} ({type(exc).__name__})")
-            for delivery, _ in built:
-                recorder.failed(delivery, unreachable)
+            fail_each(recorder, built, unreachable)
             return 0, False
         delivered = 0
         with sock:
@@ -189,9 +188,5 @@ class Hl7Channel:
                     broken = f"no ACK from {self.address}: {exc}"
                     recorder.failed(delivery, Failure(broken))
                     continue
-                failure = outcome(ack, sent_id)
-                if failure is None:
-                    delivered += recorder.delivered(delivery, receipt(ack))
-                else:
-                    recorder.failed(delivery, failure)
+                delivered += record(recorder, delivery, outcome(ack, sent_id), receipt(ack))
         return delivered, True

@@ -50,7 +50,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from screener.config import Settings
 from screener.dicomnet.tls import client_context
 from screener.errors import ConfigError
-from screener.report.delivery import Delivery, Failure, Recorder, build_each
+from screener.report.delivery import Delivery, Failure, Recorder, build_each, fail_each, record
 from screener.report.dimse import (
     CONNECT_TIMEOUT,
     STATUS_DUPLICATE_SOP_INSTANCE,
@@ -293,8 +293,7 @@ class StowChannel:
             conn = self._connect()
         except (ConfigError, OSError, http.client.HTTPException) as exc:
             failure = Failure(f"STOW-RS service {self.base_url} not reached: {_why(exc)}")
-            for delivery, _ in built:
-                recorder.failed(delivery, failure)
+            fail_each(recorder, built, failure)
             return 0, False
         delivered = 0
         try:
@@ -304,10 +303,7 @@ class StowChannel:
                 except (OSError, http.client.HTTPException) as exc:
                     conn.close()  # the next POST opens a new connection
                     outcome, receipt = Failure(f"STOW-RS POST failed: {_why(exc)}"), None
-                if outcome is None:
-                    delivered += recorder.delivered(delivery, receipt)
-                else:
-                    recorder.failed(delivery, outcome)
+                delivered += record(recorder, delivery, outcome, receipt)
         finally:
             conn.close()
         return delivered, True
