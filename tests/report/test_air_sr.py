@@ -12,6 +12,7 @@ import pydicom
 import pytest
 from pydicom import Dataset
 from pydicom.sr.codedict import codes
+from report.sr_readback import coded_value, measurement_report
 
 from screener import __version__
 from screener.report.sr import ScreeningFinding, build_sr
@@ -78,15 +79,17 @@ def test_air_sr_of_a_real_image_has_no_dciodvfy_error_and_highdicom_reads_the_al
     schemes = {i.CodingSchemeDesignator for i in doc.CodingSchemeIdentificationSequence}
     assert {"99IHE", "99SCREENER"} <= schemes
 
-    (group,) = _report(doc).get_image_measurement_groups()  # one TID 1501 group for the image
+    (group,) = measurement_report(
+        doc
+    ).get_image_measurement_groups()  # one TID 1501 group for the image
     assert group.finding_type == hd.sr.CodedConcept("233604007", "SCT", "Pneumonia")
     (image,) = group.source_images
     assert image.referenced_sop_instance_uid == source.SOPInstanceUID
-    values = {e.name.value: _coded(e).value for e in group.get_qualitative_evaluations()}
+    values = {e.name.value: coded_value(e).value for e in group.get_qualitative_evaluations()}
     assert values["233604007"] == ("52101004" if positive else "2667000")  # Present / Absent
     assert _texts(group[0], codes.DCM.AlgorithmName) == ["screener-densenet121"]
     assert _texts(group[0], codes.DCM.AlgorithmVersion) == ["1.0.0"]
-    (observer,) = _report(doc).get_observer_contexts()
+    (observer,) = measurement_report(doc).get_observer_contexts()
     device_uids = [
         str(i.UID)
         for i in hd.sr.utils.find_content_items(
@@ -103,19 +106,3 @@ def test_a_retrained_bundle_is_a_new_device_uid(real_sources: list[Path], model_
     (after,) = _algorithm_items(build_sr(source, _finding(RETRAINED_UID, 0.7)))
     assert (before.DeviceUID, after.DeviceUID) == (model_uid, RETRAINED_UID)
     assert before.ManufacturerModelName == after.ManufacturerModelName
-
-
-def _report(
-    doc: hd.sr.EnhancedSR | hd.sr.ComprehensiveSR | hd.sr.Comprehensive3DSR,
-) -> hd.sr.MeasurementReport:
-    """The document's content as highdicom reads it back: the TID 1500 Measurement Report."""
-    content = doc.content
-    assert isinstance(content, hd.sr.MeasurementReport)
-    return content
-
-
-def _coded(evaluation: hd.sr.QualitativeEvaluation) -> hd.sr.CodedConcept:
-    """A qualitative evaluation's value: a code (highdicom types it as a number too)."""
-    value = evaluation.value
-    assert isinstance(value, hd.sr.CodedConcept)
-    return value

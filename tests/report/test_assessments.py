@@ -15,6 +15,7 @@ import pydicom
 import pytest
 from orthanc_web import PASSWORD, USER, OrthancWeb, orthanc_web  # noqa: F401
 from pynetdicom import AE, AllStoragePresentationContexts, evt
+from report.sr_readback import coded_value, content_items, measurement_report
 from sqlalchemy import select
 from structlog.testing import capture_logs
 from support import free_port, wait_for
@@ -63,14 +64,6 @@ def _study_key(db: Database, result_id: int) -> str:
         return f"#{instance.study_id}"
 
 
-def _items(ds: pydicom.Dataset) -> list[pydicom.Dataset]:
-    out: list[pydicom.Dataset] = []
-    for item in ds.get("ContentSequence", []):
-        out.append(item)
-        out.extend(_items(item))
-    return out
-
-
 def test_a_read_reaches_storescp_as_an_assessment_of_the_delivered_sr(
     db_url: str,
     make_settings: Callable[..., Settings],
@@ -116,7 +109,7 @@ def test_a_read_reaches_storescp_as_an_assessment_of_the_delivered_sr(
         for r in s.ReferencedSOPSequence
     }
     assert (str(ai.SeriesInstanceUID), str(ai.SOPInstanceUID)) in evidence
-    (composite,) = [i for i in _items(sr) if i.ValueType == "COMPOSITE"]
+    (composite,) = [i for i in content_items(sr) if i.ValueType == "COMPOSITE"]
     assert composite.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == ai.SOPInstanceUID
     assert composite.ReferencedSOPSequence[0].ReferencedSOPClassUID == ai.SOPClassUID
 
@@ -127,8 +120,8 @@ def test_a_read_reaches_storescp_as_an_assessment_of_the_delivered_sr(
     assert '(233604007,SCT,"Pneumonia")' in text  # the finding assessed
 
     doc = hd.sr.srread(path)
-    (group,) = _report(doc).get_image_measurement_groups()
-    values = {e.name.meaning: _coded(e).meaning for e in group.get_qualitative_evaluations()}
+    (group,) = measurement_report(doc).get_image_measurement_groups()
+    values = {e.name.meaning: coded_value(e).meaning for e in group.get_qualitative_evaluations()}
     assert values == {"AI result assessment": "Rejected", "Pneumonia": "Absent"}
     (event,) = [e for e in logs if e["event"] == "assessment_delivered"]
     assert event["sop_instance_uid"] == sr.SOPInstanceUID
@@ -320,7 +313,9 @@ def test_assessment_sr_of_a_real_film_has_no_dciodvfy_error(
     path = tmp_path / "assessment.dcm"
     sr.save_as(path, enforce_file_format=True)
     assert dciodvfy(path) == []
-    values = [i.ConceptCodeSequence[0].CodeValue for i in _items(sr) if i.ValueType == "CODE"]
+    values = [
+        i.ConceptCodeSequence[0].CodeValue for i in content_items(sr) if i.ValueType == "CODE"
+    ]
     assert ("ACCEPTED" if accepted else "REJECTED") in values
     again = build_assessment_sr(source, read, sop_instance_uid="1.2.826.0.1.3680043.8.498.77")
     assert again == sr
@@ -334,25 +329,9 @@ def test_the_reader_is_a_valid_person_name(real_sources: list[Path], model_uid: 
     def observer(reader: str | None) -> tuple[str, Any]:
         read = AssessedRead(reader, True, True, utcnow(), model_uid, ASSESSED_UID)
         sr = build_assessment_sr(source, read, sop_instance_uid="1.2.826.0.1.3680043.8.498.78")
-        (name,) = [i for i in _items(sr) if i.ValueType == "PNAME"]
+        (name,) = [i for i in content_items(sr) if i.ValueType == "PNAME"]
         return str(name.PersonName), sr.get("SpecificCharacterSet")
 
     assert observer("dr^who=\\x\n") == ("drwhox", None)
     assert observer("müller") == ("müller", "ISO_IR 192")
     assert observer(None) == ("unknown reader", None)
-
-
-def _report(
-    doc: hd.sr.EnhancedSR | hd.sr.ComprehensiveSR | hd.sr.Comprehensive3DSR,
-) -> hd.sr.MeasurementReport:
-    """The document's content as highdicom reads it back: the TID 1500 Measurement Report."""
-    content = doc.content
-    assert isinstance(content, hd.sr.MeasurementReport)
-    return content
-
-
-def _coded(evaluation: hd.sr.QualitativeEvaluation) -> hd.sr.CodedConcept:
-    """A qualitative evaluation's value: a code (highdicom types it as a number too)."""
-    value = evaluation.value
-    assert isinstance(value, hd.sr.CodedConcept)
-    return value

@@ -25,8 +25,8 @@ from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.parser import parse_message
 from orthanc_web import PASSWORD, USER, OrthancWeb, orthanc_web  # noqa: F401
 from PIL import Image
-from report.test_air_sr import _algorithm_items, _coded, _report
-from report.test_assessments import _items
+from report.sr_readback import coded_value, content_items, measurement_report
+from report.test_air_sr import _algorithm_items
 from report.test_fhir import FhirServer
 from report.test_hl7 import Receiver
 from support import data_root, film_dicom, free_port, run_screener, sr_source_uids, wait_for
@@ -135,11 +135,11 @@ def test_a_film_by_stow_reaches_pacs_ris_and_ehr_and_the_read_comes_back(
         assert ai_doc.StudyInstanceUID == study and ai_doc.AccessionNumber == ACCESSION
         (algorithm,) = _algorithm_items(ai_doc)  # Purpose of Reference (Newcode1, 99IHE)
         assert algorithm.DeviceUID == bundle_uid
-        (group,) = _report(ai_doc).get_image_measurement_groups()
+        (group,) = measurement_report(ai_doc).get_image_measurement_groups()
         assert group.finding_type == hd.sr.CodedConcept(PNEUMONIA, "SCT", "Pneumonia")
         (image,) = group.source_images
         assert image.referenced_sop_instance_uid == film_uid
-        values = {e.name.value: _coded(e).value for e in group.get_qualitative_evaluations()}
+        values = {e.name.value: coded_value(e).value for e in group.get_qualitative_evaluations()}
         assert values[PNEUMONIA] == PRESENT  # flagged
 
         # 3. the radiologist reads it in the web (login, the study page's form with its CSRF
@@ -156,10 +156,12 @@ def test_a_film_by_stow_reaches_pacs_ris_and_ehr_and_the_read_comes_back(
         assessment = pydicom.dcmread(assessment_path)
         assert assessment.StudyInstanceUID == study
         assert ai_uid in sr_source_uids(assessment)  # Current Requested Procedure Evidence
-        (composite,) = [i for i in _items(assessment) if i.ValueType == "COMPOSITE"]
+        (composite,) = [i for i in content_items(assessment) if i.ValueType == "COMPOSITE"]
         assert composite.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == ai_uid
-        (read,) = _report(hd.sr.srread(assessment_path)).get_image_measurement_groups()
-        assessed = {e.name.meaning: _coded(e).meaning for e in read.get_qualitative_evaluations()}
+        (read,) = measurement_report(hd.sr.srread(assessment_path)).get_image_measurement_groups()
+        assessed = {
+            e.name.meaning: coded_value(e).meaning for e in read.get_qualitative_evaluations()
+        }
         assert assessed == {"AI result assessment": "Rejected", "Pneumonia": "Absent"}
 
         # 4. the RIS received one ORU^R01 for the study; its ACK is the export's receipt
