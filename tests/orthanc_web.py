@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import json
 import shutil
-import socket
 import subprocess
 import urllib.error
 import urllib.request
@@ -17,27 +16,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import free_port, wait_for
+from orthanc_process import OrthancProcess, orthanc_binary, orthanc_config
+from support import free_port, listening, wait_for
 
 PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 #: The user Orthanc's HTTP server knows (AuthenticationEnabled): our STOW-RS logs in as it.
 USER, PASSWORD = "stow", "stow-secret-1"
 
 
-def _listening(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.2)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
 @dataclass
-class OrthancWeb:
+class OrthancWeb(OrthancProcess):
     """A running Orthanc: REST and DICOMweb (``/dicom-web``) on ``http_port``, behind Basic
     authentication as :data:`USER`."""
 
     http_port: int
-    folder: Path
-    proc: subprocess.Popen[bytes]
     fronts: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @property
@@ -63,7 +55,7 @@ class OrthancWeb:
             stderr=subprocess.DEVNULL,
         )
         self.fronts.append(front)
-        wait_for(lambda: _listening(port) or front.poll() is not None, 20)
+        wait_for(lambda: listening(port) or front.poll() is not None, 20)
         assert front.poll() is None, "socat exited at start"
         return f"https://127.0.0.1:{port}/dicom-web"
 
@@ -111,21 +103,12 @@ class OrthancWeb:
         request.add_header("Authorization", f"Basic {token}")
         return request
 
-    def log(self) -> str:
-        path = self.folder / "orthanc.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
     def stop(self) -> None:
+        """Stop the HTTPS fronts, then Orthanc."""
         for front in self.fronts:
             front.kill()
             front.wait(timeout=10)
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        super().stop()
 
 
 @pytest.fixture
@@ -133,9 +116,7 @@ def orthanc_web(tmp_path: Path) -> Iterator[Callable[..., OrthancWeb]]:
     """Start Orthanc with DICOMweb (on ``http_port``, a free one if not given); ``servers``
     are its DICOMweb peers (name -> [URL, user, password], or the plugin's object form,
     ``{"Url": URL, "HttpHeaders": {...}}``), which its STOW-RS client pushes to."""
-    binary = shutil.which("Orthanc") or (
-        "/usr/sbin/Orthanc" if Path("/usr/sbin/Orthanc").exists() else None
-    )
+    binary = orthanc_binary()
     if binary is None or not PLUGIN.exists():
         pytest.skip("Orthanc and its DICOMweb plugin (Debian: orthanc, orthanc-dicomweb) needed")
     started: list[OrthancWeb] = []
@@ -150,29 +131,15 @@ def orthanc_web(tmp_path: Path) -> Iterator[Callable[..., OrthancWeb]]:
         http_port = http_port or free_port()
         # Options as in Debian's /etc/orthanc/orthanc.json and the plugin's documentation
         config = {
-            "Name": "screener-dicomweb-test",
-            "StorageDirectory": str(folder / "storage"),
-            "IndexDirectory": str(folder / "storage"),
+            **orthanc_config(folder, "screener-dicomweb-test", http_port),
             "Plugins": [str(PLUGIN)],
-            "HttpServerEnabled": True,
-            "HttpPort": http_port,
-            "RemoteAccessAllowed": False,
             "AuthenticationEnabled": True,
             "RegisteredUsers": {USER: PASSWORD},
             "DicomServerEnabled": False,
-            "SaveJobs": False,
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "Servers": servers or {}},
         }
-        config_path = folder / "orthanc.json"
-        config_path.write_text(json.dumps(config, indent=2))
-        with open(folder / "orthanc.log", "wb") as log:
-            proc = subprocess.Popen(
-                [binary, str(config_path)], stdout=log, stderr=subprocess.STDOUT
-            )
-        pacs = OrthancWeb(http_port, folder, proc)
+        pacs = OrthancWeb.launch(binary, folder, config, [http_port], http_port=http_port)
         started.append(pacs)
-        wait_for(lambda: _listening(http_port) or proc.poll() is not None, 30)
-        assert proc.poll() is None, f"Orthanc exited early:\n{pacs.log()}"
         return pacs
 
     yield start

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -17,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from orthanc_process import OrthancProcess, orthanc_binary, orthanc_config
 from support import (  # noqa: F401
     REPO,
     build_dicom,
@@ -24,6 +23,7 @@ from support import (  # noqa: F401
     data_root,
     dcmtk_tool,
     free_port,
+    listening,
     serve_env,
     wait_for,
 )
@@ -35,12 +35,6 @@ from screener.ingest.accept import Acceptor
 from screener.ingest.spool import Spool
 
 PACS_AE = "PACS"
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.2)
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 @dataclass
@@ -121,7 +115,7 @@ def dcmqrscp(tmp_path: Path) -> Iterator[Callable[..., Dcmqrscp]]:
             )
         pacs = Dcmqrscp(port, folder, proc)
         started.append(pacs)
-        wait_for(lambda: _listening(port) or proc.poll() is not None, 20)
+        wait_for(lambda: listening(port) or proc.poll() is not None, 20)
         assert proc.poll() is None, f"dcmqrscp exited early:\n{pacs.log()}"
         return pacs
 
@@ -131,13 +125,11 @@ def dcmqrscp(tmp_path: Path) -> Iterator[Callable[..., Dcmqrscp]]:
 
 
 @dataclass
-class Orthanc:
+class Orthanc(OrthancProcess):
     """A running Orthanc: AE title ``ORTHANC`` on 127.0.0.1:``dicom_port``, REST on ``http_port``."""
 
     dicom_port: int
     http_port: int
-    folder: Path
-    proc: subprocess.Popen[bytes]
 
     AE = "ORTHANC"
 
@@ -180,26 +172,11 @@ class Orthanc:
         )
         assert result.returncode == 0, result.stderr.decode(errors="replace")
 
-    def log(self) -> str:
-        path = self.folder / "orthanc.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-
 
 @pytest.fixture
 def orthanc(tmp_path: Path) -> Iterator[Callable[..., Orthanc]]:
     """Start Debian's Orthanc on loopback, its only known modality screener (C-MOVE target)."""
-    binary = shutil.which("Orthanc") or (
-        "/usr/sbin/Orthanc" if Path("/usr/sbin/Orthanc").exists() else None
-    )
+    binary = orthanc_binary()
     if binary is None or dcmtk_tool("storescu") is None:
         pytest.skip("Orthanc (Debian package orthanc) or dcmtk's storescu is not installed")
     started: list[Orthanc] = []
@@ -210,13 +187,7 @@ def orthanc(tmp_path: Path) -> Iterator[Callable[..., Orthanc]]:
         dicom_port, http_port = free_port(), free_port()
         # Options as documented in Debian's /etc/orthanc/orthanc.json; no plug-ins.
         config = {
-            "Name": "screener-test",
-            "StorageDirectory": str(folder / "storage"),
-            "IndexDirectory": str(folder / "storage"),
-            "Plugins": [],
-            "HttpServerEnabled": True,
-            "HttpPort": http_port,
-            "RemoteAccessAllowed": False,
+            **orthanc_config(folder, "screener-test", http_port),
             "AuthenticationEnabled": False,
             "DicomServerEnabled": True,
             "DicomAet": Orthanc.AE,
@@ -226,22 +197,17 @@ def orthanc(tmp_path: Path) -> Iterator[Callable[..., Orthanc]]:
             "DicomAlwaysAllowFind": True,
             "DicomAlwaysAllowMove": True,
             "DicomModalities": {"screener": ["SCREENER", "127.0.0.1", screener_port]},
-            "SaveJobs": False,
             "SynchronousCMove": True,
         }
-        config_path = folder / "orthanc.json"
-        config_path.write_text(json.dumps(config, indent=2))
-        with open(folder / "orthanc.log", "wb") as log:
-            proc = subprocess.Popen(
-                [binary, str(config_path)], stdout=log, stderr=subprocess.STDOUT
-            )
-        pacs = Orthanc(dicom_port, http_port, folder, proc)
-        started.append(pacs)
-        wait_for(
-            lambda: (_listening(dicom_port) and _listening(http_port)) or proc.poll() is not None,
-            30,
+        pacs = Orthanc.launch(
+            binary,
+            folder,
+            config,
+            [dicom_port, http_port],
+            dicom_port=dicom_port,
+            http_port=http_port,
         )
-        assert proc.poll() is None, f"Orthanc exited early:\n{pacs.log()}"
+        started.append(pacs)
         return pacs
 
     yield start
