@@ -519,7 +519,7 @@ class WebSettings:
     )
     admins: list[str] = _opt(
         [],
-        "users who may send dead-lettered SRs again and queue uploads for PACS; the others read",
+        "users who may send dead-lettered deliveries again and queue uploads for PACS; the others read",
     )
     session_hours: float = _opt(12.0, "a login lasts this long", min=0.1, max=720)
     idle_minutes: float = _opt(

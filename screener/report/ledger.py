@@ -5,12 +5,14 @@ accession number, which the worklist shows too): no PHI."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
 import structlog
 from sqlalchemy import CursorResult, func, select, update
+from sqlalchemy.orm import Session
 
 from screener.db import Database, Export, Instance, Result, Study, utcnow
 from screener.db.engine import as_utc
@@ -103,6 +105,28 @@ def _channel_filter(channel: str) -> Any:
     if channel == STOW:
         return Export.destination.like("http://%") | Export.destination.like("https://%")
     return Export.destination.like("%@%")  # AE_TITLE@HOST:PORT
+
+
+def waiting_by_destination(
+    session: Session, configured: Iterable[str] = ()
+) -> list[dict[str, Any]]:
+    """Each destination (the ``configured`` ones even when idle) with its channel and how many
+    deliveries wait (``pending``) or were given up (``dead``), C-STORE first, then STOW-RS,
+    HL7, FHIR. Only pending and dead rows are read, by the (state, next_attempt_at) index: a
+    year of delivered rows costs nothing."""
+    rows = session.execute(
+        select(Export.destination, Export.state, func.count())
+        .where(Export.state.in_([PENDING, DEAD]))
+        .group_by(Export.destination, Export.state)
+    ).all()
+
+    def entry(destination: str) -> dict[str, Any]:
+        return {"destination": destination, "channel": channel_of(destination), PENDING: 0, DEAD: 0}
+
+    table = {destination: entry(destination) for destination in configured}
+    for destination, state, n in rows:
+        table.setdefault(str(destination), entry(str(destination)))[str(state)] = int(n)
+    return sorted(table.values(), key=lambda e: (CHANNELS.index(e["channel"]), e["destination"]))
 
 
 def list_exports(

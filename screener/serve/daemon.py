@@ -368,6 +368,11 @@ def _health_server(settings: Settings, daemon: Daemon) -> HealthServer:
     return HealthServer(
         settings.metrics.host,
         settings.metrics.port,
-        registry_for(daemon.db, daemon.model, partial(_latest_drift, daemon)),
+        registry_for(
+            daemon.db,
+            daemon.model,
+            partial(_latest_drift, daemon),
+            [target.address for target in result_targets(settings)],
+        ),
         checks,
     )

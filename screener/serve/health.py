@@ -39,9 +39,12 @@ log = structlog.get_logger(__name__)
 class DatabaseCollector:
     """Gauges read from the shared database at scrape time (see the module docstring)."""
 
-    def __init__(self, db: Any, model: dict[str, str] | None) -> None:
+    def __init__(
+        self, db: Any, model: dict[str, str] | None, destinations: list[str] | None = None
+    ) -> None:
         self.db = db
         self.model = model
+        self.destinations = destinations or []  # listed in the gauges even when idle
 
     def describe(self) -> list[Any]:
         return []  # collected at scrape time only; nothing to check at registration
@@ -54,7 +57,7 @@ class DatabaseCollector:
         if self.model:
             yield InfoMetricFamily("screener_model", "The model bundle loaded", value=self.model)
         try:
-            report = build_report(self.db, limit=0)
+            report = build_report(self.db, limit=0, destinations=self.destinations)
         except Exception:  # a scrape must not fail because the database is down
             log.exception("metrics_database_unavailable")
             up = GaugeMetricFamily("screener_database_up", "1 if the database answered")
@@ -76,10 +79,19 @@ class DatabaseCollector:
         yield reasons
         yield _gauge(
             "screener_exports",
-            "SR deliveries by state (pending, delivered, dead)",
+            "Deliveries (SRs, assessments, HL7, FHIR) by state (pending, delivered, dead, shadow)",
             "state",
             report.exports,
         )
+        waiting = GaugeMetricFamily(
+            "screener_exports_waiting",
+            "Deliveries pending or dead-lettered, by channel and destination",
+            labels=["channel", "destination", "state"],
+        )
+        for d in report.destinations:
+            for state in ("pending", "dead"):
+                waiting.add_metric([d["channel"], d["destination"], state], d[state])
+        yield waiting
         yield _gauge(
             "screener_results",
             "Scored frames by label (flagged, not flagged, not assessed)",
@@ -110,7 +122,10 @@ def _gauge(name: str, text: str, label: str, values: dict[str, int]) -> Any:
 
 
 def registry_for(
-    db: Any, model: dict[str, str] | None, drift: Callable[[], Any] | None = None
+    db: Any,
+    model: dict[str, str] | None,
+    drift: Callable[[], Any] | None = None,
+    destinations: list[str] | None = None,
 ) -> Any:
     """The registry a scrape reads: every process's instruments plus the database's gauges,
     and the drift monitor's latest window when ``drift`` gives one (:class:`DriftCollector`)."""
@@ -123,7 +138,7 @@ def registry_for(
     else:
         registry = CollectorRegistry()
         registry.register(_Forward(REGISTRY))
-    registry.register(DatabaseCollector(db, model))
+    registry.register(DatabaseCollector(db, model, destinations))
     if drift is not None:
         registry.register(DriftCollector(drift))
     return registry

@@ -22,7 +22,9 @@ from screener.db import (
 )
 from screener.db.engine import as_utc
 from screener.db.tallies import by_state, by_state_reason, read_tallies
+from screener.errors import ScreenerError
 from screener.report.ledger import STATES as EXPORT_STATES
+from screener.report.ledger import waiting_by_destination
 from screener.work.retention import audit_totals
 
 #: Audit events that account for what was received but made no new job.
@@ -81,7 +83,9 @@ class StatusReport:
     oldest_queued_at: datetime | None
     oldest_queued_age_seconds: float | None
     received: dict[str, int] = field(default_factory=dict)  # instances, duplicates, refusals
-    exports: dict[str, int] = field(default_factory=dict)  # SR deliveries by state
+    exports: dict[str, int] = field(default_factory=dict)  # deliveries by state
+    # each destination: channel (dimse, stow, hl7, fhir), pending and dead deliveries
+    destinations: list[dict[str, Any]] = field(default_factory=list)
     reasons: dict[str, dict[str, int]] = field(default_factory=dict)  # state -> reason -> n
     recent_errors: list[dict[str, Any]] = field(default_factory=list)
     recent_refusals: list[dict[str, Any]] = field(default_factory=list)
@@ -105,7 +109,26 @@ class StatusReport:
         return d
 
 
-def build_report(db: Database, limit: int = 10, settings: Settings | None = None) -> StatusReport:
+def configured_destinations(settings: Settings | None) -> list[str]:
+    """Every destination the settings name, over every channel (none when they cannot be read:
+    the daemon itself refuses to start then, and says why)."""
+    from screener.report.destinations import result_targets
+
+    if settings is None:
+        return []
+    try:
+        return [target.address for target in result_targets(settings)]
+    except ScreenerError:
+        return []
+
+
+def build_report(
+    db: Database,
+    limit: int = 10,
+    settings: Settings | None = None,
+    destinations: list[str] | None = None,
+) -> StatusReport:
+    """The report; ``destinations`` (default: those ``settings`` name) are listed even idle."""
     from screener.runtime.heartbeat import processes
     from screener.site.mode import site_mode
 
@@ -116,6 +139,8 @@ def build_report(db: Database, limit: int = 10, settings: Settings | None = None
         kept = read_tallies(session)
         counts = {state.value: 0 for state in JobState} | by_state(kept, "jobs")
         exports = dict.fromkeys(EXPORT_STATES, 0) | by_state(kept, "exports")
+        configured = configured_destinations(settings) if destinations is None else destinations
+        waiting = waiting_by_destination(session, configured)
         oldest = session.scalar(
             select(func.min(Job.created_at)).where(Job.state == JobState.QUEUED)
         )
@@ -183,6 +208,7 @@ def build_report(db: Database, limit: int = 10, settings: Settings | None = None
             else None,
             received=received,
             exports=exports,
+            destinations=waiting,
             reasons=reasons,
             recent_errors=[
                 {
@@ -330,9 +356,14 @@ def render_text(report: StatusReport) -> str:
         if by_reason:
             lines.append(f"{state} by reason:")
             lines += [f"  {reason:<32} {n:>6}" for reason, n in sorted(by_reason.items())]
-    if any(report.exports.values()):
-        lines.append("SR deliveries:")
+    if any(report.exports.values()) or report.destinations:
+        lines.append("deliveries (SRs, assessments, HL7, FHIR):")
         lines += [f"  {state:<11} {n:>7}" for state, n in report.exports.items()]
+        for d in report.destinations:
+            lines.append(
+                f"  {d['channel']:<5} {d['destination']:<40} pending {d['pending']:>5}  "
+                f"dead {d['dead']:>5}"
+            )
         if report.exports.get("dead"):
             lines.append("  see: screener exports list --state dead; screener exports retry")
     if report.recent_errors:

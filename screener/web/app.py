@@ -6,7 +6,7 @@ search (:mod:`screener.web.worklist`: the order and filters of ``screener workli
 overlay toggled, the score against the threshold with the model, SR deliveries, earlier
 reads, and agree / disagree recorded as ``screener review`` records them, with the user as
 reader), status (:mod:`screener.web.status`: what ``screener status`` says, and the
-dead-lettered SRs with a button to send them again), stats and commissioning
+dead-lettered deliveries with a button to send them again), stats and commissioning
 (:mod:`screener.web.stats`: ``screener stats`` per model version, with the ROC and a
 calibration plot of the reads; ``screener commission``'s table), upload
 (:mod:`screener.web.upload`: a DICOM, PNG or JPEG scored at once with its heatmap; a DICOM
@@ -19,7 +19,7 @@ the request body is limited to ``web.max_upload_mb`` before anything reads it.
 
 Every page needs a user: a login held on the server (:mod:`screener.web.sessions`), or a
 trusted proxy's header (:mod:`screener.web.guard`). Every POST carries the visitor's CSRF
-token (refused with 403 without it). Users in ``web.admins`` may also send dead-lettered SRs
+token (refused with 403 without it). Users in ``web.admins`` may also send dead-lettered deliveries
 again and queue uploads for PACS. Images are read from the spool by the database's path,
 never by a name from the request. No handler does blocking work on the event loop: database
 work and password hashing run in worker threads, pixels in the model process.
@@ -115,7 +115,7 @@ ROUTES = [
     Route("/upload", login_required(upload), methods=["POST"]),
     Route(
         "/exports/retry",
-        login_required(retry_exports, admin="send dead-lettered SRs again"),
+        login_required(retry_exports, admin="send dead-lettered deliveries again"),
         methods=["POST"],
     ),
     # STOW-RS (dicomweb.accept_stow): its own authentication (Bearer or Basic), no session

@@ -1,4 +1,4 @@
-"""The status page (what ``screener status`` says, and the dead-lettered SRs) and the
+"""The status page (what ``screener status`` says, and the dead-lettered deliveries) and the
 administrators' button that sends those SRs again."""
 
 from __future__ import annotations
@@ -12,10 +12,21 @@ from screener.web.context import form_checked, page, state_of
 
 log = structlog.get_logger(__name__)
 
-#: A one-time message to the status page ("N dead-lettered SRs will be sent again"): set by
+#: A one-time message to the status page ("N dead-lettered deliveries will be sent again"): set by
 #: the POST that resent them, read and deleted by the next status page, so a reload (or the
 #: 30 s refresh) shows it no more.
 FLASH_COOKIE = "screener_flash"
+
+
+#: The channels as the status page names them (screener.report.destinations.CHANNELS).
+CHANNEL_NAMES = {
+    "dimse": "DICOM C-STORE",
+    "stow": "DICOMweb STOW-RS",
+    "hl7": "HL7 v2",
+    "fhir": "FHIR",
+}
+#: What a delivery carries (exports.payload).
+PAYLOAD_NAMES = {"result": "result", "assessment": "read (assessment SR)"}
 
 
 async def status_page(request: Request, user: str) -> Response:
@@ -26,7 +37,7 @@ async def status_page(request: Request, user: str) -> Response:
     if "retried" in request.query_params:  # the message's old carrier: a refresh kept it
         keep = "?refresh=30" if request.query_params.get("refresh") == "30" else ""
         return RedirectResponse(f"/status{keep}", status_code=303)
-    report = await run_in_threadpool(build_report, web.db)
+    report = await run_in_threadpool(build_report, web.db, 10, web.settings)
     dead = await run_in_threadpool(lambda: list_exports(web.db, state="dead", limit=50))
     flash = request.cookies.get(FLASH_COOKIE)
     # digits only: anything else in the cookie was not set by retry_exports
@@ -38,6 +49,8 @@ async def status_page(request: Request, user: str) -> Response:
         label=counter_label,
         processes=[line.strip() for line in render_processes(report.processes)],
         dead=dead,
+        channel_names=CHANNEL_NAMES,
+        payload_names=PAYLOAD_NAMES,
         retried=int(flash) if flash and valid else None,
     )
     if flash is not None:  # shown once: a reload or the 30 s refresh shows it no more
@@ -59,7 +72,9 @@ async def retry_exports(request: Request, user: str) -> Response:
 
     def retried() -> int:
         count = retry_dead(web.db)
-        web.audit("web_exports_retried", user, f"{count} dead-lettered SR(s) sent again by {user}")
+        web.audit(
+            "web_exports_retried", user, f"{count} dead-lettered deliveries sent again by {user}"
+        )
         return count
 
     count = await run_in_threadpool(retried)

@@ -100,3 +100,50 @@ def test_exports_list_names_each_rows_channel_and_filters_by_it(
         assert row["channel"] == channel
     assert exports.run(_parse("list", "--channel", "hl7"), settings) == 0
     assert " hl7 " in capsys.readouterr().out
+
+
+def test_status_and_metrics_give_each_destination_its_waiting_and_dead(
+    db_url: str,
+    make_settings: Callable[..., Settings],
+    screened: Callable[..., Any],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`screener status` (text and JSON) and the metrics list every configured destination with
+    its channel, how many deliveries wait and how many are dead: an unreachable PACS with its 2
+    dead letters, an idle FHIR server with none."""
+    from prometheus_client import generate_latest
+
+    from screener.commands import status
+    from screener.serve.health import registry_for
+
+    settings, destination, s = _dead_exports(db_url, make_settings, screened)
+    fhir = "http://127.0.0.1:9/fhir"  # configured after the results: nothing planned for it
+    settings = make_settings(
+        db_url, export__destinations=[destination], fhir__base_url=fhir, export__max_attempts=1
+    )
+    capsys.readouterr()
+    parser = argparse.ArgumentParser(prog="screener")
+    status.register(parser.add_subparsers(dest="command", required=True))
+    status.run(parser.parse_args(["status", "--json"]), settings)
+    report = json.loads(capsys.readouterr().out)
+    assert report["destinations"] == [
+        {"destination": destination, "channel": "dimse", "pending": 0, "dead": 2},
+        {"destination": "fhir+" + fhir, "channel": "fhir", "pending": 0, "dead": 0},
+    ]
+    status.run(parser.parse_args(["status"]), settings)
+    text = capsys.readouterr().out
+    assert f"dimse {destination:<40} pending     0  dead     2" in text
+    assert f"fhir  {'fhir+' + fhir:<40} pending     0  dead     0" in text
+
+    scraped = generate_latest(registry_for(s.db, None, None, ["fhir+" + fhir])).decode()
+    waiting = [
+        line for line in scraped.splitlines() if line.startswith("screener_exports_waiting{")
+    ]
+    assert (
+        f'screener_exports_waiting{{channel="dimse",destination="{destination}",state="dead"}} 2.0'
+        in waiting
+    )
+    assert (
+        f'screener_exports_waiting{{channel="fhir",destination="fhir+{fhir}",state="pending"}} 0.0'
+        in waiting
+    )

@@ -31,7 +31,7 @@ def _rows(page: str, table_id: str) -> list[str]:
     """The body rows of the table ``table_id`` as HTML."""
     table = re.search(rf'<table id="{table_id}">(.*?)</table>', page, re.S)
     assert table is not None, f"no table {table_id}"
-    return re.findall(r"<tr>(.*?)</tr>", table.group(1), re.S)[1 if table_id == "dead" else 0 :]
+    return re.findall(r"<tr>(.*?)</tr>", table.group(1), re.S)[1 if table_id in ("dead", "destinations") else 0 :]
 
 
 def _add_dead_letter_without_accession(db_url: str, make_settings: Callable[..., Any]) -> None:
@@ -104,6 +104,10 @@ def test_status_counters_are_words_and_dead_letters_name_their_study(
     assert sorted(studies.values(), key=str) == ["ACC7", None]
     rows = _rows(page, "dead")
     assert len(rows) == 2
+    assert all("<td>result (DICOM C-STORE)</td>" in r for r in rows)  # what, over which channel
+    (destination,) = _rows(page, "destinations")  # both dead letters went to one PACS
+    assert "<td>DICOM C-STORE</td>" in destination
+    assert destination.endswith('<td class="num">0</td><td class="num">2</td>')  # waiting, dead
     for short_id, accession in studies.items():
         (row,) = [r for r in rows if f'<a href="/study/%23{short_id}">#{short_id}</a>' in r]
         if accession:
@@ -135,7 +139,9 @@ def test_the_resent_message_is_shown_once(
 
     _, headers, page = alice.get("/status")
     retried = re.search(r'<p class="ok" id="retried"[^>]*>([^<]*)</p>', page)
-    assert retried is not None and retried.group(1) == "2 dead-lettered SRs will be sent again."
+    assert (
+        retried is not None and retried.group(1) == "2 dead-lettered deliveries will be sent again."
+    )
     assert FLASH not in alice.cookies  # deleted by that page (Max-Age=0)
     assert "path=/status" in headers["set-cookie"].lower()
 
@@ -156,7 +162,7 @@ def test_the_resent_message_is_shown_once(
         assert FLASH not in alice.cookies, forged  # deleted all the same
     alice.cookies[FLASH] = "5"  # digits: this visitor's own page says so (no harm to anyone)
     _, _, page = alice.get("/status")
-    assert "5 dead-lettered SRs will be sent again." in page
+    assert "5 dead-lettered deliveries will be sent again." in page
 
 
 def _upload(client: Client, data: bytes, filename: str, **fields: str) -> tuple[int, str]:
