@@ -15,11 +15,13 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, ParamSpec, TypeVar
 
 REPO = Path(__file__).resolve().parents[1]
+Params = ParamSpec("Params")
+Peer = TypeVar("Peer", bound="ChildPeer")
 PG_ADMIN_URL = os.environ.get(
     "SCREENER_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
@@ -547,6 +549,46 @@ def listening(port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+class ChildPeer:
+    """A test peer run as a child process on loopback (a receiver, a server): its port, the
+    folder of what it keeps, started and waited for until it is ready, killed at teardown."""
+
+    def __init__(self, folder: Path, port: int | None = None) -> None:
+        self.folder, self.port = folder, port or free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def launch(
+        self, argv: list[str], ready: Callable[[], bool], timeout: float = 20, **popen: Any
+    ) -> None:
+        """Start ``argv`` (``popen``: where its output goes) and wait until ``ready()``; one
+        that exits first fails, naming its program."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.proc = proc = subprocess.Popen(argv, **popen)
+        wait_for(lambda: ready() or proc.poll() is not None, timeout)
+        program = Path(argv[1] if argv[0] == sys.executable else argv[0]).name
+        assert proc.poll() is None, f"{program} exited at start"
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+        self.proc = None
+
+
+def stopping(make: Callable[Params, Peer]) -> Iterator[Callable[Params, Peer]]:
+    """A peer factory fixture's body (``yield from stopping(make)``): the test gets ``make``;
+    every peer it made is stopped at teardown."""
+    made: list[Peer] = []
+
+    def tracked(*args: Params.args, **kwargs: Params.kwargs) -> Peer:
+        made.append(make(*args, **kwargs))
+        return made[-1]
+
+    yield tracked
+    for peer in made:
+        peer.stop()
 
 
 def export_states(db_url: str) -> dict[str, int]:

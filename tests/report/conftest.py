@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pynetdicom import AE, AllStoragePresentationContexts, evt
-from support import build_dicom, data_root, dcmtk_tool, free_port, wait_for
+from support import (
+    ChildPeer,
+    build_dicom,
+    data_root,
+    dcmtk_tool,
+    free_port,
+    listening,
+    stopping,
+)
 
 from screener.config import Settings
 from screener.db import Database, Job, Result, utcnow
@@ -78,66 +86,38 @@ def dsrdump() -> Callable[..., str]:
     return run
 
 
-def _listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
-
-
-@dataclass
-class StoreSCP:
+class StoreSCP(ChildPeer):
     """A dcmtk storescp on loopback; every received instance is a file in ``out``."""
 
-    port: int
-    out: Path
-    ae_title: str = "PACS"
-    proc: subprocess.Popen[bytes] | None = None
+    def __init__(self, port: int, out: Path, ae_title: str = "PACS") -> None:
+        super().__init__(out, port)
+        self.out, self.ae_title = out, ae_title
 
     @property
     def destination(self) -> str:
         return f"{self.ae_title}@127.0.0.1:{self.port}"
 
     def start(self) -> StoreSCP:
-        self.out.mkdir(parents=True, exist_ok=True)
-        log = open(self.out.parent / f"storescp-{self.port}.log", "ab")  # noqa: SIM115
         # +uf: a unique file per received instance, so a duplicate send is a second file
         argv = [need_tool("storescp"), "-od", str(self.out), "-aet", self.ae_title, "+xa", "+uf"]
-        self.proc = proc = subprocess.Popen(
-            [*argv, str(self.port)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
-        wait_for(lambda: _listening(self.port) or proc.poll() is not None, 20)
-        assert proc.poll() is None, "storescp exited at start"
+        with open(self.out.parent / f"storescp-{self.port}.log", "ab") as log:
+            ready = partial(listening, self.port)
+            self.launch([*argv, str(self.port)], ready, stdout=log, stderr=subprocess.STDOUT)
         return self
 
     def files(self) -> list[Path]:
         return sorted(p for p in self.out.iterdir() if p.is_file())
 
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=30)
-        self.proc = None
-
 
 @pytest.fixture
 def storescp(tmp_path: Path) -> Iterator[Callable[..., StoreSCP]]:
     """Factory for storescp peers (not started); every one is killed at teardown."""
-    made: list[StoreSCP] = []
 
     def make(port: int | None = None, ae_title: str = "PACS") -> StoreSCP:
         port = port or free_port()
-        scp = StoreSCP(port, tmp_path / f"pacs-{port}", ae_title)
-        made.append(scp)
-        return scp
+        return StoreSCP(port, tmp_path / f"pacs-{port}", ae_title)
 
-    yield make
-    for scp in made:
-        scp.stop()
+    yield from stopping(make)
 
 
 @dataclass
