@@ -4,6 +4,7 @@ a retry never duplicates; 4xx dead at once, 5xx and no server retried, then dead
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import pytest
 from fhir.resources.R4B import get_fhir_model_class
 from sqlalchemy import select, update
 from structlog.testing import capture_logs
-from support import free_port, wait_for
+from support import ChildPeer, stopping
 
 from screener.config import Settings
 from screener.db import Database, Export
@@ -30,23 +31,16 @@ SERVER = Path(__file__).with_name("fhir_server.py")
 TOKEN = "s3cret-token"
 
 
-class FhirServer:
+class FhirServer(ChildPeer):
     """One fhir_server.py process: its base URL and the folder of what it stored."""
-
-    def __init__(self, folder: Path, port: int | None = None) -> None:
-        self.folder, self.port = folder, port or free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/fhir"
 
     def start(self, *options: str) -> FhirServer:
-        self.folder.mkdir(parents=True, exist_ok=True)
         argv = [sys.executable, str(SERVER), str(self.port), str(self.folder), *options]
-        self.proc = proc = subprocess.Popen(argv, stderr=subprocess.DEVNULL)
-        wait_for(lambda: (self.folder / "ready").exists() or proc.poll() is not None, 30)
-        assert proc.poll() is None, "fhir_server.py exited at start"
+        self.launch(argv, (self.folder / "ready").exists, 30, stderr=subprocess.DEVNULL)
         return self
 
     def stored(self, kind: str) -> list[dict[str, Any]]:
@@ -58,26 +52,12 @@ class FhirServer:
             found.append(resource)
         return found
 
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=30)
-        self.proc = None
-
 
 @pytest.fixture
 def fhir_server(tmp_path: Path) -> Iterator[Callable[..., FhirServer]]:
     """Factory for FHIR servers (not started); each is killed at teardown."""
-    made: list[FhirServer] = []
-
-    def make() -> FhirServer:
-        server = FhirServer(tmp_path / f"fhir-{len(made)}")
-        made.append(server)
-        return server
-
-    yield make
-    for server in made:
-        server.stop()
+    count = itertools.count()
+    yield from stopping(lambda: FhirServer(tmp_path / f"fhir-{next(count)}"))
 
 
 def _settings(

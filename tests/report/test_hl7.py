@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import itertools
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -18,7 +19,7 @@ from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.parser import parse_message
 from sqlalchemy import select
 from structlog.testing import capture_logs
-from support import build_dicom, free_port, wait_for
+from support import ChildPeer, build_dicom, stopping
 
 from screener.config import Hl7Settings, Settings
 from screener.db import Database, Export, Result
@@ -33,12 +34,8 @@ from screener.report.oru import build_oru, control_id, escape
 SERVER = Path(__file__).with_name("mllp_server.py")
 
 
-class Receiver:
+class Receiver(ChildPeer):
     """One mllp_server.py process: its port and the folder of what it received."""
-
-    def __init__(self, folder: Path, port: int | None = None) -> None:
-        self.folder, self.port = folder, port or free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def destination(self) -> str:
@@ -46,37 +43,24 @@ class Receiver:
 
     def start(self, answer: str, *tls: str) -> Receiver:
         """Start it answering ``answer``; over TLS with ``tls`` = (certificate, key, CA)."""
-        self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / "ready").unlink(missing_ok=True)
         argv = [sys.executable, str(SERVER), str(self.port), str(self.folder), answer, *tls]
-        self.proc = proc = subprocess.Popen(argv, stderr=subprocess.DEVNULL)
-        wait_for(lambda: (self.folder / "ready").exists() or proc.poll() is not None, 20)
-        assert proc.poll() is None, "mllp_server.py exited at start"
+        self.launch(argv, (self.folder / "ready").exists, 20, stderr=subprocess.DEVNULL)
         return self
 
     def messages(self) -> list[str]:
         return [p.read_bytes().decode("utf-8") for p in sorted(self.folder.glob("*.hl7"))]
 
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=30)
-        self.proc = None
-
 
 @pytest.fixture
 def receiver(tmp_path: Path) -> Iterator[Callable[..., Receiver]]:
     """Factory for MLLP receivers (not started); each is killed at teardown."""
-    made: list[Receiver] = []
+    count = itertools.count()
 
     def make(port: int | None = None) -> Receiver:
-        r = Receiver(tmp_path / f"ris-{len(made)}", port)
-        made.append(r)
-        return r
+        return Receiver(tmp_path / f"ris-{next(count)}", port)
 
-    yield make
-    for r in made:
-        r.stop()
+    yield from stopping(make)
 
 
 def _settings(
