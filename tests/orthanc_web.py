@@ -75,6 +75,16 @@ class OrthancWeb(OrthancProcess):
             except ValueError:
                 return exc.code, raw.decode(errors="replace")
 
+    def qido_instance(self, study: str, sop_instance_uid: str) -> dict[str, Any]:
+        """What QIDO-RS finds of one instance of ``study`` (its DICOM JSON attributes); fails
+        unless it finds exactly that one."""
+        status, found = self.call(
+            "GET", f"/dicom-web/studies/{study}/instances?SOPInstanceUID={sop_instance_uid}"
+        )
+        assert status == 200, found
+        (instance,) = found
+        return dict(instance)
+
     def upload(self, data: bytes) -> str:
         """Store a Part 10 file through the REST API; its Orthanc instance id."""
         with urllib.request.urlopen(

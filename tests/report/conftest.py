@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from pynetdicom import AE, AllStoragePresentationContexts, evt
+from sqlalchemy import select
 from support import (
     ChildPeer,
     build_dicom,
@@ -23,7 +24,7 @@ from support import (
 )
 
 from screener.config import Settings
-from screener.db import Database, Job, Result, utcnow
+from screener.db import Database, Export, Job, Result, utcnow
 from screener.db.migrate import upgrade
 from screener.ingest.accept import Acceptor
 from screener.ingest.spool import Spool
@@ -127,6 +128,14 @@ class Screened:
     db: Database
     settings: Settings
     result_ids: list[int]
+
+    def exports(self, payload: str | None = None) -> list[Export]:
+        """Its export rows in the order they were planned (only those of ``payload``, if given)."""
+        query = select(Export).order_by(Export.id)
+        if payload is not None:
+            query = query.where(Export.payload == payload)
+        with self.db.transaction() as session:
+            return list(session.scalars(query))
 
 
 def add_results(

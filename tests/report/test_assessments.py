@@ -46,14 +46,6 @@ def _settings(
     return make_settings(db_url, **values)
 
 
-def _exports(db: Database, payload: str | None = None) -> list[Export]:
-    with db.transaction() as session:
-        q = select(Export).order_by(Export.id)
-        if payload is not None:
-            q = q.where(Export.payload == payload)
-        return list(session.scalars(q))
-
-
 def _study_key(db: Database, result_id: int) -> str:
     """The short id (``#N``) of a result's study, as the worklist shows it."""
     with db.transaction() as session:
@@ -77,13 +69,13 @@ def test_a_read_reaches_storescp_as_an_assessment_of_the_delivered_sr(
     s = screened(_settings(make_settings, db_url, pacs.destination), 1, probability=0.83)
     exporter = Exporter(s.db, s.settings)
     assert exporter.deliver_due() == 1
-    (ai_row,) = _exports(s.db)
+    (ai_row,) = s.exports()
     (ai_path,) = pacs.files()
 
     key = _study_key(s.db, s.result_ids[0])
     with capture_logs() as logs:
         read = record_read(s.db, key, "no_pneumonia", None, 24.0, "jdoe", s.settings)
-        (row,) = _exports(s.db, "assessment")
+        (row,) = s.exports("assessment")
         assert (row.state, row.review_id, row.assessed_uid) == (
             "pending",
             read.review.id,
@@ -92,7 +84,7 @@ def test_a_read_reaches_storescp_as_an_assessment_of_the_delivered_sr(
         assert row.destination == pacs.destination and row.result_id == s.result_ids[0]
         assert exporter.deliver_due() == 1
 
-    (row,) = _exports(s.db, "assessment")
+    (row,) = s.exports("assessment")
     assert (row.state, row.attempts) == ("delivered", 1)
     (path,) = [p for p in pacs.files() if p != ai_path]
     ai = pydicom.dcmread(ai_path)
@@ -147,18 +139,14 @@ def test_a_read_reaches_orthanc_by_stow_rs_and_is_found_by_qido_rs(
     record_read(s.db, _study_key(s.db, s.result_ids[0]), "pneumonia", None, 24.0, "jdoe", settings)
     assert exporter.deliver_due() == 1
 
-    (ai_row,) = _exports(s.db, "result")
-    (row,) = _exports(s.db, "assessment")
+    (ai_row,) = s.exports("result")
+    (row,) = s.exports("assessment")
     assert (row.state, row.attempts) == ("delivered", 1)
     assert (row.receipt or "").startswith("STOW-RS HTTP 200")
     status, studies = pacs.call("GET", "/dicom-web/studies")
     assert status == 200
     (study,) = [str(x["0020000D"]["Value"][0]) for x in studies]
-    status, found = pacs.call(
-        "GET", f"/dicom-web/studies/{study}/instances?SOPInstanceUID={row.sr_sop_instance_uid}"
-    )
-    assert status == 200, found
-    (instance,) = found
+    instance = pacs.qido_instance(study, str(row.sr_sop_instance_uid))
     series = instance["0020000E"]["Value"][0]
     status, metadata = pacs.call(
         "GET",
@@ -184,12 +172,12 @@ def test_agreeing_accepts_and_cannot_tell_plans_nothing(
     )
     key = _study_key(s.db, s.result_ids[0])
     record_read(s.db, key, "cannot_tell", None, 24.0, "jdoe", s.settings)
-    assert _exports(s.db, "assessment") == []
+    assert s.exports("assessment") == []
 
     read = record_review(s.db, key, True, None, 24.0, reader="jdoe", settings=s.settings)
     assert read.review.verdict == "agree"
-    (ai_row,) = _exports(s.db, "result")
-    (row,) = _exports(s.db, "assessment")
+    (ai_row,) = s.exports("result")
+    (row,) = s.exports("assessment")
     assert (row.state, row.assessed_uid, row.attempts) == ("pending", ai_row.sr_sop_instance_uid, 0)
     assert row.sr_sop_instance_uid not in (None, ai_row.sr_sop_instance_uid)
 
@@ -201,7 +189,7 @@ def test_none_planned_when_the_option_is_off(
     settings = _settings(make_settings, sqlite_url, "PACS@127.0.0.1:1", export__assessments=False)
     s = screened(settings, 1)
     record_read(s.db, _study_key(s.db, s.result_ids[0]), "pneumonia", None, 24.0, "jdoe", settings)
-    assert [e.payload for e in _exports(s.db)] == ["result"]
+    assert [e.payload for e in s.exports()] == ["result"]
 
 
 def test_only_dicom_destinations_holding_the_sr_get_one_and_shadow_stays_shadow(
@@ -223,11 +211,11 @@ def test_only_dicom_destinations_holding_the_sr_get_one_and_shadow_stays_shadow(
         dead.state = "dead"
 
     record_read(s.db, _study_key(s.db, s.result_ids[0]), "pneumonia", None, 24.0, "r1", settings)
-    (row,) = _exports(s.db, "assessment")
+    (row,) = s.exports("assessment")
     assert (row.destination, row.state) == (a, "pending")
 
     record_read(s.db, _study_key(s.db, s.result_ids[1]), "pneumonia", None, 24.0, "r1", settings)
-    shadow = [e for e in _exports(s.db, "assessment") if e.result_id == s.result_ids[1]]
+    shadow = [e for e in s.exports("assessment") if e.result_id == s.result_ids[1]]
     assert sorted(e.destination for e in shadow) == sorted([a, b])
     assert {(e.state, e.next_attempt_at) for e in shadow} == {("shadow", None)}
 
@@ -269,7 +257,7 @@ def test_a_refused_assessment_is_retried_then_dead_lettered(
     status[0] = 0xA700
     before = utcnow()
     assert exporter.deliver_due() == 0
-    (row,) = _exports(s.db, "assessment")
+    (row,) = s.exports("assessment")
     assert (row.state, row.attempts) == ("pending", 1)
     assert (row.last_error or "").startswith(
         "transient: C-STORE of Comprehensive 3D SR answered 0xA700"
@@ -277,15 +265,13 @@ def test_a_refused_assessment_is_retried_then_dead_lettered(
     assert row.next_attempt_at is not None and as_utc(row.next_attempt_at) > before
 
     with capture_logs() as logs:
-        wait_for(
-            lambda: exporter.deliver_due() == 0 and _exports(s.db, "assessment")[0].state == "dead"
-        )
-    (row,) = _exports(s.db, "assessment")
+        wait_for(lambda: exporter.deliver_due() == 0 and s.exports("assessment")[0].state == "dead")
+    (row,) = s.exports("assessment")
     assert (row.state, row.attempts, row.next_attempt_at) == ("dead", 2, None)
     assert "0xA700" in (row.last_error or "")
     (event,) = [e for e in logs if e["event"] == "assessment_dead_lettered"]
     assert event["sop_instance_uid"] == row.sr_sop_instance_uid and event["permanent"] is False
-    (ai_row,) = _exports(s.db, "result")
+    (ai_row,) = s.exports("result")
     assert ai_row.state == "delivered"  # the AI SR's own delivery is untouched
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from fhir.resources.R4B import get_fhir_model_class
-from sqlalchemy import select, update
+from sqlalchemy import update
 from structlog.testing import capture_logs
 from support import ChildPeer, stopping
 
@@ -60,49 +60,48 @@ def fhir_server(tmp_path: Path) -> Iterator[Callable[..., FhirServer]]:
     yield from stopping(lambda: FhirServer(tmp_path / f"fhir-{next(count)}"))
 
 
-def _settings(
-    make_settings: Callable[..., Settings], db_url: str, base_url: str, tmp_path: Path, **kw: Any
-) -> Settings:
-    token = tmp_path / "fhir-token"
-    token.write_text(TOKEN + "\n")
-    values: dict[str, Any] = {
-        "fhir__base_url": base_url,
-        "fhir__token_file": str(token),
-        "fhir__timeout_seconds": 5,
-        "export__backoff_seconds": 0,  # a failed row is due again at once: the next pass retries
-        "export__max_attempts": 2,
-        **kw,
-    }
-    return make_settings(db_url, **values)
+@pytest.fixture
+def reporting(
+    db_url: str,
+    make_settings: Callable[..., Settings],
+    screened: Callable[..., Any],
+    tmp_path: Path,
+) -> Callable[..., Any]:
+    """``reporting(server, n=1, **settings)``: ``n`` screened results (in the ``db_url``
+    database) whose reports go to ``server``, logging in with :data:`TOKEN`."""
 
+    def make(server: FhirServer, n: int = 1, **kw: Any) -> Any:
+        token = tmp_path / "fhir-token"
+        token.write_text(TOKEN + "\n")
+        values: dict[str, Any] = {
+            "fhir__base_url": server.base_url,
+            "fhir__token_file": str(token),
+            "fhir__timeout_seconds": 5,
+            "export__backoff_seconds": 0,  # a failed row is due again at once: the next pass retries
+            "export__max_attempts": 2,
+            **kw,
+        }
+        return screened(make_settings(db_url, **values), n)
 
-def _exports(db: Database) -> list[Export]:
-    with db.transaction() as session:
-        return list(session.scalars(select(Export).order_by(Export.id)))
+    return make
 
 
 def test_a_valid_report_is_held_by_the_server_and_a_retry_does_not_duplicate_it(
-    db_url: str,
-    make_settings: Callable[..., Settings],
     fhir_server: Callable[..., FhirServer],
-    screened: Callable[..., Any],
-    tmp_path: Path,
+    reporting: Callable[..., Any],
     model_uid: str,
 ) -> None:
     """Two results become two DiagnosticReports with their Observations and one Device (the
     model bundle), references resolved by the server; the receipts are the locations; a row
     sent again finds its resources (ifNoneExist) instead of duplicating them."""
     server = fhir_server().start("--token", TOKEN)
-    settings = _settings(
-        make_settings, db_url, server.base_url, tmp_path, fhir__patient_id_system="urn:oid:1.2.3"
-    )
-    s = screened(settings, 2)
+    s = reporting(server, 2, fhir__patient_id_system="urn:oid:1.2.3")
     exporter = Exporter(s.db, s.settings)
     with capture_logs() as logs:
         assert exporter.deliver_due() == 2
     assert "PHI-12345" not in repr(logs) and TOKEN not in repr(logs)
 
-    exports = _exports(s.db)
+    exports = s.exports()
     assert [e.state for e in exports] == ["delivered", "delivered"]
     for export in exports:
         assert "201 Created DiagnosticReport/" in (export.receipt or "")
@@ -133,23 +132,20 @@ def test_a_valid_report_is_held_by_the_server_and_a_retry_does_not_duplicate_it(
         )
     assert exporter.deliver_due() == 1
     assert len(server.stored("DiagnosticReport")) == 2 and len(server.stored("Observation")) == 2
-    assert "200 OK DiagnosticReport/" in (_exports(s.db)[0].receipt or "")
+    assert "200 OK DiagnosticReport/" in (s.exports()[0].receipt or "")
 
 
 def test_a_report_the_server_refuses_is_dead_at_once(
-    db_url: str,
-    make_settings: Callable[..., Settings],
     fhir_server: Callable[..., FhirServer],
-    screened: Callable[..., Any],
-    tmp_path: Path,
+    reporting: Callable[..., Any],
 ) -> None:
     """A 422 with an OperationOutcome (the server's profile needs a subject, none is sent
     without fhir.patient_id_system) dead-letters the row after one attempt, with the issue's
     code and path."""
     server = fhir_server().start("--require-subject")
-    s = screened(_settings(make_settings, db_url, server.base_url, tmp_path), 1)
+    s = reporting(server)
     assert Exporter(s.db, s.settings).deliver_due() == 0
-    (export,) = _exports(s.db)
+    (export,) = s.exports()
     assert (export.state, export.attempts) == ("dead", 1)
     assert export.last_error == (
         "permanent: the FHIR server answered 422: "
@@ -158,17 +154,14 @@ def test_a_report_the_server_refuses_is_dead_at_once(
 
 
 def test_a_wrong_token_is_refused_for_good(
-    db_url: str,
-    make_settings: Callable[..., Settings],
     fhir_server: Callable[..., FhirServer],
-    screened: Callable[..., Any],
-    tmp_path: Path,
+    reporting: Callable[..., Any],
 ) -> None:
     """A 401 (the token is not the server's) is permanent: the row waits for `exports retry`."""
     server = fhir_server().start("--token", "another-token")
-    s = screened(_settings(make_settings, db_url, server.base_url, tmp_path), 1)
+    s = reporting(server)
     assert Exporter(s.db, s.settings).deliver_due() == 0
-    (export,) = _exports(s.db)
+    (export,) = s.exports()
     assert (export.state, export.last_error) == (
         "dead",
         "permanent: the FHIR server answered 401: error/login",
@@ -178,18 +171,15 @@ def test_a_wrong_token_is_refused_for_good(
 @pytest.mark.parametrize("answer", ["503", "429", "down"])
 def test_an_unavailable_server_is_retried_then_dead_lettered(
     answer: str,
-    db_url: str,
-    make_settings: Callable[..., Settings],
     fhir_server: Callable[..., FhirServer],
-    screened: Callable[..., Any],
-    tmp_path: Path,
+    reporting: Callable[..., Any],
 ) -> None:
     """5xx, 429 and no server at all are transient: the row backs off, is tried again, and is
     dead-lettered after export.max_attempts."""
     server = fhir_server()
     if answer != "down":
         server.start("--answer", answer)
-    s = screened(_settings(make_settings, db_url, server.base_url, tmp_path), 1)
+    s = reporting(server)
     exporter = Exporter(s.db, s.settings)
     expected = (
         "transient: no answer from http://127.0.0.1:"
@@ -197,11 +187,11 @@ def test_an_unavailable_server_is_retried_then_dead_lettered(
         else f"transient: the FHIR server answered {answer}"
     )
     assert exporter.deliver_due() == 0
-    (export,) = _exports(s.db)
+    (export,) = s.exports()
     assert (export.state, export.attempts) == ("pending", 1)
     assert (export.last_error or "").startswith(expected)
     assert exporter.deliver_due() == 0
-    (export,) = _exports(s.db)
+    (export,) = s.exports()
     assert (export.state, export.attempts) == ("dead", 2)
 
 

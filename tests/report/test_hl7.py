@@ -17,12 +17,11 @@ import pytest
 from dicomnet.test_tls import _ca, _leaf
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.parser import parse_message
-from sqlalchemy import select
 from structlog.testing import capture_logs
 from support import ChildPeer, build_dicom, stopping
 
 from screener.config import Hl7Settings, Settings
-from screener.db import Database, Export, Result
+from screener.db import Result
 from screener.errors import ConfigError
 from screener.report.delivery import Delivery
 from screener.report.destinations import parse_target
@@ -76,11 +75,6 @@ def _settings(
     )
 
 
-def _exports(db: Database) -> list[Export]:
-    with db.transaction() as session:
-        return list(session.scalars(select(Export).order_by(Export.id)))
-
-
 def test_oru_r01_is_delivered_and_its_ack_recorded(
     db_url: str,
     make_settings: Callable[..., Settings],
@@ -96,7 +90,7 @@ def test_oru_r01_is_delivered_and_its_ack_recorded(
     with capture_logs() as logs:
         assert Exporter(s.db, s.settings).deliver_due() == 2
 
-    exports = _exports(s.db)
+    exports = s.exports()
     assert [e.state for e in exports] == ["delivered", "delivered"]
     messages = ris.messages()
     assert len(messages) == 2
@@ -132,7 +126,7 @@ def test_application_error_is_dead_at_once(
     ris = receiver().start("AE")
     s = screened(_settings(make_settings, db_url, ris.destination), 1)
     assert Exporter(s.db, s.settings).deliver_due() == 0
-    (export,) = _exports(s.db)
+    (export,) = s.exports()
     assert (export.state, export.attempts, export.receipt) == ("dead", 1, None)
     assert export.last_error == (
         "permanent: the receiver answered AE: application error (ERR-3 207)"
@@ -152,11 +146,11 @@ def test_application_reject_is_retried_with_the_same_message_then_dead(
     exporter = Exporter(s.db, s.settings)
     for attempt in (1, 2):
         assert exporter.deliver_due() == 0
-        (export,) = _exports(s.db)
+        (export,) = s.exports()
         assert (export.state, export.attempts) == ("pending", attempt)
         assert (export.last_error or "").startswith("transient: the receiver answered AR")
     assert exporter.deliver_due() == 0
-    (export,) = _exports(s.db)
+    (export,) = s.exports()
     assert (export.state, export.attempts) == ("dead", 3)
     first, *others = ris.messages()
     assert len(others) == 2 and all(m == first for m in others)
@@ -174,12 +168,12 @@ def test_a_receiver_that_is_down_is_retried_and_reached_when_back(
     s = screened(_settings(make_settings, db_url, ris.destination), 1)
     exporter = Exporter(s.db, s.settings)
     assert exporter.deliver_due() == 0
-    (export,) = _exports(s.db)
+    (export,) = s.exports()
     assert (export.state, export.attempts) == ("pending", 1)
     assert (export.last_error or "").startswith("transient: cannot connect to mllp://127.0.0.1:")
     ris.start("AA")
     assert exporter.deliver_due() == 1
-    (export,) = _exports(s.db)
+    (export,) = s.exports()
     assert (export.state, export.attempts) == ("delivered", 2)
 
 
@@ -196,7 +190,7 @@ def test_no_readable_ack_is_transient(
     ris = receiver().start(answer)
     s = screened(_settings(make_settings, db_url, ris.destination), 2)
     assert Exporter(s.db, s.settings).deliver_due() == 0
-    exports = _exports(s.db)
+    exports = s.exports()
     assert [(e.state, e.attempts) for e in exports] == [("pending", 1), ("pending", 1)]
     assert all((e.last_error or "").startswith("transient: no ACK from mllp://") for e in exports)
     assert len(ris.messages()) == 1  # the second was never sent over the broken connection
@@ -233,7 +227,7 @@ def test_mllp_over_tls_reaches_a_receiver_the_site_ca_signed_only(
     )
     s = screened(settings, 1)
     assert Exporter(s.db, s.settings).deliver_due() == 1
-    rows = {e.destination: e for e in _exports(s.db)}
+    rows = {e.destination: e for e in s.exports()}
     assert rows[good.destination].state == "delivered" and len(good.messages()) == 1
     assert (rows[fake.destination].state, rows[fake.destination].attempts) == ("pending", 1)
     assert "SSLCertVerificationError" in (rows[fake.destination].last_error or "")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,10 @@ from screener.report.export import Exporter, export_counts, retry_dead
 from screener.report.stow import Answer, judge, parse_answer, read_auth_file
 
 SR_3D = "1.2.840.10008.5.1.4.1.1.88.34"
+
+
+#: the dicomweb.auth_file line with the credentials Orthanc takes
+CREDENTIALS = f"Basic {USER}:{PASSWORD}"
 
 
 def _settings(
@@ -59,83 +64,104 @@ def _study_of(db: Database, export: Export) -> str:
         )
 
 
-def _exports(db: Database) -> list[Export]:
-    with db.transaction() as session:
-        return list(session.scalars(select(Export).order_by(Export.id)))
+@dataclass
+class Sending:
+    """Screened results whose SRs go to one STOW-RS URL, and the exporter that sends them."""
+
+    screened: Any
+    exporter: Exporter
+    #: where the dicomweb.auth_file is written
+    auth: Path
+    #: the settings for a URL and an auth file line (None: no file), with the same options
+    settings_for: Callable[[str, str | None], Settings]
+
+    def attempt(self, delivered: int) -> list[Export]:
+        """One exporter pass, which delivers ``delivered`` rows; every row after it."""
+        assert self.exporter.deliver_due() == delivered
+        return list(self.screened.exports())
+
+    def exporter_for(self, url: str) -> Exporter:
+        """An exporter of the same rows configured for ``url`` with the credentials Orthanc
+        takes (the site changed its configuration)."""
+        return Exporter(self.screened.db, self.settings_for(url, CREDENTIALS))
+
+
+@pytest.fixture
+def sending(
+    tmp_path: Path,
+    sqlite_url: str,
+    make_settings: Callable[..., Settings],
+    screened: Callable[..., Any],
+) -> Callable[..., Sending]:
+    """``sending(url, credentials, n=1, db_url=SQLite, **settings)``: ``n`` results bound for
+    the STOW-RS service at ``url``, logging in with ``credentials`` (an auth file line; None:
+    no auth file)."""
+
+    def make(
+        url: str, credentials: str | None = CREDENTIALS, n: int = 1, db_url: str = "", **kw: Any
+    ) -> Sending:
+
+        def settings_for(to: str, login: str | None) -> Settings:
+            auth = _auth(tmp_path, login) if login else None
+            return _settings(make_settings, db_url or sqlite_url, to, auth, **kw)
+
+        s = screened(settings_for(url, credentials), n)
+        return Sending(s, Exporter(s.db, s.settings), tmp_path / "stow-auth", settings_for)
+
+    return make
 
 
 def test_sr_lands_in_orthanc_by_stow_and_is_found_by_qido(
-    tmp_path: Path,
     db_url: str,
-    make_settings: Callable[..., Settings],
-    screened: Callable[..., Any],
+    sending: Callable[..., Sending],
     orthanc_web: Callable[..., OrthancWeb],  # noqa: F811
 ) -> None:
     """Two results go to Orthanc by STOW-RS with Basic credentials from the auth file; QIDO-RS finds each SR in its film's study; the receipt is recorded; nothing is sent twice."""
     pacs = orthanc_web()
-    auth = _auth(tmp_path, f"Basic {USER}:{PASSWORD}")
-    s = screened(_settings(make_settings, db_url, pacs.dicomweb, auth), 2)
-    exporter = Exporter(s.db, s.settings)
-    assert exporter.deliver_due() == 2
-
-    exports = _exports(s.db)
+    sent = sending(pacs.dicomweb, n=2, db_url=db_url)
+    exports = sent.attempt(2)
     assert [(e.state, e.attempts) for e in exports] == [("delivered", 1)] * 2
     for export in exports:
         assert (export.receipt or "").startswith("STOW-RS HTTP 200, 1 instance(s) stored")
-        study = _study_of(s.db, export)
-        status, found = pacs.call(
-            "GET",
-            f"/dicom-web/studies/{study}/instances?SOPInstanceUID={export.sr_sop_instance_uid}",
-        )
-        assert status == 200, found
-        (sr,) = found
+        study = _study_of(sent.screened.db, export)
+        sr = pacs.qido_instance(study, str(export.sr_sop_instance_uid))
         assert sr["00080016"]["Value"] == [SR_3D]
         assert sr["00080018"]["Value"] == [export.sr_sop_instance_uid]
         assert sr["0020000D"]["Value"] == [study]
-    assert exporter.deliver_due() == 0
+    sent.attempt(0)
     status, studies = pacs.call("GET", "/dicom-web/studies")
     assert status == 200 and len(studies) == 2
 
 
 def test_unreachable_service_is_retried_then_dead_then_sent_after_retry(
-    tmp_path: Path,
-    sqlite_url: str,
-    make_settings: Callable[..., Settings],
-    screened: Callable[..., Any],
+    sending: Callable[..., Sending],
     orthanc_web: Callable[..., OrthancWeb],  # noqa: F811
 ) -> None:
     """A STOW-RS service that is down: each pass a transient failure, dead after max_attempts; `exports retry` then delivers once the service is up."""
     port = free_port()  # nothing listens there
     url = f"http://127.0.0.1:{port}/dicom-web"
-    s = screened(_settings(make_settings, sqlite_url, url, None), 1)
-    exporter = Exporter(s.db, s.settings)
+    sent = sending(url, None)
     for attempt in (1, 2):
-        assert exporter.deliver_due() == 0
-        (export,) = _exports(s.db)
+        (export,) = sent.attempt(0)
         assert (export.state, export.attempts) == ("pending", attempt)
         assert (export.last_error or "").startswith(f"transient: STOW-RS service {url} not reached")
-    assert exporter.deliver_due() == 0
-    (export,) = _exports(s.db)
+    (export,) = sent.attempt(0)
     assert (export.state, export.attempts) == ("dead", 3)
-    assert export_counts(s.db) == {"pending": 0, "delivered": 0, "dead": 1}
+    assert export_counts(sent.screened.db) == {"pending": 0, "delivered": 0, "dead": 1}
 
-    assert exporter.deliver_due() == 0  # dead: not tried again
+    sent.attempt(0)  # dead: not tried again
 
     pacs = orthanc_web(http_port=port)  # the service comes up; its credentials are configured
     assert pacs.dicomweb == url
-    auth = _auth(tmp_path, f"Basic {USER}:{PASSWORD}")
-    fixed = _settings(make_settings, sqlite_url, url, auth)
-    assert retry_dead(s.db) == 1
-    assert Exporter(s.db, fixed).deliver_due() == 1
-    (export,) = _exports(s.db)
+    fixed = sent.exporter_for(url)
+    assert retry_dead(sent.screened.db) == 1
+    assert fixed.deliver_due() == 1
+    (export,) = sent.screened.exports()
     assert (export.state, export.last_error) == ("delivered", None)
 
 
 def test_https_service_is_verified_against_the_configured_ca(
-    tmp_path: Path,
-    sqlite_url: str,
-    make_settings: Callable[..., Settings],
-    screened: Callable[..., Any],
+    sending: Callable[..., Sending],
     orthanc_web: Callable[..., OrthancWeb],  # noqa: F811
     pki: Path,  # noqa: F811
 ) -> None:
@@ -143,62 +169,45 @@ def test_https_service_is_verified_against_the_configured_ca(
     pacs = orthanc_web()
     rogue = pacs.https_front(pki / "fakepacs.pem", pki / "fakepacs.key")
     good = pacs.https_front(pki / "pacs.pem", pki / "pacs.key")
-    auth = _auth(tmp_path, f"Basic {USER}:{PASSWORD}")
-    ca = str(pki / "ca.pem")
-    s = screened(_settings(make_settings, sqlite_url, rogue, auth, dicomweb__ca_certificates=ca), 1)
-    assert Exporter(s.db, s.settings).deliver_due() == 0
-    (export,) = _exports(s.db)
+    sent = sending(rogue, dicomweb__ca_certificates=str(pki / "ca.pem"))
+    (export,) = sent.attempt(0)
     assert export.state == "pending"
     assert "transient: STOW-RS service" in (export.last_error or "")
     assert "CERTIFICATE_VERIFY_FAILED" in (export.last_error or "")
     assert pacs.call("GET", "/dicom-web/studies")[1] == []
 
-    with s.db.transaction() as session:  # the site points the delivery at the right front
+    with (
+        sent.screened.db.transaction() as session
+    ):  # the site points the delivery at the right front
         row = session.get(Export, export.id)
         assert row is not None
         row.destination = good
-    settings = _settings(make_settings, sqlite_url, good, auth, dicomweb__ca_certificates=ca)
-    assert Exporter(s.db, settings).deliver_due() == 1
+    assert sent.exporter_for(good).deliver_due() == 1
     status, studies = pacs.call("GET", "/dicom-web/studies")
     assert status == 200 and len(studies) == 1
 
 
 def test_not_found_is_permanent_and_dead_at_once(
-    sqlite_url: str,
-    make_settings: Callable[..., Settings],
-    screened: Callable[..., Any],
+    sending: Callable[..., Sending],
     orthanc_web: Callable[..., OrthancWeb],  # noqa: F811
-    tmp_path: Path,
 ) -> None:
     """A base URL the service does not serve (HTTP 404) is a permanent refusal: dead after one attempt."""
     pacs = orthanc_web()
-    url = f"http://127.0.0.1:{pacs.http_port}/no-such-dicom-web"
-    auth = _auth(tmp_path, f"Basic {USER}:{PASSWORD}")
-    s = screened(_settings(make_settings, sqlite_url, url, auth), 1)
-    assert Exporter(s.db, s.settings).deliver_due() == 0
-    (export,) = _exports(s.db)
+    (export,) = sending(f"http://127.0.0.1:{pacs.http_port}/no-such-dicom-web").attempt(0)
     assert (export.state, export.attempts) == ("dead", 1)
     assert export.last_error == "permanent: STOW-RS answered HTTP 404"
 
 
 def test_refused_credentials_are_retried_and_a_renewed_file_is_read(
-    tmp_path: Path,
-    sqlite_url: str,
-    make_settings: Callable[..., Settings],
-    screened: Callable[..., Any],
+    sending: Callable[..., Sending],
     orthanc_web: Callable[..., OrthancWeb],  # noqa: F811
 ) -> None:
     """HTTP 401 (a wrong or expired password) is transient; the auth file is read again before the next try, which delivers; the password is in no error or receipt."""
-    pacs = orthanc_web()
-    auth = _auth(tmp_path, f"Basic {USER}:expired-password")
-    s = screened(_settings(make_settings, sqlite_url, pacs.dicomweb, auth), 1)
-    exporter = Exporter(s.db, s.settings)
-    assert exporter.deliver_due() == 0
-    (export,) = _exports(s.db)
+    sent = sending(orthanc_web().dicomweb, f"Basic {USER}:expired-password")
+    (export,) = sent.attempt(0)
     assert (export.state, export.last_error) == ("pending", "transient: STOW-RS answered HTTP 401")
-    auth.write_text(f"Basic {USER}:{PASSWORD}\n")
-    assert exporter.deliver_due() == 1
-    (export,) = _exports(s.db)
+    sent.auth.write_text(CREDENTIALS + "\n")
+    (export,) = sent.attempt(1)
     assert (export.state, export.attempts) == ("delivered", 2)
     assert "password" not in json.dumps([export.last_error, export.receipt])
 
