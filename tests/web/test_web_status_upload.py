@@ -31,7 +31,9 @@ def _rows(page: str, table_id: str) -> list[str]:
     """The body rows of the table ``table_id`` as HTML."""
     table = re.search(rf'<table id="{table_id}">(.*?)</table>', page, re.S)
     assert table is not None, f"no table {table_id}"
-    return re.findall(r"<tr>(.*?)</tr>", table.group(1), re.S)[1 if table_id in ("dead", "destinations") else 0 :]
+    return re.findall(r"<tr>(.*?)</tr>", table.group(1), re.S)[
+        1 if table_id in ("dead", "destinations") else 0 :
+    ]
 
 
 def _add_dead_letter_without_accession(db_url: str, make_settings: Callable[..., Any]) -> None:
