@@ -10,7 +10,15 @@ from pathlib import Path
 import pydicom
 from report.conftest import StoreSCP
 from sqlalchemy import select
-from support import ServeProcess, build_dicom, free_port, record_result, serve_env, wait_for
+from support import (
+    ServeProcess,
+    build_dicom,
+    free_port,
+    listening,
+    record_result,
+    serve_env,
+    wait_for,
+)
 from web.test_web_security import MODEL, Client, _hash
 
 from screener.config import Settings
@@ -44,7 +52,7 @@ def _web(
     )
     proc = ServeProcess(tmp_path, env, command="web").start()
     base = f"http://127.0.0.1:{port}"
-    wait_for(lambda: Client(base, "127.0.0.1").get("/login")[0] == 200, 30)
+    wait_for(lambda: listening(port), 30)  # a refused connection is not an answer yet
     return base, proc, accepted.study_instance_uid
 
 
