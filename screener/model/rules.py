@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from screener.model import bootstrap
 from screener.model.metrics import _check
 
 Floats = npt.NDArray[np.float64]
@@ -257,19 +258,6 @@ def weighted_wilson_threshold(
     return float(pos[reached[0]] if len(reached) else pos[-1])
 
 
-#: Resamples of :func:`weighted_bootstrap_threshold` handled at once (bounds its memory).
-BOOTSTRAP_ROWS = 256
-
-
-def _sorted_rows(draws: npt.NDArray[np.int64], n: int) -> npt.NDArray[np.int64]:
-    """Each row of ``draws`` (indexes in ``0..n-1``, ``n`` per row) sorted, as ``np.sort``
-    along the rows gives it, by counting instead of comparing: O(n) a row, not O(n log n),
-    the same integers in the same order (so the cumulative sums over them are the same)."""
-    rows = len(draws)
-    counts = np.bincount((draws + n * np.arange(rows)[:, None]).ravel(), minlength=rows * n)
-    return np.repeat(np.tile(np.arange(n), rows), counts).reshape(rows, n)
-
-
 def weighted_bootstrap_threshold(
     labels: Any,
     scores: Any,
@@ -282,18 +270,15 @@ def weighted_bootstrap_threshold(
     """:func:`bootstrap_threshold` on weighted reads. With equal weights it *is*
     :func:`bootstrap_threshold` (exact); otherwise the positives are resampled with their
     weights ``resamples`` times (seeded: the same reads give the same threshold) and the
-    threshold is the ``1 - level`` quantile of the resamples' weighted point estimates."""
+    threshold is the ``1 - level`` quantile of the resamples' weighted point estimates.
+
+    The resamples are count vectors drawn a block at a time, only the lowest scores one by one
+    (:func:`screener.model.bootstrap.weighted_point_estimates`): the same resamples in
+    distribution as drawing indexes and sorting them, each estimate exact."""
     pos, w = _weighted_positives(labels, scores, weights)
     if np.allclose(w, w[0]):
         return bootstrap_threshold(np.ones(len(pos), dtype=np.int64), pos, target, level)
     rng = np.random.default_rng(seed)
-    n = len(pos)
-    draws = rng.integers(0, n, size=(resamples, n))
-    estimates = np.empty(resamples, dtype=np.float64)
-    for lo in range(0, resamples, BOOTSTRAP_ROWS):
-        picks = _sorted_rows(draws[lo : lo + BOOTSTRAP_ROWS], n)  # pos is sorted: keep it
-        cw = np.cumsum(w[picks], axis=1)
-        first = np.argmax(cw >= (target - 1e-12) * cw[:, -1:], axis=1)
-        estimates[lo : lo + len(picks)] = pos[picks[np.arange(len(picks)), first]]
+    estimates = bootstrap.weighted_point_estimates(pos[::-1], w[::-1], target, resamples, rng)
     # the lower (1 - level) quantile, as one of the positives' own scores
-    return float(np.sort(estimates)[math.floor((1 - level) * resamples)])
+    return bootstrap.lower_order_statistic(estimates, level)
