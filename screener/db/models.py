@@ -368,13 +368,6 @@ class StudyScoreRow(Base):
             sqlite_where=text("assessment = 'outside_domain'"),
             postgresql_where=text("assessment = 'outside_domain'"),
         ),
-        # commissioning's histogram of the assessed P of a model lineage, from the index alone
-        Index(
-            "ix_study_scores_model_uid_assessment_probability",
-            "model_uid",
-            "assessment",
-            "probability",
-        ),
     )
 
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), primary_key=True)
