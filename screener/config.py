@@ -356,7 +356,8 @@ class FhirSettings:
     )
     ca_certificates: str = _opt(
         "",
-        "CA certificates (PEM) that an https:// FHIR server must chain to; empty = the system's CAs",
+        "CA certificates (PEM) that an https:// FHIR server must chain to; empty = the system's "
+        "CAs (tls.certificate, when set, is presented: mutual TLS)",
         path=True,
     )
     timeout_seconds: float = _opt(30.0, "seconds to connect and to wait for the answer", min=1)

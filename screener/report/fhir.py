@@ -13,12 +13,18 @@ What the server answers decides the row:
 * no connection, a TLS failure, no answer within ``fhir.timeout_seconds``: transient.
 
 ``fhir.token_file`` is read at each delivery (a renewed token needs no restart) and sent as
-``Authorization: Bearer``; https:// servers are verified against ``fhir.ca_certificates`` or
-the system's CAs, TLS 1.2 or later.
+``Authorization: Bearer``. https:// servers are verified against ``fhir.ca_certificates`` or
+the system's CAs, and their name against the host called, over TLS 1.2 or later (the BCP 195
+profile of :mod:`screener.dicomnet.tls`); the ``[tls]`` section's certificate is presented
+when ``tls.certificate`` is set (mutual TLS), as for STOW-RS and HL7. A server that refuses
+our certificate (or wants one we do not have) is a TLS failure: transient, since from here
+it cannot be told from a handshake a network fault broke, and the fix (the server's CA list,
+our certificate) is configuration after which the next try delivers.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import ssl
 from collections.abc import Sequence
@@ -29,6 +35,7 @@ import pydicom
 import urllib3
 
 from screener.config import Settings
+from screener.dicomnet.tls import client_context
 from screener.errors import ConfigError
 from screener.report.delivery import Delivery, Failure, Recorder, build_each, fail_each, record
 from screener.report.destinations import FHIR_PREFIX, Target
@@ -62,10 +69,14 @@ def read_token(path: str) -> str | None:
     return text
 
 
-def _tls_context(ca_certificates: str) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cafile=ca_certificates or None)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    return ctx
+def _tls_context(settings: Settings) -> ssl.SSLContext:
+    """The client context: the server checked against ``fhir.ca_certificates`` (else the
+    system's CAs) and its name always; ``tls.certificate`` presented when set."""
+    cas = settings.fhir.ca_certificates
+    if cas and not Path(cas).is_file():
+        raise ConfigError(f"fhir.ca_certificates = {cas!r} is invalid: no such file")
+    tls = dataclasses.replace(settings.tls, ca_certificates=cas, check_hostname=True)
+    return client_context(tls)
 
 
 def _codes(value: Any, limit: int = 60) -> str:
@@ -112,8 +123,8 @@ class FhirChannel:
         fhir = settings.fhir
         try:
             read_token(fhir.token_file)  # a token file that cannot be read stops start-up
-            ctx = _tls_context(fhir.ca_certificates)
-        except (TokenError, ssl.SSLError, OSError) as exc:
+            ctx = _tls_context(settings)
+        except (TokenError, ConfigError, ssl.SSLError, OSError) as exc:
             raise ConfigError(f"[fhir]: {exc}") from None
         timeout = urllib3.Timeout(
             connect=min(CONNECT_TIMEOUT, fhir.timeout_seconds), read=fhir.timeout_seconds

@@ -2,8 +2,10 @@
 tests (no FHIR server installs from the registries here: HAPI is Java, node-fhir-server-core
 is a framework without storage).
 
-``python fhir_server.py PORT FOLDER [--token TOKEN] [--answer STATUS] [--require-subject]``
-serves ``http://127.0.0.1:PORT/fhir``. A POST of a transaction Bundle there is answered as FHIR
+``python fhir_server.py PORT FOLDER [--token TOKEN] [--answer STATUS] [--require-subject]
+[--certificate PEM --key PEM [--client-ca PEM]]`` serves ``http://127.0.0.1:PORT/fhir``, or
+``https://`` with ``--certificate`` (``--client-ca``: each client must present a certificate
+that chains to it, else the handshake fails and nothing is read). A POST of a transaction Bundle there is answered as FHIR
 servers answer (https://hl7.org/fhir/R4/http.html#transaction):
 
 * the Bundle and each entry's resource are validated with fhir.resources (R4B classes); an
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import ssl
 import threading
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -166,11 +169,21 @@ def main() -> None:
     parser.add_argument("--token")
     parser.add_argument("--answer", type=int)
     parser.add_argument("--require-subject", action="store_true")
+    parser.add_argument("--certificate")
+    parser.add_argument("--key")
+    parser.add_argument("--client-ca")
     args = parser.parse_args()
     args.folder.mkdir(parents=True, exist_ok=True)
     Fhir.folder, Fhir.token, Fhir.answer = args.folder, args.token, args.answer
     Fhir.require_subject = args.require_subject
     with ThreadingHTTPServer(("127.0.0.1", args.port), Fhir) as server:
+        if args.certificate:  # a failed handshake is an OSError that socketserver drops
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(args.certificate, args.key)
+            if args.client_ca:
+                ctx.load_verify_locations(cafile=args.client_ca)
+                ctx.verify_mode = ssl.CERT_REQUIRED
+            server.socket = ctx.wrap_socket(server.socket, server_side=True)
         (args.folder / "ready").write_text("listening")
         server.serve_forever()
 

@@ -4,6 +4,7 @@ a retry never duplicates; 4xx dead at once, 5xx and no server retried, then dead
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import subprocess
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from dicomnet.test_tls import _ca, _leaf
 from fhir.resources.R4B import get_fhir_model_class
 from sqlalchemy import update
 from structlog.testing import capture_logs
@@ -34,11 +36,15 @@ TOKEN = "s3cret-token"
 class FhirServer(ChildPeer):
     """One fhir_server.py process: its base URL and the folder of what it stored."""
 
+    scheme = "http"
+
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/fhir"
+        return f"{self.scheme}://127.0.0.1:{self.port}/fhir"
 
     def start(self, *options: str) -> FhirServer:
+        if "--certificate" in options:
+            self.scheme = "https"
         argv = [sys.executable, str(SERVER), str(self.port), str(self.folder), *options]
         self.launch(argv, (self.folder / "ready").exists, 30, stderr=subprocess.DEVNULL)
         return self
@@ -195,6 +201,49 @@ def test_an_unavailable_server_is_retried_then_dead_lettered(
     assert (export.state, export.attempts) == ("dead", 2)
 
 
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The site's CA and the certificates it signed: screener's and the FHIR server's."""
+    folder = tmp_path_factory.mktemp("pki")
+    _ca(folder, "ca")
+    _leaf(folder, "screener", "ca")
+    _leaf(folder, "fhir", "ca")
+    return folder
+
+
+def test_a_server_that_requires_a_client_certificate_gets_ours(
+    pki: Path,
+    fhir_server: Callable[..., FhirServer],
+    reporting: Callable[..., Any],
+) -> None:
+    """Mutual TLS: to a server that requires a certificate from the site's CA, a channel
+    without tls.certificate fails the handshake (transient: nothing stored, the row backs off
+    for a retry); once tls.certificate is set the retry presents it and delivers."""
+    ca = str(pki / "ca.pem")
+    server = fhir_server().start(
+        "--token", TOKEN, "--certificate", str(pki / "fhir.pem"), "--key", str(pki / "fhir.key"),
+        "--client-ca", ca,
+    )  # fmt: skip
+    s = reporting(server, fhir__ca_certificates=ca)
+    assert Exporter(s.db, s.settings).deliver_due() == 0
+    (export,) = s.exports()
+    assert (export.state, export.attempts) == ("pending", 1)
+    assert (export.last_error or "").startswith(f"transient: no answer from {server.base_url}")
+    assert server.stored("DiagnosticReport") == []
+
+    ours = dataclasses.replace(
+        s.settings.tls,
+        certificate=str(pki / "screener.pem"),
+        private_key=str(pki / "screener.key"),
+    )
+    exporter = Exporter(s.db, dataclasses.replace(s.settings, tls=ours))
+    assert exporter.deliver_due() == 1
+    (export,) = s.exports()
+    assert (export.state, export.attempts) == ("delivered", 2)
+    assert "201 Created DiagnosticReport/" in (export.receipt or "")
+    assert len(server.stored("DiagnosticReport")) == 1
+
+
 def test_the_test_server_validates_each_resource(fhir_server: Callable[..., FhirServer]) -> None:
     """The test server answers 400 with an OperationOutcome naming the element for a resource
     that is not valid R4 (so the delivery tests above can fail)."""
@@ -245,18 +294,29 @@ def test_an_invalid_bundle_never_leaves_and_names_no_value() -> None:
     assert "PHI-12345" not in str(raised.value)
 
 
-def test_an_unreadable_token_file_stops_start_up(
-    db_url: str, make_settings: Callable[..., Settings], tmp_path: Path
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("fhir__token_file", r"fhir\.token_file cannot be read"),
+        ("fhir__ca_certificates", r"fhir\.ca_certificates = .* is invalid: no such file"),
+        ("tls__certificate", r"tls\.certificate = .* is invalid: no such file"),
+    ],
+)
+def test_an_unreadable_token_or_tls_file_stops_start_up(
+    option: str,
+    message: str,
+    db_url: str,
+    make_settings: Callable[..., Settings],
+    tmp_path: Path,
 ) -> None:
-    """A token file that cannot be read is a configuration error when the exporter starts."""
+    """A token file, a CA file or a certificate that cannot be used is a configuration error
+    when the exporter starts, naming the option."""
     settings = make_settings(
-        db_url,
-        fhir__base_url="https://fhir.example/fhir",
-        fhir__token_file=str(tmp_path / "missing"),
+        db_url, fhir__base_url="https://fhir.example/fhir", **{option: str(tmp_path / "missing")}
     )
     db = Database(settings.database.url)
     try:
-        with pytest.raises(ConfigError, match=r"fhir\.token_file cannot be read"):
+        with pytest.raises(ConfigError, match=message):
             Exporter(db, settings)
     finally:
         db.dispose()
