@@ -5,16 +5,26 @@ card, pictures)."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from sqlalchemy import select
-from support import ServeProcess, build_dicom, free_port, record_result, serve_env, wait_for
+from support import (
+    ServeProcess,
+    assert_accessible,
+    build_dicom,
+    free_port,
+    record_result,
+    screenshots,
+    serve_env,
+    wait_for,
+)
 
 from screener.cli import main
 from screener.db import Database, Study, utcnow
@@ -157,6 +167,27 @@ def _get(port: int, path: str) -> tuple[int, bytes]:
         conn.close()
 
 
+@contextlib.contextmanager
+def _web(tmp_path: Path, db_url: str, bundle: Path) -> Iterator[int]:
+    """`screener web` alone on the site's database with ``bundle``, naming each caller from
+    the X-Remote-User header; yields its port once the commissioning page answers."""
+    port = free_port()
+    env = serve_env(
+        tmp_path,
+        db_url,
+        free_port(),
+        screener_model_bundle=str(bundle),
+        screener_web_port=str(port),
+        screener_web_trusted_user_header="X-Remote-User",
+    )
+    proc = ServeProcess(tmp_path, env, command="web").start()
+    try:
+        wait_for(lambda: _get(port, "/commission")[0] == 200, 60)
+        yield port
+    finally:
+        proc.terminate()
+
+
 def test_commissioning_page_shows_the_same_table(
     tmp_path: Path,
     sqlite_url: str,
@@ -171,18 +202,7 @@ def test_commissioning_page_shows_the_same_table(
     printed = capsys.readouterr().out
     rec = next(line for line in printed.splitlines() if line.startswith("recommended"))
     threshold = rec.split("threshold ")[1].split(",")[0]
-    port = free_port()
-    env = serve_env(
-        tmp_path,
-        sqlite_url,
-        free_port(),
-        screener_model_bundle=str(bundle),
-        screener_web_port=str(port),
-        screener_web_trusted_user_header="X-Remote-User",
-    )
-    proc = ServeProcess(tmp_path, env, command="web").start()
-    try:
-        wait_for(lambda: _get(port, "/commission")[0] == 200, 60)
+    with _web(tmp_path, sqlite_url, bundle) as port:
         status, body = _get(port, "/commission")
         page = body.decode()
         assert (
@@ -196,5 +216,35 @@ def test_commissioning_page_shows_the_same_table(
             status, png = _get(port, f"/commission/{picture}.png")
             assert status == 200 and png[:8] == b"\x89PNG\r\n\x1a\n"
         assert 'href="/commission"' in page and 'id="not-yet"' not in page
-    finally:
-        proc.terminate()
+
+
+@pytest.mark.timeout(300)
+def test_commissioning_page_in_the_browser(
+    tmp_path: Path,
+    sqlite_url: str,
+    make_settings: Callable[..., Any],
+    model_bundle: Path,
+    browser: Any,
+) -> None:
+    """In Debian's headless chromium the commissioning page shows the candidate table (one
+    recommended row, every rule) and both pictures decoded, and axe-core finds no serious or
+    critical violation; its screenshot goes to var/test-screenshots/."""
+    from selenium.webdriver.common.by import By
+
+    _, bundle, _ = _site(tmp_path, sqlite_url, make_settings, model_bundle, 90, 160)
+    # every request of the page (its pictures too) names alice, as a trusted proxy would
+    browser.execute_cdp_cmd("Network.enable", {})
+    browser.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": {"X-Remote-User": "alice"}})
+    with _web(tmp_path, sqlite_url, bundle) as port:
+        browser.get(f"http://127.0.0.1:{port}/commission")
+        table = browser.find_element(By.ID, "candidates")
+        assert len(table.find_elements(By.CSS_SELECTOR, "tbody tr.recommended")) == 1
+        for name, _ in commission.RULES.values():
+            assert name in table.text
+        pictures = [
+            browser.find_element(By.CSS_SELECTOR, f"img.{w}") for w in ("roc", "calibration")
+        ]
+        loaded = "return arguments[0].complete && arguments[0].naturalWidth > 0"
+        wait_for(lambda: all(browser.execute_script(loaded, img) for img in pictures), 60)
+        browser.save_screenshot(str(screenshots() / "30-commission.png"))
+        assert_accessible(browser, "commission")

@@ -226,6 +226,10 @@ def test_a_pushed_film_is_read_in_the_browser(
         browser.find_element(By.LINK_TEXT, "Status").click()
         assert "done" in browser.find_element(By.ID, "queue").text
         assert "association refused" in browser.find_element(By.ID, "dead").text
+        # the Deliveries table (per destination) is on the page that axe-core checks
+        deliveries = browser.find_element(By.ID, "destinations")
+        assert "DICOM C-STORE" in deliveries.text and "PACS@127.0.0.1:1" in deliveries.text
+        browser.execute_script("arguments[0].scrollIntoView()", deliveries)  # in the screenshot
         browser.save_screenshot(str(shots / "6-status.png"))
         assert_accessible(browser, "status")
         browser.find_element(By.ID, "retry").click()
