@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -31,7 +32,8 @@ from screener.training.guard import bundle_split
 REPO = Path(__file__).resolve().parents[1]
 
 
-def score(bundle, images):  # type: ignore[no-untyped-def]
+def score(bundle: Any, images: Any) -> tuple[Any, Any]:
+    """P(pneumonia) and the domain scores of ``images``, in batches of 64."""
     p, d = [], []
     for i in range(0, len(images), 64):
         a = bundle.assess(images[i : i + 64])
@@ -63,7 +65,7 @@ def main() -> None:
     from PIL import Image
 
     for i, im in enumerate(img_b):
-        small = np.asarray(Image.fromarray(im).resize((156, 156), Image.BILINEAR))
+        small = np.asarray(Image.fromarray(im).resize((156, 156), Image.Resampling.BILINEAR))
         framed[i, 34:190, 34:190] = small
     sets = {
         "validation half B (films like the reference)": score(bundle, img_b),

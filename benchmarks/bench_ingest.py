@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -388,7 +389,9 @@ def main() -> None:
                 listener_processes(work, files, args.postgres, senders)
             return
         runs = [(1, False), (1, True), (4, False), (4, True)]
-        receivers = [("screener serve (worker off)", screener_run)]
+        receivers: list[tuple[str, Callable[..., tuple[float, float]]]] = [
+            ("screener serve (worker off)", screener_run)
+        ]
         if args.peers:
             receivers.append(("dcmtk storescp (raw files)", storescp_run))
             receivers.append(("pynetdicom, no-op handler", pynetdicom_run))

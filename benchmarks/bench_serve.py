@@ -238,9 +238,9 @@ def latency(work: Path, env: dict[str, str], films: list[Path], runs: int) -> No
         t0 = time.perf_counter()
         storescu(port, [film])
         if exporting:
-            wait(lambda b=before_sr: len(list(pacs_dir.iterdir())) > b, 60, 0.005)  # type: ignore[misc]
+            wait(lambda b=before_sr: len(list(pacs_dir.iterdir())) > b, 60, 0.005)
         else:
-            wait(lambda b=before_res: count(db_url, "select count(*) from results") > b, 60, 0.005)  # type: ignore[misc]
+            wait(lambda b=before_res: count(db_url, "select count(*) from results") > b, 60, 0.005)
         latencies.append(time.perf_counter() - t0)
         if i == 0:
             time.sleep(0.5)
@@ -293,8 +293,8 @@ def main() -> int:
 
     def best_possible(ceiling: float) -> float:
         if dedicated:  # the model on its threads, decoding on the other cores
-            return min(ceiling, (cores - args.threads) / decode)
-        return 1 / (1 / ceiling + decode / cores)  # both on every core
+            return float(min(ceiling, (cores - args.threads) / decode))
+        return float(1 / (1 / ceiling + decode / cores))  # both on every core
 
     what = "dedicated-core" if dedicated else "shared-core"
     bound = best_possible(ceiling)

@@ -32,6 +32,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -225,7 +226,7 @@ def bench(kind: str, studies: int, repeat: int, with_before: bool) -> None:
             print(f"{kind}: {studies:,} studies, {images:,} images inserted in {filled:.1f} s; "
                   f"upgrade to head (0007 backfills the summary) {backfill:.1f} s")  # fmt: skip
             hour_ago = datetime.now(UTC) - timedelta(hours=1)
-            cases = {
+            cases: dict[str, dict[str, Any]] = {
                 "unread (the /worklist default)": dict(status="unread"),
                 "since=1h&min_prob=0.99": dict(status="unread", since=hour_ago, min_prob=0.99),
                 "status=all": dict(status="all"),
@@ -233,7 +234,7 @@ def bench(kind: str, studies: int, repeat: int, with_before: bool) -> None:
             }
             for name, filters in cases.items():
                 median, worst, rows = timed(
-                    lambda f=filters: worklist(db, aging_hours=AGING, limit=200, **f), repeat
+                    partial(worklist, db, aging_hours=AGING, limit=200, **filters), repeat
                 )
                 line = f"  worklist {name:<32} {len(rows):>4} rows  median {median * 1000:7.1f} ms  max {worst * 1000:7.1f} ms"
                 if with_before and name in (
@@ -241,9 +242,7 @@ def bench(kind: str, studies: int, repeat: int, with_before: bool) -> None:
                     "since=1h&min_prob=0.99",
                 ):
                     try:
-                        seconds, _worst, old = timed(
-                            lambda f=filters: before(db, limit=200, **f), 1
-                        )
+                        seconds, _worst, old = timed(partial(before, db, limit=200, **filters), 1)
                     except Exception as exc:  # PostgreSQL: 200,000 bound parameters in one IN
                         line += f"  (before: failed: {str(exc.__cause__ or exc)[:80]})"
                     else:
@@ -252,7 +251,7 @@ def bench(kind: str, studies: int, repeat: int, with_before: bool) -> None:
                 print(line)
             with web(url, Path(tmp)) as port:
                 for path in ("/worklist", "/worklist?since=1h&min_prob=0.99"):
-                    median, worst, size = timed(lambda p=path: get(port, p), repeat)
+                    median, worst, size = timed(partial(get, port, path), repeat)
                     print(
                         f"  GET {path:<36} {size:>7} bytes  median {median * 1000:7.1f} ms  max {worst * 1000:7.1f} ms"
                     )

@@ -18,9 +18,11 @@ def reads(n_pos: int, n_neg: int, seed: int) -> tuple[Ints, Floats, Floats]:
     """Pneumonias Beta(5, 2) and normals Beta(2, 5), scores rounded to two decimals (ties within
     and across classes), weights 1 or 20 as flagged and audit reads."""
     rng = np.random.default_rng(seed)
-    y = np.r_[np.ones(n_pos, dtype=np.int64), np.zeros(n_neg, dtype=np.int64)]
-    s = np.round(np.r_[rng.beta(5, 2, n_pos), rng.beta(2, 5, n_neg)], 2)
-    w = np.where(rng.random(n_pos + n_neg) < 0.3, 20.0, 1.0)
+    y: Ints = np.r_[np.ones(n_pos, dtype=np.int64), np.zeros(n_neg, dtype=np.int64)].astype(
+        np.int64
+    )
+    s: Floats = np.r_[rng.beta(5, 2, n_pos), rng.beta(2, 5, n_neg)].astype(np.float64).round(2)
+    w: Floats = np.where(rng.random(n_pos + n_neg) < 0.3, 20.0, 1.0).astype(np.float64)
     return y, s, w
 
 
