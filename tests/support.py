@@ -604,3 +604,19 @@ def export_states(db_url: str) -> dict[str, int]:
             return {str(s): int(n) for s, n in rows}
     finally:
         db.dispose()
+
+
+def exporter_refuses(settings: Any, message: str) -> None:
+    """Building the exporter for ``settings`` stops with a ConfigError matching ``message``."""
+    import pytest
+
+    from screener.db import Database
+    from screener.errors import ConfigError
+    from screener.report.export import Exporter
+
+    db = Database(settings.database.url)
+    try:
+        with pytest.raises(ConfigError, match=message):
+            Exporter(db, settings)
+    finally:
+        db.dispose()

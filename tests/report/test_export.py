@@ -13,12 +13,11 @@ import pydicom
 import pytest
 from sqlalchemy import select
 from structlog.testing import capture_logs
-from support import free_port, wait_for
+from support import exporter_refuses, free_port, wait_for
 
 from screener.config import Settings
 from screener.db import Database, Export, Instance, Result
 from screener.db.engine import as_utc
-from screener.errors import ConfigError
 from screener.report.export import Exporter, backoff, export_counts, plan_exports, retry_dead
 from screener.report.sr import SR_SOP_CLASSES
 
@@ -312,13 +311,7 @@ def test_bad_destination_is_a_config_error(
     entry: str, message: str, make_settings: Callable[..., Settings], sqlite_url: str
 ) -> None:
     """A malformed destination stops the exporter at construction with a ConfigError naming it."""
-    settings = _settings(make_settings, sqlite_url, entry)
-    db = Database(settings.database.url)
-    try:
-        with pytest.raises(ConfigError, match=message):
-            Exporter(db, settings)
-    finally:
-        db.dispose()
+    exporter_refuses(_settings(make_settings, sqlite_url, entry), message)
 
 
 @pytest.fixture

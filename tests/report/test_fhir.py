@@ -20,11 +20,10 @@ from dicomnet.test_tls import _ca, _leaf
 from fhir.resources.R4B import get_fhir_model_class
 from sqlalchemy import update
 from structlog.testing import capture_logs
-from support import ChildPeer, stopping
+from support import ChildPeer, exporter_refuses, stopping
 
 from screener.config import Settings
-from screener.db import Database, Export
-from screener.errors import ConfigError
+from screener.db import Export
 from screener.report.export import Exporter
 from screener.report.fhir_bundle import validated
 from screener.report.header import ReportError
@@ -314,9 +313,4 @@ def test_an_unreadable_token_or_tls_file_stops_start_up(
     settings = make_settings(
         db_url, fhir__base_url="https://fhir.example/fhir", **{option: str(tmp_path / "missing")}
     )
-    db = Database(settings.database.url)
-    try:
-        with pytest.raises(ConfigError, match=message):
-            Exporter(db, settings)
-    finally:
-        db.dispose()
+    exporter_refuses(settings, message)
