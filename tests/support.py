@@ -620,3 +620,25 @@ def exporter_refuses(settings: Any, message: str) -> None:
             Exporter(db, settings)
     finally:
         db.dispose()
+
+
+def scoring_site(
+    tmp_path: Path, db_url: str, make_settings: Callable[..., Any], model_bundle: Path
+) -> tuple[Path, dict[str, Any], Any, Any, Any]:
+    """A copy of the shipped bundle configured over a migrated database, and the acceptor that
+    takes films into it: (bundle, its metadata, settings, database, acceptor)."""
+    import shutil
+
+    from screener.db import Database
+    from screener.db.migrate import upgrade
+    from screener.ingest.accept import Acceptor
+    from screener.ingest.spool import Spool
+    from screener.model.bundle import read_metadata
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(model_bundle, bundle)
+    settings = make_settings(db_url, model__bundle=str(bundle))
+    db = Database(db_url)
+    upgrade(db)
+    acceptor = Acceptor(db, Spool(settings.storage.spool_dir, 0), settings)
+    return bundle, read_metadata(bundle), settings, db, acceptor

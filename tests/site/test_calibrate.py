@@ -5,7 +5,6 @@ positives; `screener stats` shows before and after; studies outside the domain d
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,14 +12,11 @@ from typing import Any
 import numpy as np
 import pytest
 from sqlalchemy import select
-from support import build_dicom, record_result
+from support import build_dicom, record_result, scoring_site
 
 from screener.cli import main
-from screener.db import OUTSIDE_DOMAIN, Database, Study, utcnow
-from screener.db.migrate import upgrade
+from screener.db import OUTSIDE_DOMAIN, Study, utcnow
 from screener.db.models import AuditDraw
-from screener.ingest.accept import Acceptor
-from screener.ingest.spool import Spool
 from screener.model.bundle import read_metadata
 from screener.model.metrics import wilson_lower
 from screener.views.worklist import NotReadable, record_review
@@ -38,13 +34,9 @@ def _site(
     """A copy of the shipped bundle, and reviewed studies it scored: the first ``positives``
     read as pneumonia (scores spread around the threshold, as a new site's are), then
     ``negatives`` read as normal, then one outside the domain read as pneumonia."""
-    bundle = tmp_path / "bundle"
-    shutil.copytree(model_bundle, bundle)
-    meta = read_metadata(bundle)
-    settings = make_settings(db_url, model__bundle=str(bundle))
-    db = Database(db_url)
-    upgrade(db)
-    acceptor = Acceptor(db, Spool(settings.storage.spool_dir, 0), settings)
+    bundle, meta, settings, db, acceptor = scoring_site(
+        tmp_path, db_url, make_settings, model_bundle
+    )
     rng = np.random.default_rng(7)
     probs = list(np.clip(rng.beta(6, 1.5, positives), 0.01, 0.999)) + list(
         np.clip(rng.beta(1.5, 3, negatives), 0.001, 0.99)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,17 +20,15 @@ from support import (
     build_dicom,
     free_port,
     record_result,
+    scoring_site,
     screenshots,
     serve_env,
     wait_for,
 )
 
 from screener.cli import main
-from screener.db import Database, Study, utcnow
-from screener.db.migrate import upgrade
+from screener.db import Study, utcnow
 from screener.db.models import AuditDraw
-from screener.ingest.accept import Acceptor
-from screener.ingest.spool import Spool
 from screener.model import commission, rules
 from screener.model.bundle import read_metadata
 from screener.model.calibration import Platt, fit_platt
@@ -49,13 +46,9 @@ def _site(
     """A copy of the shipped bundle and studies it scored, each read by its truth: every
     second study drawn for an audit at share 0.5 (weight 2 when unflagged), the others not
     (their reads of unflagged studies weigh 0). Returns what the reads should weigh."""
-    bundle = tmp_path / "bundle"
-    shutil.copytree(model_bundle, bundle)
-    meta = read_metadata(bundle)
-    settings = make_settings(db_url, model__bundle=str(bundle))
-    db = Database(db_url)
-    upgrade(db)
-    acceptor = Acceptor(db, Spool(settings.storage.spool_dir, 0), settings)
+    bundle, meta, settings, db, acceptor = scoring_site(
+        tmp_path, db_url, make_settings, model_bundle
+    )
     rng = np.random.default_rng(11)
     probs = np.r_[rng.beta(6, 1.2, positives), rng.beta(1.2, 4, negatives)].clip(0.001, 0.999)
     truth = np.r_[np.ones(positives, dtype=np.int64), np.zeros(negatives, dtype=np.int64)]
